@@ -1,0 +1,69 @@
+"""Bounded KV cache for clean chunks (magi1-dit.md §4).
+
+Per layer and per clean chunk it keeps `[K | V]` as (tokens, g, 2d): K after k_layernorm and RoPE, V raw.
+Chunks are addressed by their absolute index in the video. Only the last `max_chunks` chunks are kept,
+so memory is constant in video length (the reference keeps the whole video).
+"""
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    def __init__(self, max_chunks: int | None = None, offload: bool = False):
+        self.max_chunks = max_chunks
+        self.offload = offload
+        self._store: dict[int, dict[int, torch.Tensor]] = {}  # layer -> chunk -> (ctn, g, 2d)
+
+    def chunks(self, layer: int = 0) -> list[int]:
+        return sorted(self._store.get(layer, {}))
+
+    def first_chunk(self) -> int | None:
+        present = [c for layer in self._store.values() for c in layer]
+        return min(present) if present else None
+
+    def read(self, layer: int, start: int, end: int, device=None) -> torch.Tensor | None:
+        """`[K|V]` of chunks start..end-1 concatenated along tokens, or None if start == end."""
+        if end <= start:
+            return None
+        store = self._store.get(layer, {})
+        missing = [c for c in range(start, end) if c not in store]
+        if missing:
+            raise RuntimeError(
+                f"KV cache has no entry for chunks {missing} (layer {layer}); kept: {sorted(store)}. "
+                "The key range reaches chunks that were never cached or were evicted (raise max_chunks)."
+            )
+        parts = [store[c] for c in range(start, end)]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        if device is not None and out.device != torch.device(device):
+            out = out.to(device, non_blocking=True)
+        return out
+
+    def write(self, layer: int, first_chunk: int, kv: torch.Tensor, tokens_per_chunk: int):
+        """Store kv (n * tokens_per_chunk, g, 2d) as chunks first_chunk .. first_chunk + n - 1."""
+        if kv.shape[0] % tokens_per_chunk:
+            raise ValueError("KV cache writes must cover whole chunks")
+        store = self._store.setdefault(layer, {})
+        for i, part in enumerate(kv.split(tokens_per_chunk, dim=0)):
+            part = part.detach()
+            if self.offload and part.is_cuda:
+                host = torch.empty(part.shape, dtype=part.dtype, pin_memory=True)
+                host.copy_(part, non_blocking=True)
+                part = host
+            else:
+                part = part.clone()
+            store[first_chunk + i] = part
+        if self.max_chunks is not None:
+            for c in sorted(store)[: max(0, len(store) - self.max_chunks)]:
+                del store[c]
+
+    def evict_before(self, chunk: int):
+        for store in self._store.values():
+            for c in [c for c in store if c < chunk]:
+                del store[c]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for s in self._store.values() for t in s.values())
+
+    def clear(self):
+        self._store.clear()

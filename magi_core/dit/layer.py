@@ -1,0 +1,175 @@
+"""MAGI-1 transformer layer: parallel self/cross attention, one linear_proj, gated sandwich norms (§3.7)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from magi1_kernels.attention import range_attention
+
+from ..config import DiTConfig
+from .cache import KVCache
+from .layers import LayerNorm1p, PerChannelFp8Linear, PerTensorFp8Linear, linear_fp32, make_linear
+from .rope import apply_rope
+
+
+@dataclass
+class ForwardMeta:
+    """Per-forward packing shared by all layers (built once by VideoDiT)."""
+
+    batch: int  # N
+    seq: int  # S tokens per batch element
+    chunks: int  # dn chunks per batch element
+    tokens_per_chunk: int  # ctn
+    rope: torch.Tensor  # (S, 6*nb) [sin | cos] fp32
+    q_ranges: list  # self-attention query ranges on the flattened (N*S) axis
+    k_ranges: list  # key ranges on [cached ; flattened current] axis
+    xq_ranges: list  # cross-attention query ranges (= q_ranges)
+    xk_ranges: list  # ranges into the flat valid-caption tokens
+    cache: KVCache | None = None
+    cache_read: tuple = (0, 0)  # absolute chunks [start, end) prepended from the cache
+    cache_write_chunks: int = 0  # leading current chunks written to the cache at chunk `cache_write_at`
+    cache_write_at: int = 0
+    precision: str = "fast"
+    attn_backend: str | None = None
+    extras: dict = field(default_factory=dict)
+
+
+class LinearQKV(nn.Module):
+    """Pre-norm plus the four separate projections q, qx, k, v (no fused tensor in the checkpoint)."""
+
+    def __init__(self, cfg: DiTConfig, i: int):
+        super().__init__()
+        h = cfg.hidden_size
+        self.layer_norm = nn.LayerNorm(h, eps=cfg.layernorm_epsilon, dtype=cfg.params_dtype)
+        self.q = make_linear(cfg, i, h, cfg.q_dim, PerTensorFp8Linear)
+        self.qx = make_linear(cfg, i, h, cfg.q_dim, PerTensorFp8Linear)
+        self.k = make_linear(cfg, i, h, cfg.kv_dim, PerTensorFp8Linear)
+        self.v = make_linear(cfg, i, h, cfg.kv_dim, PerTensorFp8Linear)
+
+
+class SelfCrossAttention(nn.Module):
+    """Reference `FullyParallelAttention`: block-causal self-attention and caption cross-attention."""
+
+    def __init__(self, cfg: DiTConfig, i: int):
+        super().__init__()
+        self.cfg, self.index = cfg, i
+        d, eps, dt = cfg.kv_channels, cfg.layernorm_epsilon, cfg.params_dtype
+        self.linear_qkv = LinearQKV(cfg, i)
+        self.linear_kv_xattn = nn.Linear(cfg.xattn_dim, 2 * cfg.kv_dim, bias=False, dtype=dt)
+        self.linear_proj = make_linear(cfg, i, 2 * cfg.q_dim, cfg.hidden_size, PerChannelFp8Linear)
+        self.q_layernorm = LayerNorm1p(d, eps, cfg.apply_layernorm_1p, dt)
+        self.q_layernorm_xattn = LayerNorm1p(d, eps, cfg.apply_layernorm_1p, dt)
+        self.k_layernorm = LayerNorm1p(d, eps, cfg.apply_layernorm_1p, dt)
+        self.k_layernorm_xattn = LayerNorm1p(d, eps, cfg.apply_layernorm_1p, dt)
+
+    def _qk(self, a, proj, norm, heads, rope):
+        """Projection -> per-head LayerNorm (fp32) -> RoPE (fp32) -> bf16."""
+        x = proj(a)
+        x = x.view(*x.shape[:-1], heads, self.cfg.kv_channels).float()
+        return apply_rope(norm(x), rope).to(a.dtype)
+
+    def forward(self, hs: torch.Tensor, y_xattn: torch.Tensor, m: ForwardMeta):
+        cfg = self.cfg
+        nh, g, d = cfg.num_attention_heads, cfg.num_query_groups, cfg.kv_channels
+        N, S = hs.shape[:2]
+        a = self.linear_qkv.layer_norm(hs)  # (N, S, h) bf16, plain gamma
+
+        q = self._qk(a, self.linear_qkv.q, self.q_layernorm, nh, m.rope).reshape(N * S, nh, d)
+        k = self._qk(a, self.linear_qkv.k, self.k_layernorm, g, m.rope).reshape(N * S, g, d)
+        v = self.linear_qkv.v(a).reshape(N * S, g, d)
+        k, v = self._with_cache(k, v, m)
+        core = range_attention(q, k, v, m.q_ranges, m.k_ranges, backend=m.attn_backend)
+
+        # cross-attention: bf16 norms with weight+1 in bf16, no RoPE
+        qx = self.linear_qkv.qx(a).reshape(N * S, nh, d)
+        qx = self.q_layernorm_xattn(qx)
+        kvx = self.linear_kv_xattn(y_xattn).view(-1, g, 2 * d)  # rows interleaved [K_g; V_g] per group
+        kx, vx = self.k_layernorm_xattn(kvx[..., :d]), kvx[..., d:]
+        xattn = range_attention(qx, kx, vx, m.xq_ranges, m.xk_ranges, backend=m.attn_backend)
+
+        # [self | cross] -> 8 slices interleaved: [self_0, cross_0, ..., self_7, cross_7]
+        o = torch.cat([core.view(N, S, -1), xattn.view(N, S, -1)], dim=-1)
+        o = o.view(N, S, 2, 8, -1).transpose(2, 3).reshape(N, S, -1)
+        if not isinstance(self.linear_proj, nn.Linear):
+            return self.linear_proj(o)  # fp8 layer: bf16 in, bf16 out
+        if m.precision == "exact":
+            return linear_fp32(o, self.linear_proj)  # reference: fp32 GEMM
+        return self.linear_proj(o)  # fast: bf16 GEMM
+
+    def _with_cache(self, k, v, m: ForwardMeta):
+        if m.cache is None:
+            return k, v
+        cached = m.cache.read(self.index, *m.cache_read, device=k.device)
+        if m.cache_write_chunks:
+            n = m.cache_write_chunks * m.tokens_per_chunk
+            m.cache.write(self.index, m.cache_write_at, torch.cat([k[:n], v[:n]], dim=-1), m.tokens_per_chunk)
+        if cached is None:
+            return k, v
+        d = self.cfg.kv_channels
+        return torch.cat([cached[..., :d], k], 0), torch.cat([cached[..., d:], v], 0)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: DiTConfig, i: int):
+        super().__init__()
+        h, Fd = cfg.hidden_size, cfg.ffn_hidden_size
+        self.glu = cfg.gated_linear_unit
+        self.layer_norm = nn.LayerNorm(h, eps=cfg.layernorm_epsilon, dtype=cfg.params_dtype)
+        self.linear_fc1 = make_linear(cfg, i, h, Fd * (2 if self.glu else 1), PerTensorFp8Linear)
+        self.linear_fc2 = make_linear(cfg, i, Fd, h, PerChannelFp8Linear)
+
+    def forward(self, x):
+        x = self.linear_fc1(self.layer_norm(x))
+        if self.glu:  # silu(first half) * second half, one rounding (flashinfer silu_and_mul)
+            a, b = x.float().chunk(2, dim=-1)
+            x = (F.silu(a) * b).to(x.dtype)
+        else:
+            x = F.gelu(x)
+        return self.linear_fc2(x)
+
+
+class AdaModulate(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.proj = nn.Sequential(
+            nn.Linear(cfg.cond_dim, int(2 * cfg.hidden_size * cfg.cond_gating_ratio), dtype=cfg.params_dtype))
+
+    def forward(self, cond):
+        return self.proj(F.silu(cond))
+
+
+def gated_residual(x, residual, gate, post_norm, chunks: int):
+    """bf16(LN_post(x_fp32 * gate_fp32 per chunk) + residual_fp32): the gate acts before the post-norm."""
+    N, S, h = x.shape
+    x = x.float().view(N, chunks, S // chunks, h) * gate.float()[:, :, None, :]
+    return (post_norm(x.view(N, S, h)) + residual.float()).to(residual.dtype)
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, cfg: DiTConfig, i: int):
+        super().__init__()
+        eps = cfg.layernorm_epsilon
+        self.ada_modulate_layer = AdaModulate(cfg)
+        self.self_attention = SelfCrossAttention(cfg, i)
+        self.self_attn_post_norm = LayerNorm1p(cfg.hidden_size, eps, cfg.apply_layernorm_1p, cfg.params_dtype)
+        self.mlp = MLP(cfg, i)
+        self.mlp_post_norm = LayerNorm1p(cfg.hidden_size, eps, cfg.apply_layernorm_1p, cfg.params_dtype)
+
+    def forward(self, hs, condition, y_xattn, m: ForwardMeta):
+        gate = self.ada_modulate_layer(condition)  # (N, dn, 2h) bf16
+        gate = torch.tanh(gate.float()).to(gate.dtype)  # softcap with cap 1, stored back as bf16
+        gate_msa, gate_mlp = gate.chunk(2, dim=-1)
+        attn = self.self_attention(hs, y_xattn, m)
+        hs = gated_residual(attn, hs, gate_msa, self.self_attn_post_norm, m.chunks)
+        return gated_residual(self.mlp(hs), hs, gate_mlp, self.mlp_post_norm, m.chunks)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(TransformerLayer(cfg, i) for i in range(cfg.num_layers))
+        self.final_layernorm = LayerNorm1p(cfg.hidden_size, cfg.layernorm_epsilon, cfg.apply_layernorm_1p,
+                                           cfg.params_dtype)

@@ -1,0 +1,123 @@
+"""Building blocks of the MAGI-1 DiT: norms, fp8 linears, embedders (magi1-dit.md §2, §3, §5)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from magi1_kernels.fp8 import FP8, fp8_matmul, quantize_fp8
+
+from ..config import DiTConfig
+
+
+class LayerNorm1p(nn.Module):
+    """LayerNorm with zero-centred gamma: uses weight + 1 (computed in the weight's dtype) and bias."""
+
+    def __init__(self, size: int, eps: float, one_plus: bool = True, dtype=None):
+        super().__init__()
+        self.eps, self.one_plus = eps, one_plus
+        self.weight = nn.Parameter(torch.empty(size, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(size, dtype=dtype))
+
+    def forward(self, x):
+        w = self.weight + 1 if self.one_plus else self.weight
+        return F.layer_norm(x, x.shape[-1:], w, self.bias, self.eps)
+
+
+class PerTensorFp8Linear(nn.Module):
+    """Reference `PerTensorQuantizedFp8Linear`: x / input_scale (vector) -> fp8, dequant by input_scale[0]."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(1, out_features, in_features, dtype=FP8), requires_grad=False)
+        self.weight_scale = nn.Parameter(torch.empty(1, dtype=torch.float32), requires_grad=False)
+        self.input_scale = nn.Parameter(torch.empty(in_features, dtype=torch.float32), requires_grad=False)
+
+    def forward(self, x):
+        x_q = quantize_fp8(x, self.input_scale)
+        return fp8_matmul(x_q, self.weight[0], self.input_scale, self.weight_scale, torch.bfloat16)
+
+
+class PerChannelFp8Linear(nn.Module):
+    """Reference `PerChannelQuantizedFp8Linear` (SmoothQuant): x / smooth_scale -> fp8, dequant by input_scale."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(1, out_features, in_features, dtype=FP8), requires_grad=False)
+        self.weight_scale = nn.Parameter(torch.empty(1, dtype=torch.float32), requires_grad=False)
+        self.input_scale = nn.Parameter(torch.empty(1, dtype=torch.float32), requires_grad=False)
+        self.smooth_scale = nn.Parameter(torch.empty(1, in_features, dtype=torch.float32), requires_grad=False)
+
+    def forward(self, x):
+        x_q = quantize_fp8(x, self.smooth_scale)
+        return fp8_matmul(x_q, self.weight[0], self.input_scale, self.weight_scale, torch.bfloat16)
+
+
+def make_linear(cfg: DiTConfig, layer: int, fin: int, fout: int, fp8_cls=None) -> nn.Module:
+    if fp8_cls is not None and cfg.is_quantized_layer(layer):
+        return fp8_cls(fin, fout)
+    return nn.Linear(fin, fout, bias=False, dtype=cfg.params_dtype)
+
+
+def linear_fp32(x, layer: nn.Linear):
+    """The reference's autocast(fp32) linear: input and weight upcast, fp32 output."""
+    bias = None if layer.bias is None else layer.bias.float()
+    return F.linear(x.float(), layer.weight.float(), bias)
+
+
+class TimestepEmbedder(nn.Module):
+    """t in [0,1] (1 = clean) -> sinusoid of (t*f)*1000, [cos, sin], rounded to bf16 -> fp32 MLP."""
+
+    def __init__(self, cfg: DiTConfig, freq_dim: int = 256):
+        super().__init__()
+        c = cfg.cond_dim
+        self.freq_dim = freq_dim
+        self.round_dtype = cfg.params_dtype
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, c, dtype=cfg.params_dtype), nn.SiLU(),
+                                 nn.Linear(c, c, dtype=cfg.params_dtype))
+
+    def sinusoid(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(0, half, dtype=torch.float32) / half).to(t.device)
+        args = t[:, None].float() * freqs[None] * 1000
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        emb = self.sinusoid(t.float()).to(self.round_dtype)
+        h = F.silu(linear_fp32(emb, self.mlp[0]))
+        return linear_fp32(h, self.mlp[2])
+
+
+class CaptionEmbedder(nn.Module):
+    """Cross-attention caption projection, adaLN token projection and the 800-row null caption."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.null_caption_embedding = nn.Parameter(
+            torch.empty(cfg.caption_max_length, cfg.caption_channels, dtype=cfg.params_dtype))
+        self.y_proj_xattn = nn.Sequential(
+            nn.Linear(cfg.caption_channels, cfg.xattn_dim, dtype=cfg.params_dtype), nn.SiLU())
+        self.y_proj_adaln = nn.Sequential(nn.Linear(cfg.caption_channels, cfg.cond_dim, dtype=cfg.params_dtype))
+
+    def xattn_tokens(self, y_valid: torch.Tensor) -> torch.Tensor:
+        """(tokens, Cc) valid caption tokens -> (tokens, hx) fp32."""
+        return F.silu(linear_fp32(y_valid, self.y_proj_xattn[0]))
+
+    def adaln(self, uncond: torch.Tensor) -> torch.Tensor:
+        """(N,) bool -> (N, c): projection of null-caption row 799 (uncond) or 798 (cond)."""
+        rows = torch.where(uncond[:, None], self.null_caption_embedding[-1][None], self.null_caption_embedding[-2][None])
+        return linear_fp32(rows, self.y_proj_adaln[0])
+
+
+class FinalLinear(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        out = cfg.patch_size * cfg.patch_size * cfg.t_patch_size * cfg.out_channels
+        self.linear = nn.Linear(cfg.hidden_size, out, bias=False, dtype=cfg.params_dtype)
+
+    def forward(self, x):
+        return linear_fp32(x, self.linear)
