@@ -18,17 +18,23 @@ def _as_pairs(ranges) -> list[tuple[int, int]]:
 
 
 def sdpa_range_attention(q, k, v, q_ranges, k_ranges, scale=None):
-    """Reference backend: one torch SDPA call per range, no masks, GQA native."""
+    """Reference backend: one torch SDPA call per range, no masks.
+
+    GQA without repeating K/V: the hpg query heads that share a KV head are folded into the query length,
+    (Lq, g*hpg, d) -> (g, hpg*Lq, d), so each SDPA call sees g heads on both sides (flash kernels apply).
+    """
     out = torch.zeros_like(q)
-    gqa = q.shape[1] != k.shape[1]
+    nh, g, d = q.shape[1], k.shape[1], q.shape[2]
+    hpg = nh // g
     for (qs, qe), (ks, ke) in zip(_as_pairs(q_ranges), _as_pairs(k_ranges)):
         if qe <= qs or ke <= ks:
             continue  # no keys: zeros (cross-attention of chunks without caption tokens)
-        qi = q[qs:qe].transpose(0, 1)
+        L = qe - qs
+        qi = q[qs:qe].view(L, g, hpg, d).permute(1, 2, 0, 3).reshape(g, hpg * L, d)
         ki = k[ks:ke].transpose(0, 1)
         vi = v[ks:ke].transpose(0, 1)
-        o = F.scaled_dot_product_attention(qi, ki, vi, scale=scale, enable_gqa=gqa)
-        out[qs:qe] = o.transpose(0, 1)
+        o = F.scaled_dot_product_attention(qi[None], ki[None], vi[None], scale=scale)[0]
+        out[qs:qe] = o.view(g, hpg, L, d).permute(2, 0, 1, 3).reshape(L, nh, d)
     return out
 
 

@@ -169,26 +169,26 @@ def init_random_(model: VideoDiT, seed: int = 0, device=None) -> VideoDiT:
     """Fill every parameter with well-scaled random values (tests, benchmarks). Materializes meta tensors."""
     from magi1_kernels.fp8 import FP8
 
-    gen = torch.Generator().manual_seed(seed)
-    device = device or "cpu"
+    device = torch.device(device or "cpu")
+    gen = torch.Generator(device=device).manual_seed(seed)
 
     def randn(shape, std):
-        return torch.randn(shape, generator=gen) * std
+        return torch.randn(shape, generator=gen, device=device) * std
 
     for name, prm in list(model.named_parameters()):
         shape, dtype = prm.shape, prm.dtype
         leaf = name.rsplit(".", 1)[-1]
         parent = name.rsplit(".", 1)[0]
         if leaf == "bands":
-            val = LearnableRoPE.default_bands(shape[0])
+            val = LearnableRoPE.default_bands(shape[0]).to(device)
         elif dtype == FP8:
             val = randn(shape, 0.5).clamp(-448, 448)
         elif leaf == "weight_scale":  # effective weight ~ N(0, 1/in) like the bf16 layers
-            val = torch.full(shape, 2.0 * model.get_submodule(parent).in_features ** -0.5)
+            val = torch.full(shape, 2.0 * model.get_submodule(parent).in_features ** -0.5, device=device)
         elif leaf == "input_scale":
-            val = torch.full(shape, 0.05)  # calibration writes one replicated value
+            val = torch.full(shape, 0.05, device=device)  # calibration writes one replicated value
         elif leaf == "smooth_scale":
-            val = torch.rand(shape, generator=gen) * 0.04 + 0.03
+            val = torch.rand(shape, generator=gen, device=device) * 0.04 + 0.03
         elif leaf == "null_caption_embedding":
             val = randn(shape, 0.2)
         elif prm.dim() == 1 and leaf == "bias":

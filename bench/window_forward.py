@@ -1,0 +1,128 @@
+"""Time one steady-state DiT window forward at full size with random weights (GPU machine).
+
+  python bench/window_forward.py --size 4.5B --variant base --height 720 --width 720 --mode extra
+  --mode extra : 4 noisy chunks + the extra clean chunk in the forward (K = 1..5, sum 15), as the
+                 reference's stage-start step (its "steady window" row: 60,750 query tokens at 720x720)
+  --mode cached: 4 noisy chunks, one clean chunk read from the KV cache (K = 2..5, sum 14): P1's shape
+Prints time, peak VRAM and achieved TFLOP/s from the FLOP model of magi1-dit.md §8.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import magi_core  # noqa: F401
+from magi_core.config import preset
+from magi_core.dit import KVCache, build_dit, init_random_
+
+
+def flops(cfg, ctn, keys_per_chunk, cap_tokens):
+    """magi1-dit.md §8: dense projections + self-attention + cross-attention (+ caption K/V)."""
+    h, Q, K, F = cfg.hidden_size, cfg.q_dim, cfg.kv_dim, cfg.ffn_hidden_size
+    f1 = F * (2 if cfg.gated_linear_unit else 1)
+    dense_per_tok = 2 * (2 * h * Q + 2 * h * K + 2 * Q * h + h * f1 + F * h)
+    nq = ctn * len(keys_per_chunk)
+    pair = 4 * cfg.num_attention_heads * cfg.kv_channels
+    per_layer = nq * dense_per_tok + pair * ctn * ctn * sum(keys_per_chunk) + pair * ctn * cap_tokens * len(keys_per_chunk)
+    per_layer += 2 * cfg.xattn_dim * 2 * K * cap_tokens * len(keys_per_chunk)
+    return cfg.num_layers * per_layer, cfg.num_layers * (pair * ctn * ctn * sum(keys_per_chunk))
+
+
+def gemm_ceiling(dev):
+    a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * 8192 ** 3 * 10 / (time.perf_counter() - t0) / 1e12
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="4.5B")
+    ap.add_argument("--variant", default="base", choices=["base", "distill", "distill-fp8"])
+    ap.add_argument("--height", type=int, default=720)
+    ap.add_argument("--width", type=int, default=720)
+    ap.add_argument("--mode", default="extra", choices=["extra", "cached"])
+    ap.add_argument("--precision", default="fast", choices=["fast", "exact"])
+    ap.add_argument("--backend", default=None)
+    ap.add_argument("--cap-tokens", type=int, default=100)
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--json", default=None, help="append the result as one JSON line to this file")
+    a = ap.parse_args()
+
+    dev = torch.device("cuda")
+    name = a.size if a.variant == "base" else f"{a.size}-{a.variant}"
+    cfg = preset(name)
+    t0 = time.perf_counter()
+    model = init_random_(build_dit(cfg), seed=0, device=dev).set_precision(a.precision)
+    model.attn_backend = a.backend
+    torch.cuda.synchronize()
+    build_s = time.perf_counter() - t0
+
+    H, W = a.height // 8, a.width // 8
+    ctn = 6 * (H // 2) * (W // 2)
+    g = torch.Generator(device=dev).manual_seed(0)
+    cache = None
+    if a.mode == "extra":  # chunks c-4 (clean, written), c-3..c
+        dn, slice_point = 5, 0
+        kv = [(0, ctn)] + [(0, (i + 1) * ctn) for i in range(1, 5)]
+        keys = [1, 2, 3, 4, 5]
+        t = torch.tensor([[0.9999, 0.3, 0.1, 0.0217, 0.0]], device=dev)
+    else:  # chunk 0 cached; chunks 1..4 attend back to it
+        dn, slice_point = 4, 1
+        kv = [(0, (i + 2) * ctn) for i in range(4)]
+        keys = [2, 3, 4, 5]
+        t = torch.tensor([[0.3, 0.1, 0.0217, 0.0]], device=dev)
+    x = torch.randn(1, 16, 6 * dn, H, W, device=dev, generator=g)
+    y = torch.randn(dn, a.cap_tokens, cfg.caption_channels, device=dev, generator=g) * 0.1
+    mask = torch.ones(dn, a.cap_tokens, device=dev)
+    dt = 8.0 if cfg.distill else None
+
+    def run():
+        nonlocal cache
+        if a.mode == "cached":
+            cache = KVCache(max_chunks=1)
+            x0 = torch.randn(1, 16, 6, H, W, device=dev, generator=g)
+            model(x0, t[:, :1] * 0 + 0.9999, y[:1], mask[:1], [(0, ctn)], cache=cache, cache_write_chunks=1, dt_factor=dt)
+            torch.cuda.synchronize()
+            t1 = time.perf_counter()
+            model(x, t, y, mask, kv, slice_point=slice_point, cache=cache, dt_factor=dt)
+        else:
+            t1 = time.perf_counter()
+            model(x, t, y, mask, kv, slice_point=slice_point, dt_factor=dt)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t1
+
+    run()  # warm-up
+    torch.cuda.reset_peak_memory_stats()
+    times = [run() for _ in range(a.iters)]
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    total, attn = flops(cfg, ctn, keys, a.cap_tokens)
+    best = min(times)
+    res = dict(
+        bench="window_forward", model=name, res=f"{a.height}x{a.width}", mode=a.mode, precision=a.precision,
+        backend=a.backend or "auto", query_tokens=ctn * dn, sum_K=sum(keys), time_s=round(best, 4),
+        times=[round(x, 4) for x in times], peak_GiB=round(peak, 2), model_GiB=round(torch.cuda.memory_allocated() / 2**30, 2),
+        flop=f"{total:.3e}", attn_flop=f"{attn:.3e}", achieved_TFLOPs=round(total / best / 1e12, 1),
+        gemm_ceiling_TFLOPs=round(gemm_ceiling(dev), 1), build_s=round(build_s, 1),
+        gpu=torch.cuda.get_device_name(), torch=torch.__version__,
+    )
+    print(json.dumps(res))
+    if a.json:
+        with open(a.json, "a") as f:
+            f.write(json.dumps(res) + "\n")
+
+
+if __name__ == "__main__":
+    main()
