@@ -1,0 +1,143 @@
+"""Command line: `python -m magi_core <command> ...` (inspect, convert; generate when magi_core.cli_generate exists).
+
+Each command is a `Command(help, add_arguments, run)`. Commands owned by other parts live in their own module
+(listed in LAZY_COMMANDS) exposing `HELP: str`, `add_arguments(parser)` and `run(args) -> int`; the module is
+imported only when its command is invoked.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass
+class Command:
+    help: str
+    add_arguments: Callable
+    run: Callable
+
+
+LAZY_COMMANDS = {"generate": "magi_core.cli_generate"}
+
+
+# ----------------------------------------------------------------------------- inspect
+
+
+def _inspect_args(p: argparse.ArgumentParser):
+    p.add_argument("source", help="checkpoint folder/file, or a preset such as 4.5B, 24B-distill, 4.5B-distill-fp8, tiny")
+    p.add_argument("--variant", help="base | distill | distill-fp8 (distill cannot be seen in the weights)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--brief", action="store_true", help="omit the parameter table")
+
+
+def _print_report(r: dict, brief: bool):
+    if r["kind"] == "preset":
+        print(f"MAGI-1 DiT preset {r['source']}")
+    else:
+        print(f"MAGI-1 DiT checkpoint {r['location']} ({r['layout']})")
+        for f in r["files"]:
+            print(f"  file {f}")
+    if r.get("size"):
+        how = f" (distill: {r['distill_source']})" if r.get("distill_source") else ""
+        print(f"size {r['size']}, variant {r['variant']}{how}")
+    print(f"{r['num_params']:,} parameters in {r['num_tensors']} tensors")
+    for note in r.get("notes", []):
+        print(f"note: {note}")
+    if not brief:
+        width = max((len(n) for n in r["params"]), default=10)
+        print(f"\n{'name':<{width}}  {'shape':<22} dtype")
+        stored_dtypes = r.get("stored_dtypes", {})
+        for n, p in r["params"].items():
+            stored = f" (stored {stored_dtypes[n]})" if n in stored_dtypes else ""
+            print(f"{n:<{width}}  {str(tuple(p['shape'])):<22} {p['dtype']}{stored}")
+    if r["kind"] == "checkpoint":
+        print()
+        if "error" in r:
+            print("ERROR: " + r["error"])
+        elif r["ok"]:
+            c = r["comparison"]
+            print(f"OK: matches the expected {r['size']} {r['variant']} table "
+                  f"({len(c['dtype_changes'])} tensors stored in an unusual dtype)")
+        else:
+            print("WILL NOT LOAD:\n" + r["comparison"]["report"])
+
+
+def _inspect_run(args) -> int:
+    from .checkpoint import inspect
+
+    r = inspect(args.source, variant=args.variant)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        _print_report(r, args.brief)
+    return 0 if r["ok"] else 1
+
+
+# ----------------------------------------------------------------------------- convert
+
+
+def _convert_args(p: argparse.ArgumentParser):
+    p.add_argument("source", help="official folder (…/4.5B_distill or its inference_weight.distill), or any layout")
+    p.add_argument("out", help="output .safetensors file (e.g. ComfyUI/models/diffusion_models/magi1_4.5B_distill.safetensors)")
+    p.add_argument("--variant", help="base | distill | distill-fp8, when the folder name does not say")
+
+
+def _convert_run(args) -> int:
+    from .checkpoint import convert
+
+    r = convert(args.source, args.out, variant=args.variant)
+    print(f"wrote {r['path']}: {r['size']} {r['variant']}, {r['num_tensors']} tensors, {r['bytes']:,} bytes")
+    return 0
+
+
+COMMANDS = {
+    "inspect": Command("show size, variant and parameter table of a checkpoint or preset; diagnose a download",
+                       _inspect_args, _inspect_run),
+    "convert": Command("merge an official weights folder into one safetensors file (ComfyUI diffusion_models)",
+                       _convert_args, _convert_run),
+}
+
+
+def _lazy(module: str) -> Command:
+    mod = importlib.import_module(module)
+    return Command(mod.HELP, mod.add_arguments, mod.run)
+
+
+def _available_lazy() -> dict:
+    return {name: mod for name, mod in LAZY_COMMANDS.items() if importlib.util.find_spec(mod) is not None}
+
+
+def main(argv=None) -> int:
+    from .checkpoint import CheckpointError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = dict(COMMANDS)
+    lazy = _available_lazy()
+    chosen = argv[0] if argv else None
+    parser = argparse.ArgumentParser(prog="python -m magi_core", description="MAGI-1 tools")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    for name, mod in lazy.items():
+        if name == chosen:
+            commands[name] = _lazy(mod)
+    for name, cmd in commands.items():
+        cmd.add_arguments(sub.add_parser(name, help=cmd.help, description=cmd.help))
+    for name in lazy.keys() - commands.keys():
+        sub.add_parser(name, help=f"(see: python -m magi_core {name} -h)")
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return commands[args.command].run(args)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

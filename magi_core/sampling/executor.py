@@ -1,0 +1,193 @@
+"""Run a sampling plan: DiT passes, CFG, Euler updates, KV cache; stream each finished chunk.
+
+The plan (plan.py) decides everything about the schedule; this module only turns it into tensors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from ..dit import KVCache
+from .plan import DiTCall, Plan, max_cached_chunks
+
+
+class SamplingCancelled(Exception):
+    """Raised between DiT calls when the cancel check returns True."""
+
+
+@dataclass
+class Caption:
+    """One caption as the DiT sees it: its valid tokens only (special tokens already prepended)."""
+
+    tokens: torch.Tensor  # (n_valid, Cc)
+
+
+@dataclass
+class FinishedChunk:
+    index: int  # output chunk number (0 = first generated chunk)
+    chunk: int  # absolute chunk index in the latent video
+    latents: torch.Tensor  # (1, C, frames, h, w) fp32
+
+
+def make_noise(shape, seed: int, device, per_chunk: bool = False, chunk_width: int = 6) -> torch.Tensor:
+    """fp32 N(0,1) latent noise.
+
+    Default = the reference: one randn over the whole latent right after seeding (on CUDA this reproduces the
+    reference bit for bit; it changes when the video length changes). per_chunk=True: chunk c draws from seed
+    (seed, c), so a chunk's noise does not depend on how long the video is.
+    """
+    device = torch.device(device)
+    if not per_chunk:
+        gen = torch.Generator(device=device).manual_seed(seed)
+        return torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
+    B, C, T, H, W = shape
+    parts = []
+    for c in range((T + chunk_width - 1) // chunk_width):
+        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + c)
+        parts.append(torch.randn((B, C, chunk_width, H, W), generator=gen, device=device, dtype=torch.float32))
+    return torch.cat(parts, dim=2)[:, :, :T]
+
+
+def _pack(captions: list[Caption], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Captions -> y (rows, Lmax, Cc) and mask (rows, Lmax)."""
+    L = max(1, max(c.tokens.shape[0] for c in captions))
+    C = captions[0].tokens.shape[1]
+    y = torch.zeros(len(captions), L, C, device=device)
+    mask = torch.zeros(len(captions), L, device=device)
+    for i, c in enumerate(captions):
+        n = c.tokens.shape[0]
+        y[i, :n] = c.tokens.to(device=device, dtype=torch.float32)
+        mask[i, :n] = 1
+    return y, mask
+
+
+class Executor:
+    """Holds the state of one generation: latents, KV cache, captions."""
+
+    def __init__(self, model, plan: Plan, text: list[Caption], null: Caption, noise: torch.Tensor,
+                 prefix: torch.Tensor | None = None, kv_offload: bool = False, prev_chunks_scale: float = 0.7):
+        cw = plan.chunk_width
+        if noise.shape[2] != plan.n_chunks * cw:
+            raise ValueError(f"noise has {noise.shape[2]} latent frames, the plan needs {plan.n_chunks * cw}")
+        if len(text) != plan.n_chunks:
+            raise ValueError(f"need one caption per chunk ({plan.n_chunks}), got {len(text)}")
+        if plan.prefix_latents and (prefix is None or prefix.shape[2] < plan.prefix_latents):
+            raise ValueError(f"the plan needs {plan.prefix_latents} prefix latent frames")
+        self.model, self.plan, self.text, self.null = model, plan, text, null
+        self.xs = noise.clone()
+        self.prefix = None if prefix is None else prefix.to(noise.device, torch.float32)
+        self.cache = KVCache(max_chunks=max(1, max_cached_chunks(plan)), offload=kv_offload)
+        self.prev_chunks_scale = prev_chunks_scale
+        _, _, _, h, w = noise.shape
+        p, pt = model.cfg.patch_size, model.cfg.t_patch_size
+        self.ctn = (cw // pt) * (h // p) * (w // p)
+
+    # one DiT pass over the chunks of a call
+    def _dit(self, x, chunks, captions, kv_chunks, slice_point, uncond, call, cache=True, write=0):
+        y, mask = _pack(captions, x.device)
+        t = torch.tensor([[c.t for c in chunks]], dtype=torch.float32, device=x.device)
+        kv = [(a * self.ctn, b * self.ctn) for a, b in kv_chunks]
+        dt = call.dt_factor if self.model.cfg.distill else None
+        return self.model(x, t, y, mask, kv, slice_point=slice_point, uncond=uncond,
+                          cache=self.cache if cache else None, cache_write_chunks=write, dt_factor=dt)
+
+    def _uncond(self, x, call: DiTCall):
+        """cfg pass 3: every noisy chunk alone (its own batch element), null caption, no cache."""
+        cw, noisy = self.plan.chunk_width, call.noisy
+        n = len(noisy)
+        xb = x[:, :, -n * cw:].reshape(1, x.shape[1], n, cw, *x.shape[3:]).transpose(0, 2)[:, :, 0]
+        y, mask = _pack([self.null] * n, x.device)
+        t = torch.tensor([[c.t] for c in noisy], dtype=torch.float32, device=x.device)
+        kv = [(b * self.ctn, (b + 1) * self.ctn) for b in range(n)]
+        dt = call.dt_factor if self.model.cfg.distill else None
+        out = self.model(xb, t, y, mask, kv, uncond=True, dt_factor=dt)
+        return out.transpose(0, 1).reshape(1, x.shape[1], n * cw, *x.shape[3:])
+
+    def run_call(self, call: DiTCall, cancel: Callable[[], bool] | None = None) -> torch.Tensor | None:
+        """Execute one DiT call; returns the velocity of its noisy chunks (1, C, n*cw, h, w) or None."""
+        plan, cw, sp = self.plan, self.plan.chunk_width, call.slice_point
+        R = len(call.chunks)
+        x = self.xs[:, :, sp * cw:(sp + R) * cw].clone()
+        if call.prefix_frames:
+            a, b = call.prefix_frames
+            x[:, :, a - sp * cw:b - sp * cw] = self.prefix[:, :, a:b]
+        text_rows = [self.null if c.clean else self.text[c.index] for c in call.chunks]
+        kv = [c.kv_range for c in call.chunks]
+        writes = len(call.cache_writes)
+        self._x_in = x
+
+        def check():
+            if cancel is not None and cancel():
+                raise SamplingCancelled()
+
+        if call.extract_prefix:  # whole prefix chunks; only the cache-writing pass matters (output discarded)
+            uncond = plan.cache_pass == "cond_pre"
+            x = self.prefix[:, :, sp * cw:(sp + R) * cw]
+            self._dit(x, call.chunks, [self.null] * R, kv, sp, uncond, call, write=writes)
+            return None
+        n = len(call.noisy)
+        if plan.cfg_number == 3:
+            out_text = self._dit(x, call.chunks, text_rows, kv, sp, False, call)
+            check()
+            out_pre = self._dit(x, call.chunks, [self.null] * R, kv, sp, True, call, write=writes)
+            check()
+            out_unc = self._uncond(x, call)
+            out_text, out_pre = out_text[:, :, -n * cw:], out_pre[:, :, -n * cw:]
+            vs = []
+            for i, c in enumerate(call.noisy):
+                p, s = (torch.tensor(v, dtype=torch.float32) for v in c.cfg)
+                sl = slice(i * cw, (i + 1) * cw)
+                vs.append((1 - p) * out_unc[:, :, sl] + (p - s) * out_pre[:, :, sl] + s * out_text[:, :, sl])
+            return torch.cat(vs, dim=2)
+        # cfg_number 1 (distill / fp8): one pass; nearly-clean chunk gets an isolated text-only copy
+        chunks, rows, x_in = list(call.chunks), text_rows, x
+        if call.distill_copy is not None:
+            first = R - n  # position of the first noisy chunk in the forward
+            chunks = chunks + [call.distill_copy]
+            rows = rows + [self.text[call.distill_copy.index]]
+            kv = kv + [call.distill_copy.kv_range]
+            x_in = torch.cat([x, x[:, :, first * cw:(first + 1) * cw]], dim=2)
+        out = self._dit(x_in, chunks, rows, kv, sp, False, call, write=writes)
+        if call.distill_copy is not None:
+            a = self.prev_chunks_scale
+            o_ctx = out[:, :, first * cw:(first + 1) * cw]
+            o_iso = out[:, :, R * cw:]
+            out = out[:, :, :R * cw].clone()
+            out[:, :, first * cw:(first + 1) * cw] = o_ctx * a + o_iso * (1 - a)
+        return out[:, :, -n * cw:]
+
+    def integrate(self, call: DiTCall, v: torch.Tensor):
+        """Euler per noisy chunk on the (prefix-overwritten) input: x <- x + v * dt."""
+        cw = self.plan.chunk_width
+        x = self._x_in
+        R, n = len(call.chunks), len(call.noisy)
+        base = (R - n) * cw
+        for i, c in enumerate(call.noisy):
+            xi = x[:, :, base + i * cw: base + (i + 1) * cw]
+            self.xs[:, :, c.index * cw:(c.index + 1) * cw] = xi + v[:, :, i * cw:(i + 1) * cw] * c.dt
+
+
+def generate_chunks(model, plan: Plan, text: list[Caption], null: Caption, noise: torch.Tensor,
+                    prefix: torch.Tensor | None = None, kv_offload: bool = False, prev_chunks_scale: float = 0.7,
+                    progress: Callable[[int, int, int], None] | None = None,
+                    cancel: Callable[[], bool] | None = None) -> Iterator[FinishedChunk]:
+    """Yield each finished chunk's latents as soon as it is done.
+
+    progress(call_index, total_calls, newest_chunk) after every DiT call; cancel() checked between DiT passes.
+    """
+    ex = Executor(model, plan, text, null, noise, prefix, kv_offload, prev_chunks_scale)
+    total = len(plan.calls)
+    for i, call in enumerate(plan.calls):
+        if cancel is not None and cancel():
+            raise SamplingCancelled()
+        v = ex.run_call(call, cancel)
+        if v is not None:
+            ex.integrate(call, v)
+        if progress is not None:
+            progress(i + 1, total, call.chunk_end - 1)
+        if call.emit is not None:
+            a, b = call.emit.frames
+            yield FinishedChunk(call.emit.index, call.emit.chunk, ex.xs[:, :, a:b].clone())
+    ex.cache.clear()

@@ -1,0 +1,156 @@
+"""Per-chunk prompt schedule (magi1-pipeline.md §2): which prompt each chunk of the video uses.
+
+Text format, one range per line:
+
+    0-1: a red fox walks through snow        chunk indices, both ends included
+    2: the fox stops and looks up            a single chunk
+    3-: the fox runs away                    open end: up to the last chunk
+    0s-2.5s: a red fox ...                   seconds (suffix `s` on both ends), end excluded
+
+A line that does not start with a range continues the previous prompt (joined with a space). Text whose
+first line has no range is one prompt for every chunk. Blank lines are skipped.
+
+Seconds are turned into chunk boundaries: one chunk lasts `frames_per_chunk / fps` seconds (24 frames,
+i.e. 1 s at 24 fps), and a time `s` becomes boundary `floor(s * fps / frames_per_chunk + 0.5)` (nearest
+chunk boundary, halves rounded up). So `0s-2s` at 24 fps is chunks 0 and 1; at 30 fps it is chunks 0..2
+(2 s = 2.5 chunks, rounded up to 3).
+
+The resolved schedule must cover chunks 0..n_chunks-1 exactly once: gaps, overlaps, empty prompts and
+ranges past the end are errors.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+FRAMES_PER_CHUNK = 24  # chunk_width 6 latent frames x temporal_downsample_factor 4
+
+_NUMBER = r"\d+(?:\.\d+)?s?"
+_RANGE_LINE = re.compile(rf"^\s*(?P<start>{_NUMBER})\s*(?:(?P<dash>-)\s*(?P<end>{_NUMBER})?)?\s*:(?P<prompt>.*)$")
+
+
+@dataclass(frozen=True)
+class PromptRange:
+    """One schedule line. Chunk ranges include `end`; second ranges exclude it; end None = to the last chunk."""
+
+    start: float
+    end: float | None
+    prompt: str
+    seconds: bool = False
+    line: int = 0  # 1-based line number in the source text (0 = not from text)
+
+    def chunk_bounds(self, n_chunks: int, fps: float, frames_per_chunk: int = FRAMES_PER_CHUNK) -> tuple[int, int]:
+        """Half-open chunk range [first, stop)."""
+        if self.seconds:
+            per_second = fps / frames_per_chunk
+
+            def boundary(s: float) -> int:
+                return math.floor(s * per_second + 0.5)
+
+            first = boundary(self.start)
+            stop = n_chunks if self.end is None else boundary(self.end)
+        else:
+            first = int(self.start)
+            stop = n_chunks if self.end is None else int(self.end) + 1
+        return first, stop
+
+    def describe(self) -> str:
+        unit = "s" if self.seconds else ""
+        end = "" if self.end is None else f"{self.end:g}{unit}"
+        where = f"line {self.line} " if self.line else ""
+        return f"{where}'{self.start:g}{unit}-{end}'"
+
+
+@dataclass(frozen=True)
+class PromptSchedule:
+    ranges: tuple[PromptRange, ...]
+
+    @staticmethod
+    def single(prompt: str) -> "PromptSchedule":
+        """One prompt for every chunk."""
+        return PromptSchedule((PromptRange(0, None, prompt),))
+
+    def resolve(self, n_chunks: int, fps: float = 24, frames_per_chunk: int = FRAMES_PER_CHUNK) -> list[str]:
+        """One prompt per chunk, for chunks 0..n_chunks-1."""
+        if n_chunks < 1:
+            raise ValueError(f"n_chunks must be >= 1, got {n_chunks}")
+        if not self.ranges:
+            raise ValueError("the prompt schedule is empty: give at least one prompt")
+        owner: list[PromptRange | None] = [None] * n_chunks
+        for r in self.ranges:
+            if not r.prompt.strip():
+                raise ValueError(f"prompt schedule {r.describe()}: the prompt is empty")
+            first, stop = r.chunk_bounds(n_chunks, fps, frames_per_chunk)
+            if first >= n_chunks or stop > n_chunks:
+                raise ValueError(
+                    f"prompt schedule {r.describe()} covers chunks {first}..{stop - 1}, but the video has only "
+                    f"{n_chunks} chunks (0..{n_chunks - 1}); shorten the range or end it with '-' to run to the end"
+                )
+            if stop <= first:
+                raise ValueError(f"prompt schedule {r.describe()} covers no chunk (chunks {first}..{stop - 1})")
+            for c in range(first, stop):
+                if owner[c] is not None:
+                    raise ValueError(
+                        f"prompt schedule ranges {owner[c].describe()} and {r.describe()} overlap at chunk {c}"
+                    )
+                owner[c] = r
+        gaps = [c for c, r in enumerate(owner) if r is None]
+        if gaps:
+            raise ValueError(
+                f"prompt schedule has no prompt for chunks {_spans(gaps)} of 0..{n_chunks - 1}; "
+                "cover every chunk (end the last range with '-' to run it to the end)"
+            )
+        return [r.prompt for r in owner]
+
+
+def _spans(indices: list[int]) -> str:
+    spans, start = [], indices[0]
+    for a, b in zip(indices, indices[1:] + [None]):
+        if b != a + 1:
+            spans.append(f"{start}" if start == a else f"{start}-{a}")
+            start = b
+    return ", ".join(spans)
+
+
+def _bound(text: str) -> tuple[float, bool]:
+    return (float(text[:-1]), True) if text.endswith("s") else (float(text), False)
+
+
+def parse_schedule(text: str) -> PromptSchedule:
+    """Parse schedule text (see the module doc); text without ranges is a single prompt."""
+    lines = [(i + 1, line) for i, line in enumerate(str(text).splitlines()) if line.strip()]
+    if not lines:
+        return PromptSchedule(())
+    if not _RANGE_LINE.match(lines[0][1]):
+        return PromptSchedule.single(" ".join(line.strip() for _, line in lines))
+    ranges: list[PromptRange] = []
+    for number, line in lines:
+        m = _RANGE_LINE.match(line)
+        if m is None:  # continuation of the previous prompt
+            prev = ranges[-1]
+            ranges[-1] = PromptRange(prev.start, prev.end, f"{prev.prompt} {line.strip()}".strip(), prev.seconds, prev.line)
+            continue
+        start, start_s = _bound(m["start"])
+        if m["dash"] is None:
+            end, end_s = start, start_s
+        elif m["end"] is None:
+            end, end_s = None, start_s
+        else:
+            end, end_s = _bound(m["end"])
+        if start_s != end_s:
+            raise ValueError(f"prompt schedule line {number}: use seconds ('s') on both ends or on neither: {line.strip()!r}")
+        if not start_s and (start != int(start) or (end is not None and end != int(end))):
+            raise ValueError(f"prompt schedule line {number}: chunk indices must be whole numbers (add 's' for seconds)")
+        if start_s and m["dash"] is None:
+            raise ValueError(f"prompt schedule line {number}: a time needs a range, e.g. '{m['start']}-{start + 1:g}s:'")
+        ranges.append(PromptRange(start, end, m["prompt"].strip(), start_s, number))
+    return PromptSchedule(tuple(ranges))
+
+
+def resolve_prompts(schedule: str | PromptSchedule, n_chunks: int, fps: float = 24,
+                    frames_per_chunk: int = FRAMES_PER_CHUNK) -> list[str]:
+    """Schedule text (or a parsed schedule) -> one prompt per chunk."""
+    if not isinstance(schedule, PromptSchedule):
+        schedule = parse_schedule(schedule)
+    return schedule.resolve(n_chunks, fps, frames_per_chunk)

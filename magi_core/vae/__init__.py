@@ -1,0 +1,7 @@
+"""MAGI-1 transformer VAE: network, tiled encode/decode, official-checkpoint loader (magi1-pipeline.md §5)."""
+from .loader import load_vae, read_vae_config, save_vae
+from .model import VAE_PRESETS, VAEConfig, ViTVAE
+from .tiling import SCALE_FACTOR, tiled_decode, tiled_encode
+
+__all__ = ["VAEConfig", "VAE_PRESETS", "ViTVAE", "SCALE_FACTOR", "tiled_encode", "tiled_decode",
+           "load_vae", "save_vae", "read_vae_config"]

@@ -1,0 +1,230 @@
+"""Executor: equals a direct re-implementation of the reference sampler loop; streaming, cancel, prompts, memory."""
+import pytest
+import torch
+
+import magi_core  # noqa: F401
+from magi_core.config import preset
+from magi_core.dit import KVCache, build_dit, init_random_
+from magi_core.sampling import make_plan, t_grid
+from magi_core.sampling.executor import Caption, SamplingCancelled, generate_chunks, make_noise
+
+CW = 6
+
+
+def tiny_model(name="tiny", dtype=torch.float32):
+    cfg = preset(name).replace(num_layers=2, params_dtype=dtype)
+    return init_random_(build_dit(cfg), seed=0)
+
+
+def captions(model, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    C = model.cfg.caption_channels
+    text = [Caption(torch.randn(3 + 2 * i, C, generator=g) * 0.5) for i in range(n)]
+    null = Caption(model.y_embedder.null_caption_embedding[:50].float())
+    return text, null
+
+
+def reference_loop(model, n, N, text, null, noise, cfg_number, prefix=None, P=0, w=4, kvr=(5, 4, 3, 2)):
+    """magi1-pipeline.md §1.4-1.9 written out directly: full-video KV cache written by every forward."""
+    S, ts = N // w, t_grid(N)
+    ts_t = torch.tensor(ts, dtype=torch.float32)
+    offset = P // CW
+    xs, cache = noise.clone(), KVCache(None)
+    h, wd = noise.shape[-2:]
+    ctn = CW * (h // 2) * (wd // 2)
+    dtf = N / 2 if model.cfg.distill else None
+    count, out = [0] * n, []
+
+    def pack(rows):
+        L = max(r.tokens.shape[0] for r in rows)
+        y = torch.zeros(len(rows), L, rows[0].tokens.shape[1])
+        m = torch.zeros(len(rows), L)
+        for i, r in enumerate(rows):
+            y[i, : r.tokens.shape[0]] = r.tokens
+            m[i, : r.tokens.shape[0]] = 1
+        return y, m
+
+    def fwd(x, t, rows, kv, sp, uncond, write, use_cache=True):
+        y, m = pack(rows)
+        return model(x, torch.tensor([t], dtype=torch.float32), y, m, kv, slice_point=sp, uncond=uncond,
+                     cache=cache if use_cache else None, cache_write_chunks=write, dt_factor=dtf)
+
+    if offset:
+        kv = [(j * ctn, (j + 1) * ctn) for j in range(offset)]
+        fwd(prefix[:, :, : offset * CW], [0.9999] * offset, [null] * offset, kv, 0, cfg_number == 3, offset)
+    for g in range(S * (n + w - 1 - offset)):
+        stage, d = divmod(g, S)
+        i = offset + stage
+        cs, ce = max(offset, i - w + 1), min(n, i + 1)
+        t0, t1 = max(0, i - n + 1), min(w, i - offset + 1)
+        ks = [j * S + d for j in range(t0, t1)][::-1]
+        extra = cs > offset and d == 0
+        sp = cs - 1 if extra else cs
+        steps = ([N] if extra else []) + ks
+        R = len(steps)
+        x = xs[:, :, sp * CW:(sp + R) * CW].clone()
+        if P > sp * CW:
+            x[:, :, : min(P - sp * CW, R * CW)] = prefix[:, :, sp * CW: min(P, (sp + R) * CW)]
+        t = [0.9999 if k == N else ts[k] for k in steps]
+        kv = []
+        for j, k in enumerate(steps):
+            r = 1 if k == N else kvr[k // (N // 4)]
+            a = sp + j
+            kv.append((max(0, a + 1 - r) * ctn, (a + 1) * ctn))
+        rows = [null if k == N else text[sp + j] for j, k in enumerate(steps)]
+        n_noisy = len(ks)
+        if cfg_number == 3:
+            o1 = fwd(x, t, rows, kv, sp, False, 0)
+            o2 = fwd(x, t, [null] * R, kv, sp, True, R)
+            xb = torch.cat([x[:, :, (R - n_noisy + b) * CW:(R - n_noisy + b + 1) * CW] for b in range(n_noisy)])
+            y, m = pack([null] * n_noisy)
+            o3 = model(xb, torch.tensor([[tt] for tt in t[-n_noisy:]]), y, m,
+                       [(b * ctn, (b + 1) * ctn) for b in range(n_noisy)], uncond=True, dt_factor=dtf)
+            v = []
+            for b in range(n_noisy):
+                tb = torch.tensor(t[R - n_noisy + b], dtype=torch.float32)
+                idx = torch.searchsorted(torch.tensor([0, 0.0217, 0.1, 0.3, 0.999]) - 1e-7, tb) - 1
+                p = torch.tensor([1.5, 1.5, 1.5, 1.0, 1.0])[idx]
+                s = torch.tensor([7.5, 7.5, 7.5, 0.0, 0.0])[idx]
+                sl = slice((R - n_noisy + b) * CW, (R - n_noisy + b + 1) * CW)
+                v.append((1 - p) * o3[b:b + 1] + (p - s) * o2[:, :, sl] + s * o1[:, :, sl])
+            v = torch.cat(v, 2)
+        else:
+            f = R - n_noisy
+            if t[f] > 0.3:
+                xc = torch.cat([x, x[:, :, f * CW:(f + 1) * CW]], 2)
+                end = kv[-1][1]
+                full = fwd(xc, t + [t[f]], rows + [rows[f]], kv + [(end, end + ctn)], sp, False, R)
+                o = full[:, :, : R * CW].clone()
+                o[:, :, f * CW:(f + 1) * CW] = full[:, :, f * CW:(f + 1) * CW] * 0.7 + full[:, :, R * CW:] * 0.3
+            else:
+                o = fwd(x, t, rows, kv, sp, False, R)
+            v = o[:, :, (R - n_noisy) * CW:]
+        for b, k in enumerate(ks):
+            c = cs + b
+            sl = slice((R - n_noisy + b) * CW, (R - n_noisy + b + 1) * CW)
+            xs[:, :, c * CW:(c + 1) * CW] = x[:, :, sl] + v[:, :, b * CW:(b + 1) * CW] * (ts_t[k + 1] - ts_t[k])
+            count[c] += 1
+        if count[cs] == N:
+            a = 0 if (cs == 0 and P == 1) else max(cs * CW, P)
+            out.append(xs[:, :, a:(cs + 1) * CW].clone())
+    return out
+
+
+def run_plan(model, n, N, text, null, noise, cfg, prefix=None, P=0, **kw):
+    plan = make_plan(n, N, prefix_latents=P, cfg_number=cfg)
+    return [c.latents for c in generate_chunks(model, plan, text, null, noise, prefix=prefix, **kw)], plan
+
+
+@pytest.mark.parametrize("case", ["t2v_cfg3", "t2v_distill", "i2v_cfg3", "v2v_distill"])
+def test_executor_equals_reference_loop(case):
+    name = "tiny-distill" if "distill" in case else "tiny"
+    model = tiny_model(name)
+    cfg = 1 if "distill" in case else 3
+    n, N = (4, 8) if case.startswith("v2v") else (3, 8)
+    P = {"i2v": 1, "v2v": 8}.get(case[:3], 0)
+    text, null = captions(model, n)
+    noise = make_noise((1, 16, n * CW, 4, 4), seed=3, device="cpu")
+    prefix = torch.randn(1, 16, max(P, 1), 4, 4) if P else None
+    ours, plan = run_plan(model, n, N, text, null, noise, cfg, prefix, P)
+    ref = reference_loop(model, n, N, text, null, noise, cfg, prefix, P)
+    assert len(ours) == len(ref) == len(plan.emissions)
+    for a, b in zip(ours, ref):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()
+
+
+def test_streaming_order_and_equals_whole_run():
+    model = tiny_model("tiny-distill", torch.bfloat16)
+    text, null = captions(model, 3)
+    noise = make_noise((1, 16, 18, 4, 4), seed=1, device="cpu")
+    plan = make_plan(3, 8, cfg_number=1)
+    got, seen = [], []
+    for ch in generate_chunks(model, plan, text, null, noise, progress=lambda i, n, c: seen.append(i)):
+        got.append(ch)
+    assert [c.index for c in got] == [0, 1, 2]
+    assert seen == list(range(1, len(plan.calls) + 1))
+    whole = torch.cat([c.latents for c in got], 2)
+    again = torch.cat([c.latents for c in generate_chunks(model, plan, text, null, noise)], 2)
+    assert whole.shape == (1, 16, 18, 4, 4) and torch.equal(whole, again)
+    # later chunks never change earlier ones: a longer video keeps the first chunks (per-chunk noise)
+    n4 = make_noise((1, 16, 24, 4, 4), seed=1, device="cpu", per_chunk=True)
+    n3 = make_noise((1, 16, 18, 4, 4), seed=1, device="cpu", per_chunk=True)
+    assert torch.equal(n4[:, :, :18], n3)
+
+
+def test_cancel_stops_within_one_dit_call():
+    model = tiny_model("tiny", torch.bfloat16)
+    text, null = captions(model, 3)
+    plan = make_plan(3, 8, cfg_number=3)
+    calls = {"n": 0}
+    orig = model.forward
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return orig(*a, **k)
+
+    model.forward = counting
+    flag = {"stop": False}
+    with pytest.raises(SamplingCancelled):
+        for i, _ in enumerate(generate_chunks(model, plan, text, null, make_noise((1, 16, 18, 4, 4), 0, "cpu"),
+                                              progress=lambda i, n, c: flag.update(stop=i == 3),
+                                              cancel=lambda: flag["stop"])):
+            pass
+    assert calls["n"] == 3 * 3  # 3 calls x 3 passes, nothing after the flag
+
+
+def test_per_chunk_prompts_reach_exactly_their_chunks():
+    model = tiny_model("tiny-distill", torch.bfloat16)
+    n = 4
+    C = model.cfg.caption_channels
+    text = [Caption(torch.full((2 + c, C), float(c + 1))) for c in range(n)]
+    null = Caption(torch.zeros(50, C))
+    plan = make_plan(n, 8, cfg_number=1)
+    record = []
+    orig = model.forward
+
+    def spy(x, t, y, mask, kv, **k):
+        record.append((k.get("slice_point", 0), t.shape[1], y.clone(), mask.clone()))
+        return orig(x, t, y, mask, kv, **k)
+
+    model.forward = spy
+    list(generate_chunks(model, plan, text, null, make_noise((1, 16, n * CW, 4, 4), 0, "cpu")))
+    for call, (sp, dn, y, mask) in zip(plan.calls, record):
+        chunks = list(call.chunks) + ([call.distill_copy] if call.distill_copy else [])
+        assert dn == len(chunks)
+        for row, c in enumerate(chunks):
+            valid = y[row][mask[row].bool()]
+            if c.clean:
+                assert valid.shape[0] == 50 and valid.abs().sum() == 0
+            else:
+                assert valid.shape[0] == 2 + c.index and torch.all(valid == c.index + 1)
+
+
+def test_kv_cache_memory_is_constant_in_video_length():
+    model = tiny_model("tiny-distill", torch.bfloat16)
+    peaks = []
+    for n in (3, 7):
+        text, null = captions(model, n)
+        plan = make_plan(n, 4, cfg_number=1)
+        from magi_core.sampling import executor as ex_mod
+
+        ex = ex_mod.Executor(model, plan, text, null, make_noise((1, 16, n * CW, 4, 4), 0, "cpu"))
+        peak = 0
+        for call in plan.calls:
+            v = ex.run_call(call)
+            if v is not None:
+                ex.integrate(call, v)
+            peak = max(peak, ex.cache.nbytes())
+        peaks.append(peak)
+    assert peaks[0] == peaks[1] > 0
+
+
+def test_executor_input_errors():
+    model = tiny_model("tiny", torch.bfloat16)
+    text, null = captions(model, 3)
+    plan = make_plan(3, 8)
+    with pytest.raises(ValueError, match="noise"):
+        list(generate_chunks(model, plan, text, null, torch.zeros(1, 16, 12, 4, 4)))
+    with pytest.raises(ValueError, match="caption per chunk"):
+        list(generate_chunks(model, plan, text[:2], null, torch.zeros(1, 16, 18, 4, 4)))

@@ -1,0 +1,428 @@
+"""Tests for magi_core.text: caption cleaning, T5 loading/encoding, special tokens, prompt schedule."""
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from magi_core.text import cleaning, schedule, special_tokens as st, t5
+
+REAL_NPZ = Path("/work/shared/magi1/special_tokens.npz")
+CORPUS = [
+    "a cat sitting on a red sofa in the sunlight",
+    "the quick brown fox jumps over the lazy dog",
+    "a video of waves crashing on a beach at sunset",
+    "person walking through a neon lit city street at night",
+] * 50
+
+
+# ====================================================================== caption cleaning
+@pytest.fixture(scope="module")
+def bs4():
+    return pytest.importorskip("bs4", reason="caption cleaning needs beautifulsoup4")
+
+
+@pytest.mark.parametrize(
+    "raw, cleaned",
+    [
+        ("A Cat sitting on a RED sofa.", "a cat sitting on a red sofa."),  # lower-case, final dot kept
+        ("Visit https://www.example.com/page now", "visit now"),  # url removed
+        ("www.foo.org/bar baz", "baz"),
+        ("<b>bold</b> &amp; <i>it</i>", "bold it"),  # html stripped, & -> punctuation -> space
+        ("@user hello #123 #12345 1234567 photo.jpg", "hello"),  # handle, tags, long number, file name
+        ("中文提示 a dog 狗", "a dog"),  # CJK deleted
+        ("the — dash – test", "the - dash - test"),  # dashes unified
+        ("this-is-my-cute-cat", "this is my cute cat"),  # > 3 dashes -> spaces
+        ("a-b-c", "a-b-c"),  # <= 3 dashes kept
+        ("jc6640 jc6640vc 6640vc231 j2d1a2a ok", "ok"),  # alnum junk
+        ("free shipping and download free", "and"),
+        ("a (b) [c] {d} | e \\ f / g * h", "a b c d e f g h"),  # bad punctuation -> space
+        ("wallpaper 1920x1080 page 12", "wallpaper"),  # resolution, page number
+        ("hello : world,foo", "hello: world, foo"),  # ' : ' normalised, space after comma
+        ("'quoted all'", "quoted all"),  # one level of surrounding quotes
+        ("a...b", "a b"),
+        ("ip 192.168.0.1 end", "ip end"),
+        ("%20encoded+plus", "encoded plus"),  # url-unquoted (+ -> space)
+        ("a <person> walks", "a person walks"),
+    ],
+)
+def test_clean_caption_cases(bs4, raw, cleaned):
+    assert cleaning.clean_caption(raw) == cleaned
+
+
+def test_clean_caption_runs_twice(bs4):
+    # one pass strips a single leading separator and url-unquotes once; the second pass does it again
+    assert cleaning.clean_caption_once("-_a") == "_a"
+    assert cleaning.clean_caption("-_a") == "a"
+    assert cleaning.clean_caption_once("a %2520 b") == "a %20 b"
+    assert cleaning.clean_caption("a %2520 b") == "a b"
+    # an entity-escaped tag survives the first pass's HTML step, and is stripped by the second
+    assert cleaning.clean_caption("x &lt;i&gt;z&lt;/i&gt;") == "x z< i>"
+
+
+# ====================================================================== T5
+def _train_spm() -> bytes:
+    spm = pytest.importorskip("sentencepiece")
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS), model_writer=out, vocab_size=48, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, minloglevel=2,
+    )
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny random T5 v1.1-style encoder, its spiece.model, and the files of every supported layout."""
+    from safetensors.torch import save_file
+    from transformers import T5Config, T5EncoderModel
+
+    root = tmp_path_factory.mktemp("t5")
+    spm_bytes = _train_spm()
+    (root / "spiece.model").write_bytes(spm_bytes)
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+                   relative_attention_num_buckets=32, feed_forward_proj="gated-gelu",
+                   is_encoder_decoder=False, use_cache=False, tie_word_embeddings=False, dropout_rate=0.0)
+    model = T5EncoderModel(cfg).eval()
+    with torch.no_grad():  # norms away from 1 so a dropped norm weight would show
+        for n, p in model.named_parameters():
+            if "layer_norm" in n:
+                p.uniform_(0.5, 1.5)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+
+    # (a) official layout: ckpt/t5/t5-v1_1-xxl with two .bin shards + index, config.json, spiece.model
+    off = root / "ckpt" / "t5" / t5.OFFICIAL_SUBDIR
+    off.mkdir(parents=True)
+    cfg.to_json_file(str(off / "config.json"))
+    (off / "spiece.model").write_bytes(spm_bytes)
+    keys = sorted(sd)
+    shards = {"pytorch_model-00001-of-00002.bin": keys[: len(keys) // 2],
+              "pytorch_model-00002-of-00002.bin": keys[len(keys) // 2:]}
+    for name, ks in shards.items():
+        torch.save({k: sd[k] for k in ks}, off / name)
+    index = {"weight_map": {k: name for name, ks in shards.items() for k in ks}}
+    (off / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+
+    # (b) one safetensors file, HF names
+    save_file({k: v for k, v in sd.items() if k != "encoder.embed_tokens.weight"}, str(root / "single.safetensors"))
+
+    # (c) ComfyUI-style: fp16 under a checkpoint prefix; fp8 plain; fp8 scaled
+    pre = "text_encoders.t5xxl.transformer."
+    fp16 = {pre + k: v.half() for k, v in sd.items() if k != "shared.weight"}
+    fp16["model.diffusion_model.something.weight"] = torch.zeros(2)  # another model in the same file
+    fp16[pre + "decoder.block.0.layer.0.SelfAttention.q.weight"] = torch.zeros(2)  # full T5 files: ignored
+    fp16[pre + "lm_head.weight"] = torch.zeros(2)
+    save_file(fp16, str(root / "t5xxl_fp16.safetensors"))
+    big = lambda k: k.endswith(".weight") and "layer_norm" not in k and "shared" not in k and "embed" not in k and "relative" not in k
+    fp8 = {k: (v.to(torch.float8_e4m3fn) if big(k) else v.half()) for k, v in sd.items()}
+    save_file(fp8, str(root / "t5xxl_fp8_e4m3fn.safetensors"))
+    scaled = {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn)}
+    scales = {}
+    for k, v in sd.items():
+        if big(k):
+            s = v.abs().max() / 448.0
+            scaled[k] = (v / s).to(torch.float8_e4m3fn)
+            scaled[k[: -len(".weight")] + ".scale_weight"] = s.reshape(())
+            scales[k] = s
+        else:
+            scaled[k] = v.half()
+    save_file(scaled, str(root / "t5xxl_fp8_e4m3fn_scaled.safetensors"))
+    return {"root": root, "model": model, "sd": sd, "fp8": fp8, "scaled": scaled, "scales": scales, "spm": spm_bytes}
+
+
+def _reference_encode(model, ids, mask):
+    """What the reference does: the padded 800-slot batch with its attention mask."""
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+def test_tokenize_truncates_and_pads(tiny):
+    tok = t5.SentencePieceTokenizer(tiny["spm"])
+    text = " ".join(["a cat on a red sofa"] * 300)
+    ids, mask = t5.tokenize(tok, text, 800)
+    raw = tok.sp.encode(text)
+    assert len(raw) > 800
+    assert ids.shape == mask.shape == (1, 800) and ids.dtype == mask.dtype == torch.long
+    assert ids[0, :799].tolist() == raw[:799] and ids[0, 799] == 1  # 799 tokens + </s>
+    assert int(mask.sum()) == 800
+    ids, mask = t5.tokenize(tok, "a cat", 800)
+    n = len(tok.sp.encode("a cat")) + 1
+    assert ids[0, :n].tolist() == tok.sp.encode("a cat") + [1]
+    assert mask[0, :n].all() and not mask[0, n:].any() and not ids[0, n:].any()
+
+
+def test_json_tokenizer_matches_sentencepiece(tiny, tmp_path):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    sp = t5.SentencePieceTokenizer(tiny["spm"]).sp
+    vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")])
+    tok.add_special_tokens(["<pad>", "</s>", "<unk>"])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    js = t5.load_tokenizer(tmp_path)
+    assert isinstance(js, t5.JsonTokenizer)
+    for text in ["a cat on a sofa", "waves crashing, beach", "the lazy dog at night 123"]:
+        assert js.encode(text) == sp.encode(text)
+
+
+@pytest.mark.parametrize("layout", ["official_parent", "official_dir", "single", "comfy_fp16"])
+def test_load_layouts_match_reference_encoding(tiny, bs4, layout):
+    root = tiny["root"]
+    weights, tok = {
+        "official_parent": (root / "ckpt" / "t5", None),
+        "official_dir": (root / "ckpt" / "t5" / t5.OFFICIAL_SUBDIR, None),
+        "single": (root / "single.safetensors", root / "spiece.model"),
+        "comfy_fp16": (root / "t5xxl_fp16.safetensors", root),
+    }[layout]
+    enc = t5.T5TextEncoder.load(weights, tokenizer=tok, cache=None)
+    expected_sd = tiny["sd"] if layout != "comfy_fp16" else {k: v.half().float() for k, v in tiny["sd"].items()}
+    for k, v in enc.model.state_dict().items():
+        torch.testing.assert_close(v, expected_sd[k], rtol=0, atol=0, msg=k)
+
+    prompt = "A cat, sitting on a RED sofa!"
+    emb, mask = enc.encode(prompt)
+    ids, ref_mask = t5.tokenize(t5.SentencePieceTokenizer(tiny["spm"]), cleaning.clean_caption(prompt), 800)
+    ref_model = tiny["model"] if layout != "comfy_fp16" else enc.model
+    ref = _reference_encode(ref_model, ids, ref_mask)
+    n = int(ref_mask.sum())
+    assert emb.shape == (1, 800, 32) and emb.dtype == torch.float32 and mask.dtype == torch.long
+    assert torch.equal(mask, ref_mask)
+    torch.testing.assert_close(emb[:, :n], ref[:, :n], rtol=1e-5, atol=1e-5)
+    assert not emb[:, n:].any()  # pad rows are zeros in the default (unpadded) mode
+    full, _ = enc.encode(prompt, full_padding=True)
+    torch.testing.assert_close(full, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["t5xxl_fp8_e4m3fn.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors"])
+def test_fp8_files_are_dequantised(tiny, name):
+    enc = t5.T5TextEncoder.load(tiny["root"] / name, tokenizer=tiny["root"], dtype=torch.float32, cache=None)
+    stored = tiny["scaled"] if "scaled" in name else tiny["fp8"]
+    got = enc.model.state_dict()
+    for k, v in stored.items():
+        if k == "scaled_fp8" or k.endswith(".scale_weight"):
+            continue
+        expect = v.double()
+        if k in tiny["scales"] and "scaled" in name:
+            expect = expect * tiny["scales"][k].double()
+        torch.testing.assert_close(got[k].double(), expect, rtol=1e-6, atol=0, msg=k)
+    # the dequantised model is close to the fp32 one (fp8 has ~2 significant digits)
+    assert (got["encoder.block.1.layer.1.DenseReluDense.wo.weight"]
+            - tiny["sd"]["encoder.block.1.layer.1.DenseReluDense.wo.weight"]).abs().max() < 0.1
+
+
+def test_bf16_compute_dtype(tiny):
+    enc = t5.T5TextEncoder.load(tiny["root"] / "single.safetensors", tokenizer=tiny["root"], dtype=torch.bfloat16,
+                                cache=None)
+    assert {p.dtype for p in enc.model.parameters()} == {torch.bfloat16}
+    emb, _ = enc.encode("a cat", clean=False)
+    assert emb.dtype == torch.float32
+
+
+def test_strict_loading_names_keys(tiny, tmp_path):
+    from safetensors.torch import save_file
+
+    sd = {k: v for k, v in tiny["sd"].items() if k != "encoder.embed_tokens.weight"}
+    del sd["encoder.block.1.layer.0.SelfAttention.k.weight"]
+    sd["encoder.block.1.layer.0.SelfAttention.extra.weight"] = torch.zeros(3)
+    save_file(sd, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError) as e:
+        t5.T5TextEncoder.load(tmp_path / "bad.safetensors", tokenizer=tiny["root"])
+    assert "encoder.block.1.layer.0.SelfAttention.k.weight" in str(e.value)
+    assert "encoder.block.1.layer.0.SelfAttention.extra.weight" in str(e.value)
+
+    sd = dict(tiny["sd"])
+    sd["encoder.block.1.layer.0.SelfAttention.q.weight"] = torch.zeros(32, 31)
+    with pytest.raises(ValueError, match=r"SelfAttention.q.weight \(32, 31\)"):
+        t5.build_t5_encoder(sd, t5.t5_config_from_state_dict(tiny["sd"]))
+
+    save_file({"clip.weight": torch.zeros(2)}, str(tmp_path / "clip.safetensors"))
+    with pytest.raises(ValueError, match="not a T5 encoder"):
+        t5.T5TextEncoder.load(tmp_path / "clip.safetensors", tokenizer=tiny["root"])
+    with pytest.raises(ValueError, match="no tokenizer"):
+        t5.T5TextEncoder.load(tiny["root"] / "single.safetensors")
+    with pytest.raises(FileNotFoundError):
+        t5.T5TextEncoder.load(tmp_path / "missing")
+
+
+def test_config_inferred_from_shapes(tiny):
+    cfg = t5.t5_config_from_state_dict(tiny["sd"])
+    ref = tiny["model"].config
+    for field in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets"):
+        assert getattr(cfg, field) == getattr(ref, field), field
+    assert cfg.is_gated_act and cfg.dense_act_fn == ref.dense_act_fn
+
+
+def test_encoding_cache(tiny):
+    cache = t5.EncodingCache(max_entries=2)
+    enc = t5.T5TextEncoder.load(tiny["root"] / "single.safetensors", tokenizer=tiny["root"], cache=cache)
+    calls = []
+    enc.model.register_forward_hook(lambda *a: calls.append(1))
+    a, _ = enc.encode("a cat", clean=False)
+    b, _ = enc.encode("a cat", clean=False)
+    assert len(calls) == 1 and torch.equal(a, b)
+    a[0, 0, 0] = 123.0  # returned tensors are copies
+    assert enc.encode("a cat", clean=False)[0][0, 0, 0] != 123.0
+    other = t5.T5TextEncoder(enc.model, enc.tokenizer, identity="another model", cache=cache)
+    other.encode("a cat", clean=False)
+    assert len(calls) == 2  # same text, different model identity: not a hit
+    enc.encode("a dog", clean=False)
+    assert len(cache) == 2  # LRU bound
+
+
+# ====================================================================== special tokens
+C = 16
+
+
+@pytest.fixture
+def npz(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {"caption_token": rng.normal(size=(1, C)), "logo_token": rng.normal(size=(1, C)),
+              "other_tokens": rng.normal(size=(100, C)) * 0.1}
+    np.savez(tmp_path / "special_tokens.npz", **arrays)
+    return tmp_path / "special_tokens.npz", arrays
+
+
+def test_special_tokens_fp16_rounding(npz):
+    path, arrays = npz
+    tok = st.load_special_tokens(path)
+    assert tok.other.dtype == torch.float32
+    assert torch.equal(tok.other, torch.from_numpy(arrays["other_tokens"].astype(np.float16)).float())
+    assert torch.equal(tok.caption, torch.from_numpy(arrays["caption_token"][0].astype(np.float16)).float())
+    assert not torch.equal(tok.other.double(), torch.from_numpy(arrays["other_tokens"]))  # really rounded
+
+
+def test_apply_special_tokens_order_and_duration(npz):
+    tok = st.load_special_tokens(npz[0])
+    emb = torch.randn(800, C)
+    mask = torch.zeros(800, dtype=torch.long)
+    mask[:10] = 1
+    out, m = st.apply_special_tokens(emb, mask, 3, tok)
+    assert out.shape == (800, C) and m.shape == (800,) and m.dtype == torch.long
+    assert torch.equal(out[0], tok.other[7 + 3])  # DURATION_TOKEN_4: 3 chunks follow
+    assert torch.equal(out[1], tok.other[1])  # HQ
+    assert torch.equal(out[2:], emb[:798])  # caption shifted, tail cut at 800
+    assert m[:12].tolist() == [1] * 12 and not m[12:].any()
+    # t2v 96 frames = 4 denoised chunks -> DURATION rows 10, 9, 8, 7; capped at row 14
+    rows = [st.apply_special_tokens(emb, mask, 4 - i - 1, tok)[0][0] for i in range(4)]
+    for r, row in zip(rows, (10, 9, 8, 7)):
+        assert torch.equal(r, tok.other[row])
+    assert torch.equal(st.apply_special_tokens(emb, mask, 20, tok)[0][0], tok.other[14])
+
+
+def test_apply_special_tokens_switches(npz):
+    tok = st.load_special_tokens(npz[0])
+    emb, mask = torch.randn(800, C), torch.ones(800, dtype=torch.long)
+    out, m = st.apply_special_tokens(emb, mask, 0, tok, use_hq=False, use_duration=False)
+    assert torch.equal(out, emb) and torch.equal(m, mask)
+    out, _ = st.apply_special_tokens(emb, mask, 0, tok, use_hq=False)
+    assert torch.equal(out[0], tok.other[7]) and torch.equal(out[1:], emb[:799])
+    # extra tokens follow the reference's order whatever order they are given in
+    out, _ = st.apply_special_tokens(emb, mask, 0, tok, extra=("TWO_D_ANIME", "STATIC_FIRST_FRAMES"))
+    for i, row in enumerate((7, 16, 1, 2)):  # DURATION_1, TWO_D_ANIME, HQ, STATIC_FIRST_FRAMES
+        assert torch.equal(out[i], tok.other[row])
+    with pytest.raises(ValueError, match="unknown extra"):
+        st.apply_special_tokens(emb, mask, 0, tok, extra=("LOUD",))
+    with pytest.raises(ValueError, match=r"\(L, 16\)"):
+        st.apply_special_tokens(torch.zeros(800, 8), mask, 0, tok)
+    with pytest.raises(ValueError, match="chunks_remaining"):
+        st.apply_special_tokens(emb, mask, -1, tok)
+
+
+def test_null_caption(npz):
+    tok = st.load_special_tokens(npz[0])
+    param = torch.randn(800, C, dtype=torch.bfloat16)
+    emb, mask = st.null_caption(param)
+    assert emb.dtype == torch.float32 and torch.equal(emb, param.float())
+    assert mask.tolist() == [1] * 50 + [0] * 750
+    emb, mask2 = st.null_caption(param[None], tok, negative_special_tokens=True)
+    expect = [tok.other[4], tok.other[0], tok.logo, tok.caption]  # BORDERNESS, TRANS, LOGO, CAPTION
+    for i, row in enumerate(expect):
+        assert torch.equal(emb[i], row)
+    assert torch.equal(emb[4:], param.float()[:796]) and torch.equal(mask2, mask)
+    with pytest.raises(ValueError, match="needs the special tokens"):
+        st.null_caption(param, negative_special_tokens=True)
+
+
+def test_special_tokens_bad_files(tmp_path):
+    np.savez(tmp_path / "a.npz", caption_token=np.zeros((1, 4)), logo_token=np.zeros((1, 4)))
+    with pytest.raises(ValueError, match="other_tokens"):
+        st.load_special_tokens(tmp_path / "a.npz")
+    np.savez(tmp_path / "b.npz", caption_token=np.zeros((1, 4)), logo_token=np.zeros((1, 4)),
+             other_tokens=np.zeros((10, 4)))
+    with pytest.raises(ValueError, match="other_tokens has shape"):
+        st.load_special_tokens(tmp_path / "b.npz")
+    with pytest.raises(FileNotFoundError):
+        st.load_special_tokens(tmp_path / "none.npz")
+
+
+def test_real_special_tokens_file():
+    if not REAL_NPZ.is_file():
+        pytest.skip(f"{REAL_NPZ} not present")
+    tok = st.load_special_tokens(REAL_NPZ)
+    assert tok.channels == 4096 and tok.other.shape == (100, 4096)
+    with np.load(REAL_NPZ) as z:
+        raw = z["other_tokens"]
+        assert raw.dtype == np.float64
+        assert torch.equal(tok.other, torch.from_numpy(raw.astype(np.float16)).float())
+        err = (tok.other.double() - torch.from_numpy(raw)).abs().max()
+        assert 0 < err < 5e-4  # fp16 rounding of values of norm ~8
+    assert 7.7 < float(tok.caption.norm()) < 8.1  # spec: |caption_token| ~ 7.89
+    dur = torch.stack([tok.duration(k) for k in range(8)])
+    assert torch.equal(dur, tok.other[7:15])
+
+
+# ====================================================================== prompt schedule
+def test_single_prompt_schedule():
+    assert schedule.resolve_prompts("a red fox in the snow", 3) == ["a red fox in the snow"] * 3
+    assert schedule.resolve_prompts("a fox\nin the snow", 2) == ["a fox in the snow"] * 2
+    assert schedule.PromptSchedule.single("x").resolve(1) == ["x"]
+
+
+def test_chunk_ranges_and_continuations():
+    text = """
+    0-1: a red fox walks
+       through deep snow
+    2: the fox stops
+    3-: the fox runs away
+    """
+    got = schedule.resolve_prompts(text, 6)
+    assert got == ["a red fox walks through deep snow"] * 2 + ["the fox stops"] + ["the fox runs away"] * 3
+
+
+def test_second_ranges_round_to_chunk_boundaries():
+    text = "0s-2s: one\n2s-: two"
+    # 24 fps: one chunk per second -> boundary at chunk 2
+    assert schedule.resolve_prompts(text, 4, fps=24) == ["one", "one", "two", "two"]
+    # 30 fps: 2 s = 2.5 chunks -> rounds (half up) to boundary 3
+    assert schedule.resolve_prompts(text, 5, fps=30) == ["one"] * 3 + ["two"] * 2
+    # 16 fps: 2 s = 1.33 chunks -> boundary 1
+    assert schedule.resolve_prompts("0s-2s: one\n2s-3s: two", 2, fps=16) == ["one", "two"]
+    r = schedule.PromptRange(0.0, 1.25, "x", seconds=True)
+    assert r.chunk_bounds(10, fps=24) == (0, 1)  # 1.25 chunks -> 1
+
+
+@pytest.mark.parametrize(
+    "text, n, message",
+    [
+        ("0-2: a\n2-3: b", 4, "overlap at chunk 2"),
+        ("0: a\n2-3: b", 4, "no prompt for chunks 1"),
+        ("0-1: a", 4, "no prompt for chunks 2-3"),
+        ("", 3, "empty"),
+        ("0-5: a", 4, "only 4 chunks"),
+        ("0-1: a\n7-: b", 4, "only 4 chunks"),
+        ("0-1: a\n2-3:", 4, "prompt is empty"),
+        ("0-2s: a", 4, "both ends"),
+        ("0.5-2: a", 4, "whole numbers"),
+        ("1s: a", 4, "needs a range"),
+        ("3-1: a", 4, "covers no chunk"),
+    ],
+)
+def test_schedule_errors(text, n, message):
+    with pytest.raises(ValueError, match=message):
+        schedule.resolve_prompts(text, n)
