@@ -1,0 +1,132 @@
+"""Time a whole generation at full size with random weights (GPU machine): P2 / P4 / P5 / P7 shapes.
+
+  python bench/generate.py --size 4.5B --variant distill --height 720 --width 720 --frames 96 --steps 16
+  python bench/generate.py --size 4.5B --variant base --steps 64          # cfg 3 (three passes per step)
+  add --decode for VAE decode of every chunk (random full-size VAE), --t5 for a random T5-XXL encode.
+Prints total time, time to the first finished chunk, peak VRAM, DiT calls/passes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import magi_core  # noqa: E402,F401
+from magi_core.config import preset  # noqa: E402
+from magi_core.dit import build_dit, init_random_  # noqa: E402
+from magi_core.pipeline import PromptEmbeds, Settings, chunk_count, decode_chunk, sample  # noqa: E402
+from magi_core.text import PromptSchedule  # noqa: E402
+from magi_core.text.special_tokens import special_tokens_from_arrays  # noqa: E402
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def random_t5_encode(dev, n_tokens=100):
+    """Build a random T5-XXL encoder on the GPU and encode one 100-token prompt; returns (emb, mask, seconds)."""
+    from transformers import T5Config, T5EncoderModel
+
+    cfg = T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                   feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)
+    with torch.device(dev):
+        t5 = T5EncoderModel(cfg).to(torch.bfloat16).eval()
+    ids = torch.randint(0, 32000, (1, n_tokens), device=dev)
+    sync()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        h = t5(input_ids=ids).last_hidden_state.float()
+    sync()
+    dt = time.perf_counter() - t0
+    emb = torch.zeros(800, 4096)
+    emb[:n_tokens] = h[0].cpu()
+    mask = torch.zeros(800, dtype=torch.long)
+    mask[:n_tokens] = 1
+    del t5
+    torch.cuda.empty_cache()
+    return emb, mask, dt
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="4.5B")
+    ap.add_argument("--variant", default="distill", choices=["base", "distill", "distill-fp8"])
+    ap.add_argument("--height", type=int, default=720)
+    ap.add_argument("--width", type=int, default=720)
+    ap.add_argument("--frames", type=int, default=96)
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--window", type=int, default=4)
+    ap.add_argument("--precision", default="fast")
+    ap.add_argument("--backend", default=None)
+    ap.add_argument("--kv-offload", action="store_true")
+    ap.add_argument("--decode", action="store_true")
+    ap.add_argument("--t5", action="store_true")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--device", default="cuda")
+    a = ap.parse_args()
+    dev = torch.device(a.device)
+    name = a.size if a.variant == "base" else f"{a.size}-{a.variant}"
+    cfg = preset(name)
+    t5_s = None
+    if a.t5:
+        emb, mask, t5_s = random_t5_encode(dev)
+    else:
+        emb = torch.randn(800, 4096) * 0.1
+        mask = torch.zeros(800, dtype=torch.long)
+        mask[:100] = 1
+    dit = init_random_(build_dit(cfg), seed=0, device=dev).set_precision(a.precision)
+    dit.attn_backend = a.backend
+    vae = None
+    if a.decode:
+        from magi_core.vae import VAE_PRESETS, ViTVAE
+
+        with torch.device(dev):
+            vae = ViTVAE(VAE_PRESETS["magi1"]).to(torch.bfloat16).eval()
+    rng = np.random.default_rng(0)
+    tokens = special_tokens_from_arrays(rng.normal(size=(1, 4096)), rng.normal(size=(1, 4096)),
+                                        rng.normal(size=(100, 4096)))
+    if cfg.caption_channels != 4096:  # tiny presets (CPU smoke test)
+        C = cfg.caption_channels
+        emb, tokens = emb[:, :C], special_tokens_from_arrays(rng.normal(size=(1, C)), rng.normal(size=(1, C)),
+                                                             rng.normal(size=(100, C)))
+    prompts = PromptEmbeds(PromptSchedule.single("p"), {"p": (emb, mask)})
+    s = Settings(width=a.width, height=a.height, num_frames=a.frames, steps=a.steps, window_size=a.window,
+                 kv_offload=a.kv_offload)
+    calls = {"n": 0}
+    sync()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    first = first_decoded = None
+    frames = 0
+    for ch in sample(dit, prompts, s, special_tokens=tokens, progress=lambda i, n, c: calls.update(n=n)):
+        sync()
+        first = first or time.perf_counter() - t0
+        if vae is not None:
+            frames += decode_chunk(vae, ch.latents, s.fps).shape[0]
+            first_decoded = first_decoded or time.perf_counter() - t0
+    sync()
+    total = time.perf_counter() - t0
+    res = dict(
+        bench="generate", model=name, res=f"{a.height}x{a.width}", frames=a.frames, steps=a.steps,
+        window=a.window, chunks=chunk_count(s)[0], dit_calls=calls["n"], precision=a.precision,
+        backend=a.backend or "auto", decode=a.decode, frames_out=frames, total_s=round(total, 2),
+        first_chunk_s=round(first, 2), first_chunk_decoded_s=first_decoded and round(first_decoded, 2),
+        t5_encode_s=t5_s and round(t5_s, 3), peak_GiB=round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev.type == "cuda" else None,
+        kv_offload=a.kv_offload, gpu=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", torch=torch.__version__,
+    )
+    print(json.dumps(res))
+    if a.json:
+        with open(a.json, "a") as f:
+            f.write(json.dumps(res) + "\n")
+
+
+if __name__ == "__main__":
+    main()
