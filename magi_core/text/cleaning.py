@@ -12,8 +12,6 @@ import re
 import urllib.parse
 import warnings
 
-import ftfy
-
 _EXTENSIONS = "png|jpg|jpeg|bmp|webp|eps|pdf|apk|mp4"
 _DOMAIN = r"[a-zA-Z0-9.\-]+[.](?:com|co|ru|net|org|edu|gov|it)[\w/-]*\b/?(?!@)"
 _DASHES = (
@@ -100,6 +98,8 @@ def clean_caption_once(caption: str) -> str:
     text = _apply(_AFTER_HTML, text)
     if len(_SEPARATORS.findall(text)) > 3:  # this-is-my-cute-cat -> spaces
         text = _SEPARATORS.sub(" ", text)
+    import ftfy  # imported here: only caption cleaning needs it
+
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return _apply(_AFTER_FTFY, text).strip()
 
