@@ -35,6 +35,7 @@ class ForwardMeta:
     precision: str = "fast"
     attn_backend: str | None = None
     extras: dict = field(default_factory=dict)
+    cp: object | None = None  # context parallel: this rank's Shard (magi_core/parallel/ulysses.py), else None
 
 
 class LinearQKV(nn.Module):
@@ -80,8 +81,12 @@ class SelfCrossAttention(nn.Module):
         q = self._qk(a, self.linear_qkv.q, self.q_layernorm, nh, m.rope).reshape(N * S, nh, d)
         k = self._qk(a, self.linear_qkv.k, self.k_layernorm, g, m.rope).reshape(N * S, g, d)
         v = self.linear_qkv.v(a).reshape(N * S, g, d)
+        if m.cp is not None:  # CP hook: full sequence, local heads (all-to-all)
+            q, k, v = m.cp.to_heads(q, k, v)
         k, v = self._with_cache(k, v, m)
         core = range_attention(q, k, v, m.q_ranges, m.k_ranges, backend=m.attn_backend)
+        if m.cp is not None:  # CP hook: back to local tokens, all heads
+            core = m.cp.to_seq(core)
 
         # cross-attention: bf16 norms with weight+1 in bf16, no RoPE
         qx = self.linear_qkv.qx(a).reshape(N * S, nh, d)
@@ -161,10 +166,14 @@ class TransformerLayer(nn.Module):
     def forward(self, hs, condition, y_xattn, m: ForwardMeta):
         gate = self.ada_modulate_layer(condition)  # (N, dn, 2h) bf16
         gate = torch.tanh(gate.float()).to(gate.dtype)  # softcap with cap 1, stored back as bf16
+        chunks = m.chunks
+        if m.cp is not None:  # CP hook: local tokens span chunk boundaries -> one gate row per token
+            gate = m.cp.per_token(gate)
+            chunks = gate.shape[1]
         gate_msa, gate_mlp = gate.chunk(2, dim=-1)
         attn = self.self_attention(hs, y_xattn, m)
-        hs = gated_residual(attn, hs, gate_msa, self.self_attn_post_norm, m.chunks)
-        return gated_residual(self.mlp(hs), hs, gate_mlp, self.mlp_post_norm, m.chunks)
+        hs = gated_residual(attn, hs, gate_msa, self.self_attn_post_norm, chunks)
+        return gated_residual(self.mlp(hs), hs, gate_mlp, self.mlp_post_norm, chunks)
 
 
 class TransformerBlock(nn.Module):

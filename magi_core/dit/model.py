@@ -29,6 +29,7 @@ class VideoDiT(nn.Module):
         self.final_linear = FinalLinear(cfg)
         self.precision = "fast"
         self.attn_backend: str | None = None
+        self.cp = None  # context parallel group (magi_core.parallel.enable_context_parallel), None = one GPU
 
     # ------------------------------------------------------------------ forward
     @torch.no_grad()
@@ -108,10 +109,14 @@ class VideoDiT(nn.Module):
             cache_write_chunks=cache_write_chunks, cache_write_at=slice_point, precision=self.precision,
             attn_backend=self.attn_backend,
         )
+        if self.cp is not None:  # CP hook: keep this rank's tokens (magi_core/parallel/ulysses.py)
+            hs, m = self.cp.shard(hs, m)
         for layer in self.videodit_blocks.layers:
             hs = layer(hs, condition, y_xattn, m)
         hs = self.videodit_blocks.final_layernorm(hs.float())
         out = self.final_linear(hs)  # (N, S, pt*p*p*C) fp32
+        if self.cp is not None:  # CP hook: all ranks get the full output
+            out = m.cp.gather(out, N, S)
         out = out.view(N, Tp, Hp, Wp, pt, p, p, -1).permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(N, -1, T, H, W)
         if cfg.half_channel_vae:
             out = out[:, : cfg.in_channels // 2]
