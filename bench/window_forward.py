@@ -17,34 +17,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import magi_core  # noqa: F401
 from magi_core.config import preset
 from magi_core.dit import KVCache, build_dit, init_random_
 
-
-def flops(cfg, ctn, keys_per_chunk, cap_tokens):
-    """magi1-dit.md §8: dense projections + self-attention + cross-attention (+ caption K/V)."""
-    h, Q, K, F = cfg.hidden_size, cfg.q_dim, cfg.kv_dim, cfg.ffn_hidden_size
-    f1 = F * (2 if cfg.gated_linear_unit else 1)
-    dense_per_tok = 2 * (2 * h * Q + 2 * h * K + 2 * Q * h + h * f1 + F * h)
-    nq = ctn * len(keys_per_chunk)
-    pair = 4 * cfg.num_attention_heads * cfg.kv_channels
-    per_layer = nq * dense_per_tok + pair * ctn * ctn * sum(keys_per_chunk) + pair * ctn * cap_tokens * len(keys_per_chunk)
-    per_layer += 2 * cfg.xattn_dim * 2 * K * cap_tokens * len(keys_per_chunk)
-    return cfg.num_layers * per_layer, cfg.num_layers * (pair * ctn * ctn * sum(keys_per_chunk))
-
-
-def gemm_ceiling(dev):
-    a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(10):
-        a @ b
-    torch.cuda.synchronize()
-    return 2 * 8192 ** 3 * 10 / (time.perf_counter() - t0) / 1e12
+from ceilings import ceilings, dense_and_attention_flops, ideal_seconds
 
 
 def main():
@@ -108,14 +86,17 @@ def main():
     torch.cuda.reset_peak_memory_stats()
     times = [run() for _ in range(a.iters)]
     peak = torch.cuda.max_memory_allocated() / 2**30
-    total, attn = flops(cfg, ctn, keys, a.cap_tokens)
+    dense, attn = dense_and_attention_flops(cfg, ctn, keys, a.cap_tokens)
+    total = dense + attn
     best = min(times)
+    ceil = ceilings(dev, cfg, ctn)
+    ideal = ideal_seconds(cfg, ctn, keys, ceil, a.cap_tokens)
     res = dict(
         bench="window_forward", model=name, res=f"{a.height}x{a.width}", mode=a.mode, precision=a.precision,
         backend=a.backend or "auto", query_tokens=ctn * dn, sum_K=sum(keys), time_s=round(best, 4),
         times=[round(x, 4) for x in times], peak_GiB=round(peak, 2), model_GiB=round(torch.cuda.memory_allocated() / 2**30, 2),
         flop=f"{total:.3e}", attn_flop=f"{attn:.3e}", achieved_TFLOPs=round(total / best / 1e12, 1),
-        gemm_ceiling_TFLOPs=round(gemm_ceiling(dev), 1), build_s=round(build_s, 1),
+        **ceil, ideal_s=round(ideal, 3), time_over_ideal=round(best / ideal, 3), build_s=round(build_s, 1),
         gpu=torch.cuda.get_device_name(), torch=torch.__version__,
     )
     print(json.dumps(res))

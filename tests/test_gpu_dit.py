@@ -95,3 +95,13 @@ def test_cuda_t2v_same_latents_twice():
         noise = make_noise((1, 16, 18, 8, 8), seed=7, device="cuda")
         runs.append(torch.cat([c.latents for c in generate_chunks(model, plan, text, null, noise)], 2))
     assert torch.equal(runs[0], runs[1]) and torch.isfinite(runs[0]).all()
+
+
+def test_cuda_noise_is_the_reference_draw():
+    """Reference: torch.manual_seed(seed) then one fp32 randn over the whole latent on the current CUDA device."""
+    from magi_core.sampling.executor import make_noise
+
+    shape = (1, 16, 24, 90, 90)
+    torch.manual_seed(1234)
+    ref = torch.randn(shape, device="cuda")
+    assert torch.equal(make_noise(shape, 1234, "cuda"), ref)
