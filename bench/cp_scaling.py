@@ -29,7 +29,7 @@ from magi_core.sampling import make_plan  # noqa: E402
 from magi_core.sampling.executor import Caption, generate_chunks, make_noise  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from window_forward import flops  # noqa: E402
+from ceilings import dense_and_attention_flops  # noqa: E402
 
 
 def sync(dev):
@@ -100,7 +100,7 @@ def main():
     null = Caption(model.y_embedder.null_caption_embedding[:a.cap_tokens].float())
     noise = make_noise((1, cfg.vae_channels, 6 * a.gen_chunks, H, W), 0, dev)
     dt = 8.0 if cfg.distill else None
-    total_flop, _ = flops(cfg, ctn, [1, 2, 3, 4, 5], a.cap_tokens)
+    total_flop = sum(dense_and_attention_flops(cfg, ctn, [1, 2, 3, 4, 5], a.cap_tokens))
     base = {}
 
     def window():
@@ -126,8 +126,8 @@ def main():
                 except torch.OutOfMemoryError:  # only safe to survive at cp = 1 (no peer waits in a collective)
                     status = "oom"
                     torch.cuda.empty_cache()
-            peak = torch.tensor([torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" and rank < c else 0.0],
-                                device=dev)
+            busy = dev.type == "cuda" and rank < c
+            peak = torch.tensor([torch.cuda.max_memory_allocated(dev) / 2**30 if busy else 0.0], device=dev)
             dist.all_reduce(peak, op=dist.ReduceOp.MAX)
             if rank == 0:
                 row = dict(bench=bench, model=name, res=f"{a.height}x{a.width}", cp=c, status=status,
@@ -143,8 +143,8 @@ def main():
                         row["TFLOPs_per_gpu"] = round(total_flop / best / c / 1e12, 1)
                     else:
                         row.update(chunks=a.gen_chunks, steps=a.gen_steps, dit_calls=len(plan.calls))
-                row.update(peak_GiB=round(peak.item(), 2), build_s=round(build_s, 1),
-                           gpu=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", torch=torch.__version__)
+                gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+                row.update(peak_GiB=round(peak.item(), 2), build_s=round(build_s, 1), gpu=gpu, torch=torch.__version__)
                 print(json.dumps(row), flush=True)
                 if a.json:
                     with open(a.json, "a") as f:

@@ -107,7 +107,7 @@ class Shard:
 
     def _seq_to_heads(self, x):
         cp, L, H, e = self.cp.size, x.shape[0], x.shape[1], x.shape[2]
-        send = x.view(L, cp, H // cp, e).transpose(0, 1).contiguous()  # block j goes to rank j
+        send = x.reshape(L, cp, H // cp, e).transpose(0, 1).contiguous()  # block j goes to rank j
         out = x.new_empty(sum(self.sizes), H // cp, e)
         dist.all_to_all_single(out, send.view(cp * L, H // cp, e), output_split_sizes=self.sizes,
                                input_split_sizes=[L] * cp, group=self.cp.group)
