@@ -1,3 +1,28 @@
-"""ComfyUI nodes of the MAGI-1 pack (thin layer over magi_core)."""
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+"""ComfyUI nodes of the MAGI-1 pack (thin layer over magi_core).
+
+Modules without ComfyUI imports hold the logic (model_files, choices, conditioning, latents, sampler_settings,
+handles, loading, generation, multigpu, previews); the *_nodes modules, memory, types and routes are the
+ComfyUI side. Node ids and widget order are stable: new widgets are only ever appended.
+"""
+try:
+    from comfy_api.latest import ComfyExtension
+except ImportError:  # imported outside ComfyUI (pytest imports the repo root package): no nodes
+    NODE_CLASS_MAPPINGS: dict = {}
+    NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+else:
+    from . import loader_nodes, routes, sampler_nodes, text_nodes, vae_nodes
+    from .types import register_folders
+
+    register_folders()
+    routes.register()
+
+    NODES = [*loader_nodes.NODES, *text_nodes.NODES, *vae_nodes.NODES, *sampler_nodes.NODES]
+    NODE_CLASS_MAPPINGS = {n.GET_SCHEMA().node_id: n for n in NODES}
+    NODE_DISPLAY_NAME_MAPPINGS = {k: n.GET_SCHEMA().display_name for k, n in NODE_CLASS_MAPPINGS.items()}
+
+    class MagiExtension(ComfyExtension):
+        async def get_node_list(self):
+            return list(NODES)
+
+    async def comfy_entrypoint() -> MagiExtension:
+        return MagiExtension()

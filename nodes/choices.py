@@ -1,0 +1,48 @@
+"""Combo options of the MAGI nodes and their validation (V3 combos are not checked by ComfyUI, comfyui.md §1.4)."""
+from __future__ import annotations
+
+ATTENTION = ["auto", "sdpa", "flex", "flash", "magi"]
+PRECISION = ["fast", "exact"]
+VARIANT = ["auto", "base", "distill", "distill-fp8"]
+DIT_WEIGHT_DTYPE = ["auto", "bf16"]
+VAE_DTYPE = ["bf16", "fp32", "fp16"]
+T5_DTYPE = ["bf16", "fp32"]
+RESIZE = ["stretch", "crop", "pad"]
+TAKE = ["end", "start"]
+PREVIEW = ["decoded chunks", "off"]
+CFG_NUMBER = ["auto", "1", "3"]
+SPECIAL_TOKENS_FIXED = ["auto", "none"]
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def devices(cuda_count: int) -> list[str]:
+    """'auto' (ComfyUI's device for this kind of model), 'cpu', then one entry per visible GPU."""
+    return ["auto", "cpu"] + [f"cuda:{i}" for i in range(cuda_count)]
+
+
+def check(name: str, value, options, hint: str = "") -> str | None:
+    """None if `value` is one of `options`, else an error message that names the input and the choices."""
+    if value in options:
+        return None
+    shown = ", ".join(repr(o) for o in options[:12]) + (f", ... ({len(options)} in all)" if len(options) > 12 else "")
+    msg = f"{name}: {value!r} is not one of the choices ({shown or 'none available'})"
+    return msg + (f"; {hint}" if hint else "")
+
+
+def check_all(pairs) -> bool | str:
+    """pairs: (name, value, options[, hint]). True, or all the errors joined (V3 `validate_inputs` result).
+
+    A value of None (the input is linked, so not known at validation time) is skipped."""
+    errors = [check(*p) for p in pairs if p[1] is not None]
+    errors = [e for e in errors if e]
+    return "; ".join(errors) if errors else True
+
+
+def torch_dtype(name: str):
+    import torch
+
+    try:
+        return getattr(torch, DTYPES[name])
+    except KeyError:
+        raise ValueError(f"dtype {name!r} is not one of {list(DTYPES)}") from None

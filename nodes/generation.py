@@ -1,0 +1,92 @@
+"""One sampler-node run without ComfyUI: check everything, load, stream chunks, decode previews, build the LATENT.
+
+The node supplies `Hooks` (ComfyUI's memory manager, progress bar, interrupt flag, websocket); tests supply
+plain ones. Everything that can be wrong with the inputs raises ValueError before any weights load.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+from magi_core.pipeline import Settings, chunk_count, decode_chunk, sample, validate
+
+from .handles import DiTHandle, MultiGPUSettings, VAEHandle
+from .latents import DEFAULT_TILING, decode_key, prefix_from_latent, tiling_kwargs, video_latent
+from .multigpu import check_heads, pool_generate
+
+
+class Hooks:
+    """What the caller does around a run (the sampler node: ComfyUI's memory manager, progress bar, interrupt)."""
+
+    def load_dit(self, handle: DiTHandle, vae: VAEHandle | None):
+        """The DiT, ready on its device (and the VAE beside it)."""
+        raise NotImplementedError
+
+    def progress(self, i: int, total: int, chunk: int) -> None:
+        """After every DiT call; may raise to stop."""
+
+    def cancelled(self) -> bool:
+        """Polled between DiT passes."""
+        return False
+
+    def chunk_done(self, index: int, total: int, frames) -> None:
+        """Each finished chunk, with its frames (T, H, W, 3) when decoded for a preview, else None."""
+
+
+@functools.lru_cache(maxsize=4)
+def _tokens(path: str, mtime: int):
+    from magi_core.text import load_special_tokens
+
+    return load_special_tokens(path)
+
+
+def special_tokens(path: Path | None):
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"special tokens file {path} is missing: run `python install.py` in the pack folder, "
+                         "or pick another file on the MAGI DiT loader")
+    return _tokens(str(path), path.stat().st_mtime_ns)
+
+
+def check(model: DiTHandle, conditioning, s: Settings, prefix: dict | None, vae: VAEHandle | None,
+          multigpu: MultiGPUSettings | None):
+    """All input checks, before any weights load. -> (prefix latents, prefix frames, special tokens)."""
+    prefix_latents, prefix_frames = prefix_from_latent(prefix, s.width, s.height, model.cfg.vae_channels)
+    tokens = special_tokens(model.special_tokens)
+    validate(s, model.cfg, conditioning, vae.model if vae is not None else None, prefix_frames, tokens)
+    if multigpu is not None:
+        check_heads(multigpu, model.cfg.num_attention_heads)
+    return prefix_latents, prefix_frames, tokens
+
+
+def run(model: DiTHandle, conditioning, s: Settings, hooks: Hooks, prefix: dict | None = None,
+        vae: VAEHandle | None = None, preview: bool = True, multigpu: MultiGPUSettings | None = None) -> dict:
+    """Generate; returns the LATENT dict (with the decoded frames when every chunk was decoded for previews)."""
+    prefix_latents, prefix_frames, tokens = check(model, conditioning, s, prefix, vae, multigpu)
+    _, n_out = chunk_count(s, prefix_frames)
+    args = dict(prompts=conditioning, settings=s, prefix_latents=prefix_latents, prefix_frames=prefix_frames,
+                special_tokens=tokens, progress=hooks.progress, cancel=hooks.cancelled)
+    if multigpu is not None and multigpu.wants_pool:
+        chunks = pool_generate(model=model.spec(), devices=multigpu.devices, cp_size=multigpu.cp_size, **args)
+    else:
+        dit = hooks.load_dit(model, vae)
+        dit.set_precision(model.precision)
+        dit.attn_backend = model.attention
+        chunks = sample(dit, conditioning, s, prefix_latents, prefix_frames, tokens,
+                        progress=hooks.progress, cancel=hooks.cancelled)
+    latents, frames = [], []
+    decode = vae is not None and preview
+    for ch in chunks:
+        latents.append(ch.latents.float().cpu())
+        f = decode_chunk(vae.model, ch.latents, s.fps, **tiling_kwargs(DEFAULT_TILING, s.fps)) if decode else None
+        if f is not None:
+            frames.append(f)
+        hooks.chunk_done(ch.index, n_out, f)
+    decoded = None
+    if decode and frames:
+        decoded = {"key": decode_key(vae.key, DEFAULT_TILING, s.fps), "frames": torch.cat(frames)}
+    return video_latent(latents, s.fps, decoded)

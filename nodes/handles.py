@@ -1,0 +1,121 @@
+"""What flows through the MAGI sockets, and the cache that keeps loaded weights from loading twice.
+
+No ComfyUI import. Loaded models are shared through `SharedModels`, a weak cache keyed by what decides the
+weights (file identity, variant, dtype, device): while any node output still holds a model (ComfyUI's own
+output cache does, for unchanged loader inputs), a loader asking for the same weights gets that model
+instead of reading the file again; once ComfyUI drops the outputs (/free, cache eviction), the memory goes.
+Run-time settings (attention backend, precision) live on the handle, not in the key: changing them never reloads.
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+class Loaded:
+    """A model in memory plus ComfyUI's ModelPatcher for it (set by the memory layer)."""
+
+    def __init__(self, model, info: dict | None = None):
+        self.model, self.info, self.patcher = model, info or {}, None
+
+
+class SharedModels:
+    """key -> Loaded, weakly held; `get(key, load)` loads at most once per key while the model is alive."""
+
+    def __init__(self):
+        self._items: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+
+    def peek(self, key) -> Loaded | None:
+        return self._items.get(key)
+
+    def get(self, key, load: Callable[[], Loaded]) -> Loaded:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                item = load()
+                self._items[key] = item
+            return item
+
+    def __len__(self):
+        return len(self._items)
+
+
+SHARED = SharedModels()
+
+
+@dataclass
+class DiTHandle:
+    """MAGI_MODEL: a DiT checkpoint, what it is (from its headers), and how to run it. Weights load lazily
+    (the sampler loads them on the chosen device, or the multi-GPU workers load their own)."""
+
+    name: str
+    path: Path
+    key: tuple  # weights identity: (file identity, variant, weight dtype); the device is added when loading
+    detection: Any  # magi_core.checkpoint.Detection
+    variant: str | None  # None: as detected
+    weight_dtype: str
+    device: str  # resolved: 'cuda:0', 'cpu'
+    attention: str | None
+    precision: str
+    special_tokens: Path | None
+    nbytes: int = 0  # weights in memory, from the headers
+    loaded: Loaded | None = None
+
+    @property
+    def cfg(self):
+        return self.detection.cfg
+
+    def describe(self) -> str:
+        d = self.detection
+        notes = "".join(f"\n- {n}" for n in d.notes)
+        tokens = self.special_tokens.name if self.special_tokens else "none"
+        return (f"MAGI-1 {d.size} {d.variant} (variant from {d.distill_source})\n"
+                f"attention {self.attention or 'auto'}, precision {self.precision}, device {self.device}, "
+                f"special tokens {tokens}{notes}")
+
+    def spec(self) -> dict:
+        """What a worker process needs to load the same weights itself (multi-GPU)."""
+        return dict(path=str(self.path), variant=self.variant or self.detection.variant,
+                    weight_dtype=self.weight_dtype, attention=self.attention, precision=self.precision)
+
+
+@dataclass
+class VAEHandle:
+    """MAGI_VAE: a loaded MAGI-1 VAE."""
+
+    name: str
+    key: tuple
+    loaded: Loaded
+
+    @property
+    def model(self):
+        return self.loaded.model
+
+
+@dataclass
+class T5Handle:
+    """MAGI_T5: a loaded T5 encoder (magi_core.text.T5TextEncoder)."""
+
+    name: str
+    key: tuple
+    loaded: Loaded
+
+    @property
+    def encoder(self):
+        return self.loaded.model
+
+
+@dataclass
+class MultiGPUSettings:
+    """MAGI_MULTIGPU: which devices the worker pool uses and the context-parallel size."""
+
+    devices: list = field(default_factory=list)  # ["cuda:0", ...] or ["cpu", "cpu"] (gloo, tests)
+    cp_size: int = 1
+
+    @property
+    def wants_pool(self) -> bool:
+        return self.cp_size > 1

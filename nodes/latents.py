@@ -1,0 +1,97 @@
+"""MAGI latents in ComfyUI's LATENT dict, and decoding them (no ComfyUI import).
+
+LATENT = {"samples": (1, 16, T, H/8, W/8) fp32 CPU, ...} plus MAGI keys that native nodes ignore:
+- "magi_prefix_frames": pixel frames a prefix latent stands for (MAGI VAE Encode; 1 = image-to-video);
+- "magi_chunks": latent frames of each finished chunk, in order (MAGI Sampler); decoding chunk by chunk
+  gives the reference's frame counts (a chunk's last VAE tile may be short);
+- "magi_fps": the sampler's fps (temporal VAE tiles are fps // 2 frames);
+- "magi_decoded": {"key": ..., "frames": (N, H, W, 3)} frames the sampler already decoded for its previews,
+  reused by MAGI VAE Decode when its VAE and tile settings are the same.
+"""
+from __future__ import annotations
+
+import torch
+
+from magi_core.pipeline import decode_chunk, prefix_latent_count
+
+DEFAULT_TILING = dict(tile_size=256, tile_overlap=0.25, tile_frames=0, temporal_overlap=0)
+
+
+def tiling_kwargs(tiling: dict, fps: int) -> dict:
+    """Widget values -> magi_core tiling kwargs (tile_frames 0 = fps // 2, the reference)."""
+    kw = dict(tiling)
+    if not kw.get("tile_frames"):
+        kw["tile_frames"] = fps // 2
+    if "temporal_overlap" in kw:
+        kw["temporal_overlap"] = int(kw["temporal_overlap"])
+    return kw
+
+
+def decode_key(vae_key, tiling: dict, fps: int) -> tuple:
+    return (vae_key, tuple(sorted(tiling_kwargs(tiling, fps).items())), fps)
+
+
+def prefix_from_latent(latent: dict | None, width: int, height: int, channels: int):
+    """-> (prefix latents (1, C, P, h, w) or None, prefix pixel frames). Clear errors for a wrong prefix."""
+    if latent is None:
+        return None, 0
+    x = latent.get("samples") if isinstance(latent, dict) else None
+    if not torch.is_tensor(x) or x.dim() != 5:
+        shape = None if x is None else tuple(getattr(x, "shape", ()))
+        raise ValueError(f"prefix must be a MAGI video latent (1, {channels}, frames, h, w) from MAGI VAE Encode, "
+                         f"got {shape}")
+    if x.shape[0] != 1:
+        raise ValueError(f"prefix latent has batch {x.shape[0]}; MAGI-1 continues one video at a time (batch 1)")
+    if x.shape[1] != channels:
+        raise ValueError(f"prefix latent has {x.shape[1]} channels, the DiT expects {channels}: encode the prefix "
+                         "with the MAGI-1 VAE (MAGI VAE Encode)")
+    h, w = x.shape[3] * 8, x.shape[4] * 8
+    if (h, w) != (height, width):
+        raise ValueError(f"prefix latent is {w}x{h} but the sampler makes {width}x{height}: set the same width "
+                         "and height on MAGI VAE Encode and on the sampler")
+    P = x.shape[2]
+    frames = int(latent.get("magi_prefix_frames") or (1 if P == 1 else 4 * P))
+    if prefix_latent_count(frames) != P:
+        raise ValueError(f"prefix latent has {P} frames but says it stands for {frames} pixel frames")
+    return x.float(), frames
+
+
+def video_latent(chunks: list, fps: int, decoded: dict | None = None) -> dict:
+    """The sampler's LATENT output from its finished chunks' latents."""
+    if not chunks:
+        raise ValueError("no chunk was generated")
+    out = {"samples": torch.cat([c.float().cpu() for c in chunks], dim=2),
+           "magi_chunks": [int(c.shape[2]) for c in chunks], "magi_fps": int(fps)}
+    if decoded is not None:
+        out["magi_decoded"] = decoded
+    return out
+
+
+def split_chunks(latent: dict) -> list[torch.Tensor]:
+    """The latent cut into the sampler's chunks (one piece if it did not come from the sampler)."""
+    x = latent["samples"]
+    sizes = latent.get("magi_chunks")
+    if not sizes or sum(sizes) != x.shape[2]:
+        return [x]
+    return list(torch.split(x, list(sizes), dim=2))
+
+
+def decode_video(vae, latent: dict, tiling: dict, vae_key=None, progress=None) -> torch.Tensor:
+    """LATENT -> IMAGE frames (N, H, W, 3) float32 [0, 1] on the CPU, chunk by chunk.
+
+    Reuses frames the sampler decoded with the same VAE and tiling. progress(done, total) after each chunk."""
+    x = latent.get("samples") if isinstance(latent, dict) else None
+    if not torch.is_tensor(x) or x.dim() != 5 or x.shape[0] != 1:
+        raise ValueError(f"MAGI VAE Decode needs a MAGI video latent (1, 16, frames, h, w), got "
+                         f"{None if x is None else tuple(x.shape)}: connect the MAGI sampler's LATENT output")
+    fps = int(latent.get("magi_fps", 24))
+    cached = latent.get("magi_decoded")
+    if vae_key is not None and cached and cached.get("key") == decode_key(vae_key, tiling, fps):
+        return cached["frames"]
+    pieces = split_chunks(latent)
+    frames = []
+    for i, piece in enumerate(pieces):
+        frames.append(decode_chunk(vae, piece, fps, **tiling_kwargs(tiling, fps)))
+        if progress is not None:
+            progress(i + 1, len(pieces))
+    return torch.cat(frames)

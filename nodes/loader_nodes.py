@@ -1,0 +1,159 @@
+"""Loader nodes: MAGI-1 DiT, VAE and T5 from ComfyUI's model folders."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from . import choices, memory
+from .loading import load_t5, load_vae, open_dit
+from .model_files import default_special_tokens, identity, resolve, scan, size_on_disk, special_token_files
+from .types import CATEGORY, PACK_ASSET_TOKENS, MagiModel, MagiT5, MagiVAE, comfy_t5_tokenizer, roots
+
+NO_DIT = "put MAGI-1 weights in models/magi (python install.py --download 4.5B-distill) or models/diffusion_models"
+
+
+def _device_input(tooltip: str):
+    return io.Combo.Input("device", options=choices.devices(memory.cuda_count()), default="auto", tooltip=tooltip)
+
+
+def _fingerprint(name: str, kind: str):
+    try:
+        return identity(resolve(name, roots(kind)))
+    except (OSError, ValueError):
+        return name
+
+
+class MagiDiTLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MagiDiTLoader", display_name="MAGI-1 DiT Loader", category=CATEGORY,
+            description="Pick a MAGI-1 DiT (official folder or single file). Size and variant are read from the "
+                        "checkpoint at once; the weights load when the sampler first needs them, and stay loaded "
+                        "between runs while the inputs do not change.",
+            inputs=[
+                io.Combo.Input("model", options=scan(roots("dit"), "dit"),
+                               tooltip="from models/magi (folders or files) and models/diffusion_models"),
+                io.Combo.Input("variant", options=choices.VARIANT, default="auto",
+                               tooltip="auto: detected (fp8 from the weights; distill vs base from the name or "
+                                       "metadata, since their weights look alike). Set it when the name does not say."),
+                io.Combo.Input("weight_dtype", options=choices.DIT_WEIGHT_DTYPE, default="auto",
+                               tooltip="auto: as stored. bf16: cast fp16/fp32 conversions back to the reference "
+                                       "dtypes (bf16, fp32 for the usual high-precision layers)"),
+                io.Combo.Input("attention", options=choices.ATTENTION, default="auto",
+                               tooltip="attention kernel; auto picks the fastest one installed (sdpa always works)"),
+                io.Combo.Input("precision", options=choices.PRECISION, default="fast",
+                               tooltip="exact: the reference's numerics; fast: fewer fp32 islands"),
+                _device_input("where the DiT runs; auto = ComfyUI's main device"),
+                io.Combo.Input("special_tokens",
+                               options=choices.SPECIAL_TOKENS_FIXED + special_token_files(roots("tokens")),
+                               default="auto",
+                               tooltip="MAGI-1's special_tokens.npz (HQ / duration tokens). auto: the pack's copy "
+                                       "(install.py) or models/magi/special_tokens.npz"),
+            ],
+            outputs=[MagiModel.Output(display_name="model"), io.String.Output(display_name="info")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, model=None, variant=None, weight_dtype=None, attention=None, precision=None,
+                        device=None, special_tokens=None):
+        return choices.check_all([
+            ("model", model, scan(roots("dit"), "dit"), NO_DIT),
+            ("variant", variant, choices.VARIANT), ("weight_dtype", weight_dtype, choices.DIT_WEIGHT_DTYPE),
+            ("attention", attention, choices.ATTENTION), ("precision", precision, choices.PRECISION),
+            ("device", device, choices.devices(memory.cuda_count()), "GPU numbers follow CUDA_VISIBLE_DEVICES"),
+            ("special_tokens", special_tokens, choices.SPECIAL_TOKENS_FIXED + special_token_files(roots("tokens")),
+             "put special_tokens.npz in models/magi or run install.py"),
+        ])
+
+    @classmethod
+    def fingerprint_inputs(cls, model, **kwargs):
+        return _fingerprint(model, "dit")
+
+    @classmethod
+    def execute(cls, model, variant, weight_dtype, attention, precision, device, special_tokens):
+        path = resolve(model, roots("dit"), "DiT")
+        if special_tokens == "auto":
+            tokens = default_special_tokens(PACK_ASSET_TOKENS, roots("tokens"))
+        elif special_tokens == "none":
+            tokens = None
+        else:
+            tokens = resolve(special_tokens, roots("tokens"), "special tokens file")
+        dev = str(memory.resolve_device(device, "dit"))
+        handle = open_dit(model, path, variant, weight_dtype, dev, attention, precision, tokens)
+        info = handle.describe()
+        return io.NodeOutput(handle, info, ui={"text": [info]})
+
+
+class MagiVAELoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MagiVAELoader", display_name="MAGI-1 VAE Loader", category=CATEGORY,
+            description="Load the MAGI-1 VAE (official ckpt/vae folder or one .safetensors file).",
+            inputs=[
+                io.Combo.Input("vae", options=scan(roots("vae"), "vae"), tooltip="from models/magi and models/vae"),
+                io.Combo.Input("dtype", options=choices.VAE_DTYPE, default="bf16", tooltip="the reference uses bf16"),
+                _device_input("where the VAE runs; auto = ComfyUI's VAE device"),
+            ],
+            outputs=[MagiVAE.Output(display_name="vae")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, vae=None, dtype=None, device=None):
+        return choices.check_all([
+            ("vae", vae, scan(roots("vae"), "vae"), "put the MAGI-1 VAE (ckpt/vae) in models/magi"),
+            ("dtype", dtype, choices.VAE_DTYPE), ("device", device, choices.devices(memory.cuda_count())),
+        ])
+
+    @classmethod
+    def fingerprint_inputs(cls, vae, **kwargs):
+        return _fingerprint(vae, "vae")
+
+    @classmethod
+    def execute(cls, vae, dtype, device):
+        path = resolve(vae, roots("vae"), "VAE")
+        dev = memory.resolve_device(device, "vae")
+        handle = load_vae(vae, path, dtype, dev, before_load=lambda: memory.free_for(size_on_disk(path), dev))
+        memory.register(handle.loaded, handle.model, "vae", dev)
+        return io.NodeOutput(handle)
+
+
+class MagiT5Loader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MagiT5Loader", display_name="MAGI-1 T5 Loader", category=CATEGORY,
+            description="Load T5-XXL for MAGI-1: the official ckpt/t5 folder, or a single t5xxl file from "
+                        "models/text_encoders (the one Flux/SD3 use; fp16 and fp8 files work).",
+            inputs=[
+                io.Combo.Input("t5", options=scan(roots("t5"), "t5"),
+                               tooltip="from models/text_encoders and models/magi"),
+                io.Combo.Input("dtype", options=choices.T5_DTYPE, default="bf16",
+                               tooltip="compute dtype; the reference runs T5 in fp32"),
+                _device_input("where T5 runs; auto = ComfyUI's text-encoder device"),
+            ],
+            outputs=[MagiT5.Output(display_name="t5")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, t5=None, dtype=None, device=None):
+        return choices.check_all([
+            ("t5", t5, scan(roots("t5"), "t5"), "put t5xxl_fp16.safetensors in models/text_encoders"),
+            ("dtype", dtype, choices.T5_DTYPE), ("device", device, choices.devices(memory.cuda_count())),
+        ])
+
+    @classmethod
+    def fingerprint_inputs(cls, t5, **kwargs):
+        return _fingerprint(t5, "t5")
+
+    @classmethod
+    def execute(cls, t5, dtype, device):
+        path = resolve(t5, roots("t5"), "T5")
+        dev = memory.resolve_device(device, "t5")
+        handle = load_t5(t5, path, dtype, dev, tokenizer=comfy_t5_tokenizer(),
+                         before_load=lambda: memory.free_for(size_on_disk(path), dev))
+        memory.register(handle.loaded, handle.encoder.model, "t5", dev)
+        return io.NodeOutput(handle)
+
+
+NODES = [MagiDiTLoader, MagiVAELoader, MagiT5Loader]

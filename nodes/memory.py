@@ -1,0 +1,110 @@
+"""comfy.model_management glue: devices, freeing VRAM before loads, ModelPatcher registration, interrupt.
+
+MAGI models are plain nn.Modules (not built from comfy.ops), so ComfyUI moves them whole: each gets a
+ModelPatcher (load device / offload device) and is loaded with `load_models_gpu(force_full_load=True)`.
+ComfyUI then offloads them like its own models (memory pressure, /free, OOM handling).
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+import comfy.model_management as mm
+import comfy.model_patcher
+from comfy.patcher_extension import CallbacksMP
+
+from .handles import Loaded
+
+_DEVICE = {"dit": mm.get_torch_device, "vae": mm.vae_device, "t5": mm.text_encoder_device}
+_OFFLOAD = {"dit": mm.unet_offload_device, "vae": mm.vae_offload_device, "t5": mm.text_encoder_offload_device}
+
+
+class Holder(torch.nn.Module):
+    """Container that lets ModelPatcher set `.device` (HF models have a read-only one)."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+
+class MagiDiT(Holder):
+    pass
+
+
+class MagiVAE(Holder):
+    pass
+
+
+class MagiT5(Holder):
+    pass
+
+
+_HOLDERS = {"dit": MagiDiT, "vae": MagiVAE, "t5": MagiT5}  # class names show in ComfyUI's memory log
+
+
+def cuda_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_device(choice: str, kind: str) -> torch.device:
+    """'auto' -> ComfyUI's device for this kind of model; else the named device."""
+    return torch.device(_DEVICE[kind]() if choice == "auto" else choice)
+
+
+def free_for(nbytes: int, device: torch.device):
+    """Make room on a GPU before reading weights onto it (ComfyUI unloads its least recently used models)."""
+    if device.type != "cpu":
+        mm.free_memory(int(nbytes * 1.1), device)
+        mm.soft_empty_cache()
+
+
+_recent: dict = {}  # kind -> the last used model, kept while ComfyUI keeps it on its device
+
+
+def register(loaded: Loaded, module: torch.nn.Module, kind: str, device: torch.device) -> None:
+    """Give a freshly loaded model (weights already on `device`) a ModelPatcher, once."""
+    if loaded.patcher is None:
+        holder = _HOLDERS[kind](module)
+        holder.device = device
+        loaded.patcher = comfy.model_patcher.ModelPatcher(holder, load_device=device, offload_device=_OFFLOAD[kind]())
+        ref = weakref.ref(loaded)
+
+        def detached(*_):  # ComfyUI unloaded it (/free, memory pressure): stop keeping it alive
+            if _recent.get(kind) is ref():
+                _recent.pop(kind, None)
+
+        loaded.patcher.add_callback(CallbacksMP.ON_DETACH, detached)
+
+
+def keep(kind: str, loaded: Loaded) -> None:
+    """Keep the last used model of a kind alive even when the node output that holds it goes away (ComfyUI drops
+    a loader's output when any of its inputs change, e.g. only the attention backend): the next run reuses it.
+    Released when ComfyUI unloads it."""
+    _recent[kind] = loaded
+
+
+def use(*loaded: Loaded, memory_required: int = 0) -> None:
+    """Put the models on their load devices together (freeing others as needed); a no-op when they are there."""
+    mm.load_models_gpu([x.patcher for x in loaded], memory_required=memory_required, force_full_load=True)
+
+
+def offload(loaded: Loaded) -> None:
+    """Move one model to its offload device now and drop it from ComfyUI's loaded list."""
+    for i, lm in enumerate(list(mm.current_loaded_models)):
+        if lm.model is loaded.patcher:
+            lm.model_unload()
+            mm.current_loaded_models.pop(i)
+            break
+    else:
+        loaded.patcher.detach()
+    mm.soft_empty_cache()
+
+
+def interrupted() -> bool:
+    return mm.processing_interrupted()
+
+
+def raise_interrupt():
+    """Raise ComfyUI's InterruptProcessingException (shown as 'interrupted', not as an error)."""
+    mm.throw_exception_if_processing_interrupted()
+    raise mm.InterruptProcessingException()

@@ -1,0 +1,71 @@
+"""Multi-GPU settings and the hand-off to magi_core's worker pool (no ComfyUI import).
+
+The pool (magi_core/parallel/pool.py, the multi-GPU issue) is called as
+
+    pool.generate(model=<DiTHandle.spec()>, prompts=PromptEmbeds, settings=Settings, prefix_latents=...,
+                  prefix_frames=int, special_tokens=SpecialTokens | None, devices=[...], cp_size=int,
+                  progress=cb(i, total, chunk), cancel=fn() -> bool) -> iterator of FinishedChunk
+
+so the sampler node streams chunks, progress and interrupt the same way for one GPU and for many.
+"""
+from __future__ import annotations
+
+from .handles import MultiGPUSettings
+
+NOT_AVAILABLE = ("multi-GPU engine not available: this version of the pack has no magi_core.parallel.pool{why}. "
+                 "Remove the MAGI Multi-GPU Settings node (or set cp_size to 1) to run on one GPU")
+
+
+def parse_devices(text: str, cuda_count: int, leave_gpu0_free: bool = False, cp_size: int = 0) -> list[str]:
+    """'all' | '0,1,3' | 'cpu' -> device names. 'cpu' gives cp_size CPU workers (gloo; for tests)."""
+    text = (text or "").strip().lower()
+    if text == "cpu":
+        return ["cpu"] * max(1, cp_size)
+    if text in ("", "all"):
+        ids = list(range(cuda_count))
+        if leave_gpu0_free:
+            ids = ids[1:]
+        if not ids:
+            raise ValueError(f"devices 'all': no usable CUDA GPU ({cuda_count} visible"
+                             f"{', GPU 0 left free' if leave_gpu0_free else ''}); list GPUs like '0,1', or use 'cpu'")
+        return [f"cuda:{i}" for i in ids]
+    try:
+        ids = [int(p) for p in text.replace(";", ",").split(",") if p.strip()]
+    except ValueError:
+        raise ValueError(f"devices: {text!r} is not 'all', 'cpu' or a list of GPU numbers like '0,1,2,3'") from None
+    bad = [i for i in ids if not 0 <= i < cuda_count]
+    if bad or len(set(ids)) != len(ids) or not ids:
+        raise ValueError(f"devices: {text!r} names GPUs {bad or ids} but {cuda_count} are visible (0..{cuda_count - 1}), "
+                         "each at most once")
+    if leave_gpu0_free and 0 in ids:
+        raise ValueError("devices lists GPU 0 but leave_gpu0_free is on: remove 0 or turn leave_gpu0_free off")
+    return [f"cuda:{i}" for i in ids]
+
+
+def make_settings(devices: str, cp_size: int, leave_gpu0_free: bool, cuda_count: int) -> MultiGPUSettings:
+    if cp_size < 0:
+        raise ValueError(f"cp_size must be >= 0 (0 = one rank per device), got {cp_size}")
+    devs = parse_devices(devices, cuda_count, leave_gpu0_free, cp_size)
+    cp = cp_size or len(devs)
+    if cp > len(devs):
+        raise ValueError(f"cp_size {cp} needs {cp} devices, only {len(devs)} selected ({', '.join(devs)})")
+    return MultiGPUSettings(devices=devs[:cp], cp_size=cp)
+
+
+def check_heads(settings: MultiGPUSettings, num_heads: int):
+    if num_heads % settings.cp_size:
+        ok = [c for c in range(1, num_heads + 1) if num_heads % c == 0 and c <= 16]
+        raise ValueError(f"cp_size {settings.cp_size} does not divide the model's {num_heads} attention heads; "
+                         f"use one of {ok}")
+
+
+def pool_generate(**kwargs):
+    """Run one generation on the worker pool; RuntimeError saying so when the engine is not there."""
+    try:
+        from magi_core.parallel import pool
+    except ImportError as e:
+        raise RuntimeError(NOT_AVAILABLE.format(why=f" ({e})")) from None
+    generate = getattr(pool, "generate", None)
+    if generate is None:
+        raise RuntimeError(NOT_AVAILABLE.format(why=" with a generate() entry point"))
+    return generate(**kwargs)

@@ -1,0 +1,197 @@
+"""The MAGI-1 sampler (text/image/video-to-video), its advanced options, and the multi-GPU settings."""
+from __future__ import annotations
+
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+from comfy_execution.utils import get_executing_context
+
+from magi_core.sampling.executor import SamplingCancelled
+
+from . import choices, memory, previews
+from .generation import Hooks, run
+from .loading import load_dit_weights
+from .multigpu import make_settings
+from .sampler_settings import build_settings, sampler_options
+from .types import CATEGORY, MagiConditioning, MagiModel, MagiMultiGPU, MagiSamplerOptions, MagiVAE
+
+CHUNK_EVENT = "magi.chunk"  # websocket event the frontend extension shows as live chunk previews
+
+
+def _server():
+    try:
+        from server import PromptServer
+
+        return PromptServer.instance
+    except Exception:  # no server (e.g. ComfyUI imported as a library)
+        return None
+
+
+class ComfyHooks(Hooks):
+    """Hooks for a run inside ComfyUI: model management, progress bar, interrupt, previews."""
+
+    def __init__(self, node_id: str, fps: int, device: str | None = None):
+        self.node_id, self.fps, self.device = node_id, fps, device
+        self.pbar = comfy.utils.ProgressBar(1)
+        self.step = (0, 1)
+        self.images, self.loaded = [], None
+        self.server = _server()
+        ctx = get_executing_context()
+        self.prompt_id = ctx.prompt_id if ctx is not None else None
+
+    def load_dit(self, handle, vae):
+        device = memory.resolve_device(self.device or handle.device, "dit")
+        loaded = load_dit_weights(handle, device, before_load=lambda: memory.free_for(handle.nbytes, device))
+        memory.register(loaded, loaded.model, "dit", device)
+        memory.use(loaded, *([vae.loaded] if vae is not None else []))  # together: nothing moves while streaming
+        memory.keep("dit", loaded)
+        self.loaded = loaded
+        return loaded.model
+
+    def progress(self, i, total, chunk):
+        self.step = (i, total)
+        self.pbar.update_absolute(i, total)  # also raises if the user pressed cancel
+
+    def cancelled(self):
+        return memory.interrupted()
+
+    def chunk_done(self, index, total, frames):
+        text = f"chunk {index + 1}/{total} done"
+        if frames is not None:
+            image = previews.save_animation(frames, folder_paths.get_temp_directory(),
+                                            f"magi_{self.node_id}_chunk{index:03d}", self.fps)
+            self.images.append(image)
+            self.pbar.update_absolute(*self.step, preview=("JPEG", previews.still(frames), previews.MAX_SIZE))
+            if self.server is not None:
+                self.server.send_sync(CHUNK_EVENT, dict(node=self.node_id, prompt_id=self.prompt_id, index=index,
+                                                        total=total, image=image), self.server.client_id)
+        if self.server is not None:
+            self.server.send_progress_text(text, self.node_id)
+
+
+class MagiSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MagiSampler", display_name="MAGI-1 Sampler", category=CATEGORY,
+            description="Generate video chunk by chunk (24 frames each). No prefix: text-to-video; a one-frame prefix: "
+                        "image-to-video; a video prefix: continuation. With a VAE connected, each finished chunk is "
+                        "decoded and shown while the next one denoises.",
+            inputs=[
+                MagiModel.Input("model"),
+                MagiConditioning.Input("conditioning"),
+                io.Int.Input("width", default=720, min=16, max=4096, step=16),
+                io.Int.Input("height", default=720, min=16, max=4096, step=16),
+                io.Int.Input("num_frames", default=96, min=4, max=100000, step=4,
+                             tooltip="new frames; rounded up to whole chunks of 24 frames"),
+                io.Int.Input("fps", default=24, min=8, max=120, tooltip="MAGI-1 is trained at 24 fps"),
+                io.Int.Input("steps", default=16, min=4, max=1000, step=4,
+                             tooltip="denoising steps per chunk; a multiple of window_size and of 4 (e.g. 16 for "
+                                     "distill, 32-64 for base)"),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                io.Int.Input("window_size", default=4, min=1, max=16,
+                             tooltip="chunks denoised together (4 = reference; 1 = least memory)"),
+                io.Float.Input("text_scale", default=7.5, min=0.0, max=30.0, step=0.1,
+                               tooltip="text guidance (base models; distill/fp8 run without guidance)"),
+                io.Float.Input("prev_chunk_scale", default=1.5, min=0.0, max=10.0, step=0.1,
+                               tooltip="guidance towards the previous chunks (base models)"),
+                io.Float.Input("prev_chunks_scale", default=0.7, min=0.0, max=1.0, step=0.05,
+                               tooltip="distill: weight of the with-context pass for the nearly clean chunk (0.7)"),
+                io.Boolean.Input("use_hq", default=True, tooltip="prepend the HQ special token (reference: on)"),
+                io.Boolean.Input("use_duration", default=True,
+                                 tooltip="prepend the chunks-remaining special token (reference: on)"),
+                io.Combo.Input("preview", options=choices.PREVIEW, default="decoded chunks",
+                               tooltip="decode each finished chunk for the UI (needs the vae input); "
+                                       "MAGI VAE Decode then reuses those frames"),
+                io.Boolean.Input("force_offload", default=False,
+                                 tooltip="move the DiT off the GPU when done (ComfyUI also offloads it when needed)"),
+                io.Latent.Input("prefix", optional=True, tooltip="MAGI VAE Encode output: image or video prefix"),
+                MagiVAE.Input("vae", optional=True, tooltip="for chunk previews"),
+                MagiSamplerOptions.Input("options", optional=True),
+                MagiMultiGPU.Input("multigpu", optional=True),
+            ],
+            outputs=[io.Latent.Output(display_name="samples")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def validate_inputs(cls, preview=None):
+        return choices.check_all([("preview", preview, choices.PREVIEW)])
+
+    @classmethod
+    def execute(cls, model, conditioning, width, height, num_frames, fps, steps, seed, window_size, text_scale,
+                prev_chunk_scale, prev_chunks_scale, use_hq, use_duration, preview, force_offload, prefix=None,
+                vae=None, options=None, multigpu=None):
+        s = build_settings(width, height, num_frames, fps, steps, seed, window_size, text_scale, prev_chunk_scale,
+                           prev_chunks_scale, use_hq, use_duration, options)
+        show = preview != "off"
+        one_gpu = multigpu.devices[0] if multigpu is not None and not multigpu.wants_pool else None
+        hooks = ComfyHooks(str(cls.hidden.unique_id), fps, device=one_gpu)
+        try:
+            latent = run(model, conditioning, s, hooks, prefix=prefix, vae=vae, preview=show, multigpu=multigpu)
+        except SamplingCancelled:
+            memory.raise_interrupt()
+        if force_offload and hooks.loaded is not None:
+            memory.offload(hooks.loaded)
+        ui = {"images": hooks.images, "animated": (True,)} if hooks.images else None
+        return io.NodeOutput(latent, ui=ui)
+
+
+class MagiSamplerOptionsNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MagiSamplerOptions", display_name="MAGI-1 Sampler Options", category=CATEGORY,
+            description="Advanced sampler settings (defaults = the official configs). Empty text = default.",
+            inputs=[
+                io.Combo.Input("cfg_number", options=choices.CFG_NUMBER, default="auto",
+                               tooltip="guidance passes: auto = 3 for base, 1 for distill/fp8"),
+                io.String.Input("cfg_t_range", default="", tooltip="5 flow times, e.g. 0, 0.0217, 0.1, 0.3, 0.999"),
+                io.String.Input("text_scales", default="", tooltip="5 values, e.g. 7.5, 7.5, 7.5, 0, 0"),
+                io.String.Input("prev_chunk_scales", default="", tooltip="5 values, e.g. 1.5, 1.5, 1.5, 1, 1"),
+                io.String.Input("noise2clean_kvrange", default="", tooltip="e.g. 5, 4, 3, 2"),
+                io.Int.Input("clean_chunk_kvrange", default=1, min=1, max=16),
+                io.Float.Input("clean_t", default=0.9999, min=0.5, max=1.0, step=0.0001),
+                io.String.Input("shortcut_mode", default="8,16,16", tooltip="12-step distill grid per quarter"),
+                io.Float.Input("distill_nearly_clean_threshold", default=0.3, min=0.0, max=1.0, step=0.01),
+                io.Boolean.Input("per_chunk_noise", default=False,
+                                 tooltip="noise that does not change with the video length"),
+                io.Boolean.Input("kv_offload", default=False, tooltip="keep the KV cache in host memory"),
+                io.Boolean.Input("negative_special_tokens", default=False),
+            ],
+            outputs=[MagiSamplerOptions.Output(display_name="options")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, cfg_number=None):
+        return choices.check_all([("cfg_number", cfg_number, choices.CFG_NUMBER)])
+
+    @classmethod
+    def execute(cls, **kwargs):
+        return io.NodeOutput(sampler_options(**kwargs))
+
+
+class MagiMultiGPUSettingsNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MagiMultiGPUSettings", display_name="MAGI-1 Multi-GPU Settings", category=CATEGORY,
+            description="Run the sampler on several GPUs (Ulysses context parallel in a pool of worker processes, "
+                        "one per GPU, kept alive between runs). Connect to the sampler's multigpu input.",
+            inputs=[
+                io.String.Input("devices", default="all", tooltip="'all', GPU numbers like '0,1,2,3', or 'cpu' (tests)"),
+                io.Int.Input("cp_size", default=0, min=0, max=64,
+                             tooltip="context-parallel size (0 = one rank per selected device); must divide the "
+                                     "attention heads (24 for 4.5B, 48 for 24B)"),
+                io.Boolean.Input("leave_gpu0_free", default=False,
+                                 tooltip="keep GPU 0 for ComfyUI itself (T5, VAE, other models)"),
+            ],
+            outputs=[MagiMultiGPU.Output(display_name="multigpu")],
+        )
+
+    @classmethod
+    def execute(cls, devices, cp_size, leave_gpu0_free):
+        return io.NodeOutput(make_settings(devices, cp_size, leave_gpu0_free, memory.cuda_count()))
+
+
+NODES = [MagiSampler, MagiSamplerOptionsNode, MagiMultiGPUSettingsNode]

@@ -1,0 +1,93 @@
+"""VAE nodes: IMAGE frames -> prefix LATENT (image-to-video, video continuation), LATENT -> IMAGE frames."""
+from __future__ import annotations
+
+import comfy.utils
+from comfy_api.latest import io
+
+from magi_core.pipeline import Settings, encode_prefix
+from magi_core.video import select_prefix_frames
+
+from . import choices, memory
+from .latents import decode_video
+from .types import CATEGORY, MagiVAE
+
+
+def _tile_inputs(tile_frames_default: int, tile_frames_tip: str):
+    return [
+        io.Int.Input("tile_size", default=256, min=16, max=4096, step=16,
+                     tooltip="spatial tile in pixels (reference 256); smaller tiles use less memory"),
+        io.Float.Input("tile_overlap", default=0.25, min=0.0, max=0.75, step=0.25, round=0.01,
+                       tooltip="fraction of a tile shared with its neighbour (reference 0.25)"),
+        io.Int.Input("tile_frames", default=tile_frames_default, min=0, max=256, step=4, tooltip=tile_frames_tip),
+    ]
+
+
+class MagiVAEEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MagiVAEEncode", display_name="MAGI-1 VAE Encode (prefix)", category=CATEGORY,
+            description="Encode the start of a video for the sampler's prefix: one image (image-to-video) or "
+                        "video frames (continuation, a multiple of 4 frames). Frames are resized to width x height.",
+            inputs=[
+                MagiVAE.Input("vae"),
+                io.Image.Input("image", tooltip="one image, or a batch of video frames"),
+                io.Int.Input("width", default=720, min=16, max=4096, step=16, tooltip="same as the sampler's"),
+                io.Int.Input("height", default=720, min=16, max=4096, step=16, tooltip="same as the sampler's"),
+                io.Combo.Input("resize", options=choices.RESIZE, default="stretch",
+                               tooltip="stretch (the reference), crop to the aspect ratio, or pad with black"),
+                io.Int.Input("max_frames", default=0, min=0, max=100000, step=4,
+                             tooltip="video prefix: at most this many frames (0 = all), rounded down to a multiple of 4"),
+                io.Combo.Input("take", options=choices.TAKE, default="end",
+                               tooltip="video prefix: the last frames (continue the clip) or the first ones"),
+                *_tile_inputs(12, "frames per temporal tile (the reference uses fps // 2 = 12 at 24 fps)"),
+            ],
+            outputs=[io.Latent.Output(display_name="prefix")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, resize=None, take=None):
+        return choices.check_all([("resize", resize, choices.RESIZE), ("take", take, choices.TAKE)])
+
+    @classmethod
+    def execute(cls, vae, image, width, height, resize, max_frames, take, tile_size, tile_overlap, tile_frames):
+        frames = image[..., :3].float().cpu()
+        if frames.shape[0] > 1:
+            frames = select_prefix_frames(frames, max_frames or None, take)
+        memory.use(vae.loaded)
+        s = Settings(width=width, height=height)
+        latents = encode_prefix(vae.model, frames, s, policy=resize, tile_size=tile_size, tile_overlap=tile_overlap,
+                                tile_frames=tile_frames or 12)
+        return io.NodeOutput({"samples": latents.cpu(), "magi_prefix_frames": int(frames.shape[0])})
+
+
+class MagiVAEDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MagiVAEDecode", display_name="MAGI-1 VAE Decode", category=CATEGORY,
+            description="Decode the sampler's latent to IMAGE frames, chunk by chunk (the reference's frame counts). "
+                        "Frames the sampler already decoded for its previews are reused when the settings match.",
+            inputs=[
+                MagiVAE.Input("vae"),
+                io.Latent.Input("samples"),
+                *_tile_inputs(0, "frames per temporal tile; 0 = fps // 2 (the reference)"),
+                io.Int.Input("temporal_overlap", default=0, min=0, max=8,
+                             tooltip="latent frames shared by consecutive temporal tiles (0 = reference; 1 removes "
+                                     "the seam every fps // 2 frames at ~1.5x the decode time)"),
+            ],
+            outputs=[io.Image.Output(display_name="images")],
+        )
+
+    @classmethod
+    def execute(cls, vae, samples, tile_size, tile_overlap, tile_frames, temporal_overlap):
+        tiling = dict(tile_size=tile_size, tile_overlap=tile_overlap, tile_frames=tile_frames,
+                      temporal_overlap=temporal_overlap)
+        memory.use(vae.loaded)
+        pbar = comfy.utils.ProgressBar(1)
+        frames = decode_video(vae.model, samples, tiling, vae_key=vae.key,
+                              progress=lambda done, total: pbar.update_absolute(done, total))
+        return io.NodeOutput(frames)
+
+
+NODES = [MagiVAEEncode, MagiVAEDecode]
