@@ -578,19 +578,50 @@ def read_state_dict(ckpt: Checkpoint, device="cpu", names=None) -> dict:
     return sd
 
 
-def load_dit(path, cfg: DiTConfig | None = None, device="cpu", variant: str | None = None):
+WEIGHT_DTYPES = (None, "auto", "bf16", "fp8_e4m3fn")
+
+
+def cast_to_reference_dtypes(model) -> int:
+    """Cast float weights stored in an unusual dtype to the reference's (bf16; fp32 for the promotion list).
+    fp8 weights are left alone. Returns how many tensors changed."""
+    expected = expected_params(model.cfg)
+    changed = 0
+    for name, p in model.named_parameters():
+        want = expected[name][1]
+        if p.dtype != want and p.dtype.is_floating_point and p.dtype.itemsize > 1 and want.itemsize > 1:
+            p.data = p.data.to(want)
+            changed += 1
+    return changed
+
+
+def load_dit(path, cfg: DiTConfig | None = None, device="cpu", variant: str | None = None,
+             weight_dtype: str | None = None):
     """Load a MAGI-1 DiT checkpoint in any layout -> (VideoDiT, info).
 
     cfg=None detects size and variant; `variant` overrides the detected one (distill cannot be seen in the weights).
     Everything is validated from headers first; a mismatch raises CheckpointError naming keys and likely cause.
+    weight_dtype: None/"auto" keeps the stored dtypes; "bf16" casts floats stored in an unusual dtype (an fp16 or
+    fp32 conversion) to the reference dtypes (fp8 stays fp8); "fp8_e4m3fn" stores the bf16 block weights in fp8
+    (dit/weight_fp8.py): loaded on the CPU, converted, then moved, so the device never holds the bf16 copy.
     """
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weight_dtype must be one of {WEIGHT_DTYPES}, got {weight_dtype!r}")
     ckpt, det, cfg = _resolve(path, cfg, variant)
     check(ckpt, cfg, det)
     model = build_dit(cfg)
-    sd = read_state_dict(ckpt, device)
+    fp8_store = weight_dtype == "fp8_e4m3fn"
+    sd = read_state_dict(ckpt, "cpu" if fp8_store else device)
     model.load_state_dict(sd, strict=True, assign=True)  # the stored dtype wins
     del sd
     promote_high_precision(model).eval().requires_grad_(False)
+    recast = cast_to_reference_dtypes(model) if weight_dtype == "bf16" else 0
+    if recast:
+        det.notes.append(f"{recast} tensors cast to the reference dtypes (weight_dtype bf16)")
+    if fp8_store:
+        from .dit.weight_fp8 import store_weights_fp8_
+
+        det.notes.append(f"{store_weights_fp8_(model)} block weights stored as fp8 (weight_dtype fp8_e4m3fn)")
+        model.to(device)
     table = loaded_table(ckpt, cfg)
     changes = compare(table, expected_params(cfg)).dtype_changes
     if changes:
@@ -599,7 +630,7 @@ def load_dit(path, cfg: DiTConfig | None = None, device="cpu", variant: str | No
     info = dict(
         size=det.size, variant=cfg.variant(), cfg=cfg, distill_source=det.distill_source, notes=det.notes,
         layout=ckpt.describe(), location=str(ckpt.location), files=[str(s.path) for s in ckpt.shards],
-        prefix=ckpt.prefix, num_tensors=len(table), num_params=sum(math.prod(s) for s, _ in table.values()),
+        prefix=ckpt.prefix, recast=recast, num_tensors=len(table), num_params=sum(math.prod(s) for s, _ in table.values()),
     )
     return model, info
 

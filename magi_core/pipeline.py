@@ -100,7 +100,7 @@ def validate(s: Settings, dit_cfg, prompts: PromptEmbeds | None = None, vae=None
     if errs:
         raise ValueError("; ".join(errs))
     if prompts is not None:
-        prompts.schedule.resolve(chunk_count(s, prefix_frames)[0], s.fps)  # raises on gaps / overlaps / range
+        prompts.schedule.resolve(chunk_count(s, prefix_frames)[1], s.fps)  # generated chunks; raises on gaps etc.
 
 
 def resolved_cfg_number(s: Settings, dit_cfg) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 ATTENTION = ["auto", "sdpa", "flex", "flash", "magi"]
 PRECISION = ["fast", "exact"]
 VARIANT = ["auto", "base", "distill", "distill-fp8"]
-DIT_WEIGHT_DTYPE = ["auto", "bf16"]
+DIT_WEIGHT_DTYPE = ["auto", "bf16", "fp8_e4m3fn"]
 VAE_DTYPE = ["bf16", "fp32", "fp16"]
 T5_DTYPE = ["bf16", "fp32"]
 RESIZE = ["stretch", "crop", "pad"]

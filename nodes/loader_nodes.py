@@ -38,7 +38,9 @@ class MagiDiTLoader(io.ComfyNode):
                                        "metadata, since their weights look alike). Set it when the name does not say."),
                 io.Combo.Input("weight_dtype", options=choices.DIT_WEIGHT_DTYPE, default="auto",
                                tooltip="auto: as stored. bf16: cast fp16/fp32 conversions back to the reference "
-                                       "dtypes (bf16, fp32 for the usual high-precision layers)"),
+                                       "dtypes (bf16, fp32 for the usual high-precision layers). fp8_e4m3fn: store the "
+                                       "block weights in fp8 (half the VRAM; ~6% relative change of the "
+                                       "tiny test model's output; activations stay bf16)"),
                 io.Combo.Input("attention", options=choices.ATTENTION, default="auto",
                                tooltip="attention kernel; auto picks the fastest one installed (sdpa always works)"),
                 io.Combo.Input("precision", options=choices.PRECISION, default="fast",

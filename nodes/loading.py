@@ -37,21 +37,6 @@ def open_dit(name: str, path: Path, variant: str, weight_dtype: str, device: str
                      special_tokens=special_tokens, nbytes=nbytes, loaded=SHARED.peek(key + (device,)))
 
 
-def cast_to_reference_dtypes(model, cfg) -> int:
-    """Cast weights stored in an unusual float dtype (e.g. an fp16/fp32 conversion) to the reference's dtypes
-    (bf16, fp32 for the promotion list); fp8 weights are left alone. Returns how many tensors changed."""
-    from magi_core.checkpoint import expected_params
-
-    expected = expected_params(cfg)
-    changed = 0
-    for name, p in model.named_parameters():
-        want = expected[name][1]
-        if p.dtype != want and p.dtype.is_floating_point and p.dtype.itemsize > 1 and want.itemsize > 1:
-            p.data = p.data.to(want)
-            changed += 1
-    return changed
-
-
 def load_dit_weights(handle: DiTHandle, device: torch.device, before_load=None) -> Loaded:
     """Read the DiT weights straight onto `device` (shared while loaded; never twice for the same key)."""
     from magi_core.checkpoint import load_dit
@@ -59,9 +44,7 @@ def load_dit_weights(handle: DiTHandle, device: torch.device, before_load=None) 
     def load():
         if before_load is not None:
             before_load()
-        model, info = load_dit(handle.path, device=device, variant=handle.variant)
-        if handle.weight_dtype == "bf16":
-            info["recast"] = cast_to_reference_dtypes(model, model.cfg)
+        model, info = load_dit(handle.path, device=device, variant=handle.variant, weight_dtype=handle.weight_dtype)
         return Loaded(model, info)
 
     handle.loaded = SHARED.get(handle.key + (str(device),), load)

@@ -318,6 +318,9 @@ def test_multigpu_devices():
 def test_pool_missing_or_present(monkeypatch):
     import magi_core
 
+    empty = types.ModuleType("magi_core.parallel")  # the package without its pool (even if imported before)
+    monkeypatch.setitem(sys.modules, "magi_core.parallel", empty)
+    monkeypatch.setattr(magi_core, "parallel", empty, raising=False)
     monkeypatch.setitem(sys.modules, "magi_core.parallel.pool", None)  # import fails
     with pytest.raises(RuntimeError, match="multi-GPU engine not available"):
         multigpu.pool_generate(devices=["cpu", "cpu"])

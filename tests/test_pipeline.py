@@ -88,3 +88,13 @@ def test_cli_missing_models_is_a_clear_error():
     r = subprocess.run([sys.executable, "-m", "magi_core", "generate", "--prompt", "x"], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and "--dit" in r.stderr
+
+
+def test_v2v_schedule_counts_generated_chunks_only(tiny):
+    """A 32-frame prefix is 8 latents: 1 whole prefix chunk (cache only); the schedule covers generated chunks."""
+    s = Settings(num_frames=48)  # 12 new latents + 8 prefix -> 4 chunks, 3 generated
+    cfg = tiny["dit"].cfg
+    validate(s, cfg, encode_prompts(tiny["t5"], "0: a\n1: b\n2: c"), prefix_frames=32, special_tokens=tiny["tokens"])
+    with pytest.raises(ValueError):
+        validate(s, cfg, encode_prompts(tiny["t5"], "0: a\n1: b\n2-3: c"), prefix_frames=32,
+                 special_tokens=tiny["tokens"])

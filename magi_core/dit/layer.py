@@ -98,8 +98,8 @@ class SelfCrossAttention(nn.Module):
         # [self | cross] -> 8 slices interleaved: [self_0, cross_0, ..., self_7, cross_7]
         o = torch.cat([core.view(N, S, -1), xattn.view(N, S, -1)], dim=-1)
         o = o.view(N, S, 2, 8, -1).transpose(2, 3).reshape(N, S, -1)
-        if not isinstance(self.linear_proj, nn.Linear):
-            return self.linear_proj(o)  # fp8 layer: bf16 in, bf16 out
+        if isinstance(self.linear_proj, PerChannelFp8Linear):
+            return self.linear_proj(o)  # official fp8 layer: bf16 in, bf16 out
         if m.precision == "exact":
             return linear_fp32(o, self.linear_proj)  # reference: fp32 GEMM
         return self.linear_proj(o)  # fast: bf16 GEMM

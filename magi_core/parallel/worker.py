@@ -30,6 +30,7 @@ class ModelSpec:
 
     path: str | None = None
     variant: str | None = None
+    weight_dtype: str | None = None  # checkpoint.load_dit's weight_dtype
     preset: str | None = None
     overrides: dict = field(default_factory=dict)
     dtype: torch.dtype | None = None
@@ -43,12 +44,12 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
-        """From the ComfyUI DiT handle's spec(): path, variant, weight_dtype ('auto' | 'bf16'), attention, precision."""
-        dtypes = {"auto": None, None: None, "bf16": torch.bfloat16}
-        if d.get("weight_dtype") not in dtypes:
-            raise ValueError(f"weight_dtype must be 'auto' or 'bf16', got {d.get('weight_dtype')!r}")
-        dtype = dtypes[d.get("weight_dtype")]
-        return cls(path=str(d["path"]), variant=d.get("variant"), dtype=dtype,
+        """From the ComfyUI DiT handle's spec(): path, variant, weight_dtype, attention, precision."""
+        from ..checkpoint import WEIGHT_DTYPES
+
+        if d.get("weight_dtype") not in WEIGHT_DTYPES:
+            raise ValueError(f"weight_dtype must be one of {WEIGHT_DTYPES}, got {d.get('weight_dtype')!r}")
+        return cls(path=str(d["path"]), variant=d.get("variant"), weight_dtype=d.get("weight_dtype"),
                    attn_backend=d.get("attention"), precision=d.get("precision") or "fast")
 
     def config(self):
@@ -69,15 +70,9 @@ def build_replica(spec: ModelSpec, device) -> torch.nn.Module:
 
     device = torch.device(device)
     if spec.path is not None:
-        from ..checkpoint import expected_params, load_dit
+        from ..checkpoint import load_dit
 
-        model, _ = load_dit(spec.path, device=device, variant=spec.variant)
-        if spec.dtype is not None:  # reference dtypes for floats stored unusually (fp8 stays fp8)
-            want = expected_params(model.cfg)
-            for name, p in model.named_parameters():
-                w = want[name][1]
-                if p.dtype != w and p.dtype.is_floating_point and p.dtype.itemsize > 1 and w.itemsize > 1:
-                    p.data = p.data.to(w)
+        model, _ = load_dit(spec.path, device=device, variant=spec.variant, weight_dtype=spec.weight_dtype)
     else:  # CPU: build real tensors directly (meta-device ops pull in torch._dynamo, seconds per process)
         model = init_random_(build_dit(spec.config(), "cpu" if device.type == "cpu" else "meta"), spec.seed, device)
     model.set_precision(spec.precision)
