@@ -70,6 +70,8 @@ def main():
     ap.add_argument("--t5", action="store_true")
     ap.add_argument("--json", default=None)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--block-swap", type=int, default=None, metavar="N", help="P4: keep N layers on the GPU")
+    ap.add_argument("--weight-fp8", action="store_true", help="P4: store bf16 block weights as fp8")
     a = ap.parse_args()
     dev = torch.device(a.device)
     name = a.size if a.variant == "base" else f"{a.size}-{a.variant}"
@@ -81,7 +83,16 @@ def main():
         emb = torch.randn(800, 4096) * 0.1
         mask = torch.zeros(800, dtype=torch.long)
         mask[:100] = 1
-    dit = init_random_(build_dit(cfg), seed=0, device=dev).set_precision(a.precision)
+    low_vram = a.block_swap is not None
+    dit = init_random_(build_dit(cfg), seed=0, device="cpu" if low_vram else dev).set_precision(a.precision)
+    if a.weight_fp8:
+        from magi_core.dit.weight_fp8 import store_weights_fp8_
+
+        store_weights_fp8_(dit)
+    if low_vram:
+        from magi_core.dit.offload import enable_block_swap
+
+        enable_block_swap(dit, dev, a.block_swap)
     dit.attn_backend = a.backend
     vae = None
     if a.decode:
@@ -120,7 +131,7 @@ def main():
         backend=a.backend or "auto", decode=a.decode, frames_out=frames, total_s=round(total, 2),
         first_chunk_s=round(first, 2), first_chunk_decoded_s=first_decoded and round(first_decoded, 2),
         t5_encode_s=t5_s and round(t5_s, 3), peak_GiB=round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev.type == "cuda" else None,
-        kv_offload=a.kv_offload, gpu=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", torch=torch.__version__,
+        kv_offload=a.kv_offload, block_swap=a.block_swap, weight_fp8=a.weight_fp8, gpu=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", torch=torch.__version__,
     )
     print(json.dumps(res))
     if a.json:

@@ -40,6 +40,10 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--no-duration", action="store_true", help="do not prepend the DURATION countdown token")
     p.add_argument("--kv-offload", action="store_true", help="keep the KV cache in host memory")
     p.add_argument("--precision", default="fast", choices=["fast", "exact"])
+    p.add_argument("--weight-dtype", default=None, choices=["bf16", "fp8_e4m3fn"],
+                   help="fp8_e4m3fn: keep the DiT block weights in fp8 (half the VRAM)")
+    p.add_argument("--block-swap", type=int, default=None, metavar="N",
+                   help="keep only N transformer layers on the GPU, stream the others from host memory")
     p.add_argument("--attention", default=None, help="attention backend: sdpa | flex | flash | magi (default auto)")
     p.add_argument("--temporal-overlap", type=int, default=0, help="VAE decode: latent frames shared by tiles")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
@@ -106,7 +110,12 @@ def run(a) -> int:
     tokens = load_special_tokens(tokens_path) if tokens_path.exists() else None
 
     t0 = time.perf_counter()
-    dit, info = load_dit(a.dit, device=device, variant=a.variant)
+    load_device = "cpu" if a.block_swap is not None else device
+    dit, info = load_dit(a.dit, device=load_device, variant=a.variant, weight_dtype=a.weight_dtype)
+    if a.block_swap is not None:
+        from .dit.offload import enable_block_swap
+
+        enable_block_swap(dit, device, a.block_swap)
     dit.set_precision(a.precision)
     dit.attn_backend = a.attention
     s = _settings(a, dit.cfg)

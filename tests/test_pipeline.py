@@ -98,3 +98,12 @@ def test_v2v_schedule_counts_generated_chunks_only(tiny):
     with pytest.raises(ValueError):
         validate(s, cfg, encode_prompts(tiny["t5"], "0: a\n1: b\n2-3: c"), prefix_frames=32,
                  special_tokens=tiny["tokens"])
+
+
+def test_cli_low_vram_flags(tmp_path):
+    out = tmp_path / "lowvram.mp4"
+    r = subprocess.run([sys.executable, "-m", "magi_core", "generate", "--demo", "--output", str(out), "--frames", "24",
+                        "--prompt", "a fox", "--width", "64", "--height", "64", "--steps", "4", "--block-swap", "1",
+                        "--weight-dtype", "fp8_e4m3fn"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert read_video(out).shape == (24, 64, 64, 3)
