@@ -11,7 +11,6 @@ CPU smoke test: torchrun --standalone --nproc_per_node 2 bench/cp_scaling.py --s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,11 +29,7 @@ from magi_core.sampling.executor import Caption, generate_chunks, make_noise  # 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ceilings import dense_and_attention_flops  # noqa: E402
-
-
-def sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+from common import device_info, emit, sync  # noqa: E402
 
 
 def window_inputs(cfg, H, W, dev, cap_tokens):
@@ -143,12 +138,8 @@ def main():
                         row["TFLOPs_per_gpu"] = round(total_flop / best / c / 1e12, 1)
                     else:
                         row.update(chunks=a.gen_chunks, steps=a.gen_steps, dit_calls=len(plan.calls))
-                gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-                row.update(peak_GiB=round(peak.item(), 2), build_s=round(build_s, 1), gpu=gpu, torch=torch.__version__)
-                print(json.dumps(row), flush=True)
-                if a.json:
-                    with open(a.json, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                row.update(peak_GiB=round(peak.item(), 2), build_s=round(build_s, 1), **device_info(dev))
+                emit(row, a.json)
             dist.barrier()
     dist.destroy_process_group()
 

@@ -8,7 +8,6 @@ Prints total time, time to the first finished chunk, peak VRAM, DiT calls/passes
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,10 +23,8 @@ from magi_core.pipeline import PromptEmbeds, Settings, chunk_count, decode_chunk
 from magi_core.text import PromptSchedule  # noqa: E402
 from magi_core.text.special_tokens import special_tokens_from_arrays  # noqa: E402
 
-
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import device_info, emit, sync  # noqa: E402
 
 
 def random_t5_encode(dev, n_tokens=100):
@@ -131,12 +128,9 @@ def main():
         backend=a.backend or "auto", decode=a.decode, frames_out=frames, total_s=round(total, 2),
         first_chunk_s=round(first, 2), first_chunk_decoded_s=first_decoded and round(first_decoded, 2),
         t5_encode_s=t5_s and round(t5_s, 3), peak_GiB=round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev.type == "cuda" else None,
-        kv_offload=a.kv_offload, block_swap=a.block_swap, weight_fp8=a.weight_fp8, gpu=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", torch=torch.__version__,
+        kv_offload=a.kv_offload, block_swap=a.block_swap, weight_fp8=a.weight_fp8, **device_info(dev),
     )
-    print(json.dumps(res))
-    if a.json:
-        with open(a.json, "a") as f:
-            f.write(json.dumps(res) + "\n")
+    emit(res, a.json)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ Prints time, peak VRAM and achieved TFLOP/s from the FLOP model of magi1-dit.md 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from magi_core.config import preset
 from magi_core.dit import KVCache, build_dit, init_random_
 
 from ceilings import ceilings, dense_and_attention_flops, ideal_seconds
+from common import device_info, emit
 
 
 def main():
@@ -97,12 +97,9 @@ def main():
         times=[round(x, 4) for x in times], peak_GiB=round(peak, 2), model_GiB=round(torch.cuda.memory_allocated() / 2**30, 2),
         flop=f"{total:.3e}", attn_flop=f"{attn:.3e}", achieved_TFLOPs=round(total / best / 1e12, 1),
         **ceil, ideal_s=round(ideal, 3), time_over_ideal=round(best / ideal, 3), build_s=round(build_s, 1),
-        gpu=torch.cuda.get_device_name(), torch=torch.__version__,
+        **device_info(dev),
     )
-    print(json.dumps(res))
-    if a.json:
-        with open(a.json, "a") as f:
-            f.write(json.dumps(res) + "\n")
+    emit(res, a.json)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,7 @@ from .sampling.executor import Caption, FinishedChunk, generate_chunks, make_noi
 from .sampling.schedule import num_chunks
 from .text import PromptSchedule, apply_special_tokens, null_caption, parse_schedule
 from .text.special_tokens import SpecialTokens
-
-FRAMES_PER_LATENT = 4
-CHUNK_WIDTH = 6
+from .video import CHUNK_WIDTH, FRAMES_PER_LATENT
 
 
 @dataclass

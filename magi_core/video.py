@@ -285,7 +285,9 @@ def reference_output_frames(num_frames: int, prefix_latents: int = 0, fps: int =
     tile = fps // 2 // FRAMES_PER_LATENT
     if tile < 1:
         raise ValueError(f"the reference's VAE tiling needs fps >= 8, got {fps}")
-    n_chunks = math.ceil((num_frames // FRAMES_PER_LATENT + prefix_latents) / CHUNK_WIDTH)
+    from .sampling.schedule import num_chunks
+
+    n_chunks = num_chunks(num_frames, prefix_latents, CHUNK_WIDTH, FRAMES_PER_LATENT)
     total = 0
     for c in range(n_chunks):
         start, stop = c * CHUNK_WIDTH, (c + 1) * CHUNK_WIDTH

@@ -439,11 +439,10 @@ def test_official_checkpoint_roundtrip(shared_file):
     path = os.environ.get("MAGI_VAE_PATH")
     if not path:
         pytest.skip("set MAGI_VAE_PATH to the official ckpt/vae directory")
-    import cv2
+    from magi_core.video import read_image, resize, to_vae_input
 
-    img = cv2.cvtColor(cv2.imread(str(shared_file("image.jpeg"))), cv2.COLOR_BGR2RGB)
-    img = cv2.resize(img, (320, 256), interpolation=cv2.INTER_AREA)
-    x = torch.from_numpy(img).permute(2, 0, 1)[None, :, None].float().cuda() / 127.5 - 1
+    img = resize(read_image(shared_file("image.jpeg")), 256, 320, "stretch")
+    x = to_vae_input(img, device="cuda")
     v = load_vae(path, device="cuda")
     z = tiled_encode(v, x)
     assert z.shape == (1, 16, 1, 32, 40)

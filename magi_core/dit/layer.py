@@ -1,7 +1,7 @@
 """MAGI-1 transformer layer: parallel self/cross attention, one linear_proj, gated sandwich norms (§3.7)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,6 @@ class ForwardMeta:
     cache_write_at: int = 0
     precision: str = "fast"
     attn_backend: str | None = None
-    extras: dict = field(default_factory=dict)
     cp: object | None = None  # context parallel: this rank's Shard (magi_core/parallel/ulysses.py), else None
 
 

@@ -24,7 +24,9 @@ import math
 import re
 from dataclasses import dataclass
 
-FRAMES_PER_CHUNK = 24  # chunk_width 6 latent frames x temporal_downsample_factor 4
+from ..video import CHUNK_WIDTH, FRAMES_PER_LATENT
+
+FRAMES_PER_CHUNK = CHUNK_WIDTH * FRAMES_PER_LATENT  # 24 pixel frames per chunk
 
 _NUMBER = r"\d+(?:\.\d+)?s?"
 _RANGE_LINE = re.compile(rf"^\s*(?P<start>{_NUMBER})\s*(?:(?P<dash>-)\s*(?P<end>{_NUMBER})?)?\s*:(?P<prompt>.*)$")
