@@ -69,6 +69,12 @@ def main():
     ap.add_argument("--gen-steps", type=int, default=8)
     ap.add_argument("--skip-gen", action="store_true")
     ap.add_argument("--backend", default=None, help="attention backend (default auto)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the element-wise islands")
+    ap.add_argument("--weight-fp8", action="store_true", help="store the bf16 block weights as fp8")
+    ap.add_argument("--block-swap", type=int, default=0, metavar="N", help="N layers streamed from host memory")
+    ap.add_argument("--mem-cap-gib", type=float, default=None,
+                    help="cap each GPU's usable memory (torch.cuda.set_per_process_memory_fraction), e.g. 24 to "
+                         "stand for 24 GB cards")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
 
@@ -84,7 +90,20 @@ def main():
     groups = {c: dist.new_group(list(range(c))) for c in sizes if c > 1}  # every rank creates every group
     t0 = time.perf_counter()
     model = init_random_(build_dit(cfg, "cpu" if dev.type == "cpu" else "meta"), seed=0, device=dev)
-    model.attn_backend = a.backend
+    if a.weight_fp8:
+        from magi_core.dit.weight_fp8 import store_weights_fp8_
+
+        store_weights_fp8_(model)
+    if a.block_swap:
+        from magi_core.dit.offload import enable_block_swap
+
+        enable_block_swap(model, dev, cfg.num_layers - a.block_swap)
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        if a.mem_cap_gib:
+            total = torch.cuda.get_device_properties(dev).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, a.mem_cap_gib * 2**30 / total), dev)
+    model.attn_backend, model.compile_ops = a.backend, a.compile
     build_s = time.perf_counter() - t0
     H, W = a.height // 8, a.width // 8
     args, ctn = window_inputs(cfg, H, W, dev, a.cap_tokens)
@@ -138,6 +157,8 @@ def main():
                         row["TFLOPs_per_gpu"] = round(total_flop / best / c / 1e12, 1)
                     else:
                         row.update(chunks=a.gen_chunks, steps=a.gen_steps, dit_calls=len(plan.calls))
+                row.update(weight_fp8=a.weight_fp8, block_swap=a.block_swap, mem_cap_GiB=a.mem_cap_gib,
+                           backend=a.backend or "auto", compile=a.compile)
                 row.update(peak_GiB=round(peak.item(), 2), build_s=round(build_s, 1), **device_info(dev))
                 emit(row, a.json)
             dist.barrier()

@@ -3,7 +3,8 @@
   python bench/generate.py --size 4.5B --variant distill --height 720 --width 720 --frames 96 --steps 16
   python bench/generate.py --size 4.5B --variant base --steps 64          # cfg 3 (three passes per step)
   add --decode for VAE decode of every chunk (random full-size VAE), --t5 for a random T5-XXL encode.
-Prints total time, time to the first finished chunk, peak VRAM, DiT calls/passes.
+Prints total time (T5 encode + DiT + VAE decode), DiT-only and decode time, time to the first finished chunk
+(T5 encode included), peak VRAM (from the start of sampling), DiT calls.
 """
 from __future__ import annotations
 
@@ -67,8 +68,13 @@ def main():
     ap.add_argument("--t5", action="store_true")
     ap.add_argument("--json", default=None)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--block-swap", type=int, default=None, metavar="N", help="P4: keep N layers on the GPU")
-    ap.add_argument("--weight-fp8", action="store_true", help="P4: store bf16 block weights as fp8")
+    ap.add_argument("--block-swap", type=int, default=0, metavar="N",
+                    help="P4: N transformer layers live in host memory, streamed in while the model runs")
+    ap.add_argument("--weight-fp8", action="store_true", help="P4/P5: store bf16 block weights as fp8")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the element-wise islands")
+    ap.add_argument("--early-first-chunk", action="store_true", help="P7: finish the first chunk first")
+    ap.add_argument("--warmup", action="store_true",
+                    help="run a short 2-chunk generation first (compiles, cuDNN plans) and report it apart")
     a = ap.parse_args()
     dev = torch.device(a.device)
     name = a.size if a.variant == "base" else f"{a.size}-{a.variant}"
@@ -80,7 +86,7 @@ def main():
         emb = torch.randn(800, 4096) * 0.1
         mask = torch.zeros(800, dtype=torch.long)
         mask[:100] = 1
-    low_vram = a.block_swap is not None
+    low_vram = a.block_swap > 0
     dit = init_random_(build_dit(cfg), seed=0, device="cpu" if low_vram else dev).set_precision(a.precision)
     if a.weight_fp8:
         from magi_core.dit.weight_fp8 import store_weights_fp8_
@@ -89,8 +95,8 @@ def main():
     if low_vram:
         from magi_core.dit.offload import enable_block_swap
 
-        enable_block_swap(dit, dev, a.block_swap)
-    dit.attn_backend = a.backend
+        enable_block_swap(dit, dev, cfg.num_layers - a.block_swap)
+    dit.attn_backend, dit.compile_ops = a.backend, a.compile
     vae = None
     if a.decode:
         from magi_core.vae import VAE_PRESETS, ViTVAE
@@ -106,28 +112,44 @@ def main():
                                                              rng.normal(size=(100, C)))
     prompts = PromptEmbeds(PromptSchedule.single("p"), {"p": (emb, mask)})
     s = Settings(width=a.width, height=a.height, num_frames=a.frames, steps=a.steps, window_size=a.window,
-                 kv_offload=a.kv_offload)
+                 kv_offload=a.kv_offload, early_first_chunk=a.early_first_chunk)
     calls = {"n": 0}
+    warmup_s = None
+    if a.warmup:
+        sync()
+        t0 = time.perf_counter()
+        w = Settings(**{**s.__dict__, "num_frames": min(a.frames, 48), "steps": a.window, "early_first_chunk": False})
+        for ch in sample(dit, prompts, w, special_tokens=tokens):
+            if vae is not None:
+                decode_chunk(vae, ch.latents, s.fps)
+        sync()
+        warmup_s = time.perf_counter() - t0
     sync()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     first = first_decoded = None
-    frames = 0
+    frames, decode_s = 0, 0.0
     for ch in sample(dit, prompts, s, special_tokens=tokens, progress=lambda i, n, c: calls.update(n=n)):
         sync()
-        first = first or time.perf_counter() - t0
+        t1 = time.perf_counter()
+        first = first or t1 - t0
         if vae is not None:
             frames += decode_chunk(vae, ch.latents, s.fps).shape[0]
+            sync()
+            decode_s += time.perf_counter() - t1
             first_decoded = first_decoded or time.perf_counter() - t0
     sync()
     total = time.perf_counter() - t0
+    t5 = t5_s or 0.0
     res = dict(
         bench="generate", model=name, res=f"{a.height}x{a.width}", frames=a.frames, steps=a.steps,
         window=a.window, chunks=chunk_count(s)[0], dit_calls=calls["n"], precision=a.precision,
-        backend=a.backend or "auto", decode=a.decode, frames_out=frames, total_s=round(total, 2),
-        first_chunk_s=round(first, 2), first_chunk_decoded_s=first_decoded and round(first_decoded, 2),
-        t5_encode_s=t5_s and round(t5_s, 3), peak_GiB=round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev.type == "cuda" else None,
+        backend=a.backend or "auto", compile=a.compile, early_first_chunk=a.early_first_chunk, decode=a.decode,
+        frames_out=frames, total_s=round(total + t5, 2), dit_s=round(total - decode_s, 2),
+        decode_s=round(decode_s, 2), t5_encode_s=t5_s and round(t5_s, 3),
+        first_chunk_s=round(first + t5, 2), first_chunk_decoded_s=first_decoded and round(first_decoded + t5, 2),
+        warmup_s=warmup_s and round(warmup_s, 1), peak_GiB=round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev.type == "cuda" else None,
         kv_offload=a.kv_offload, block_swap=a.block_swap, weight_fp8=a.weight_fp8, **device_info(dev),
     )
     emit(res, a.json)

@@ -34,6 +34,7 @@ def main():
     ap.add_argument("--mode", default="extra", choices=["extra", "cached"])
     ap.add_argument("--precision", default="fast", choices=["fast", "exact"])
     ap.add_argument("--backend", default=None)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the element-wise islands")
     ap.add_argument("--cap-tokens", type=int, default=100)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--json", default=None, help="append the result as one JSON line to this file")
@@ -44,7 +45,7 @@ def main():
     cfg = preset(name)
     t0 = time.perf_counter()
     model = init_random_(build_dit(cfg), seed=0, device=dev).set_precision(a.precision)
-    model.attn_backend = a.backend
+    model.attn_backend, model.compile_ops = a.backend, a.compile
     torch.cuda.synchronize()
     build_s = time.perf_counter() - t0
 
@@ -82,7 +83,8 @@ def main():
         torch.cuda.synchronize()
         return time.perf_counter() - t1
 
-    run()  # warm-up
+    run()  # warm-up (and compile)
+    run()
     torch.cuda.reset_peak_memory_stats()
     times = [run() for _ in range(a.iters)]
     peak = torch.cuda.max_memory_allocated() / 2**30
@@ -93,7 +95,7 @@ def main():
     ideal = ideal_seconds(cfg, ctn, keys, ceil, a.cap_tokens)
     res = dict(
         bench="window_forward", model=name, res=f"{a.height}x{a.width}", mode=a.mode, precision=a.precision,
-        backend=a.backend or "auto", query_tokens=ctn * dn, sum_K=sum(keys), time_s=round(best, 4),
+        backend=a.backend or "auto", compile=a.compile, query_tokens=ctn * dn, sum_K=sum(keys), time_s=round(best, 4),
         times=[round(x, 4) for x in times], peak_GiB=round(peak, 2), model_GiB=round(torch.cuda.memory_allocated() / 2**30, 2),
         flop=f"{total:.3e}", attn_flop=f"{attn:.3e}", achieved_TFLOPs=round(total / best / 1e12, 1),
         **ceil, ideal_s=round(ideal, 3), time_over_ideal=round(best / ideal, 3), build_s=round(build_s, 1),

@@ -6,6 +6,8 @@ GQA: query head j uses KV head j // (nh/g). Query rows outside every range, or w
 
 Backends (`range_attention(..., backend=...)`, or `set_default_backend`):
 - "sdpa":  one torch SDPA call per range on slices, no mask, native GQA. Always available; the reference math.
+- "cudnn": the same per-range SDPA calls pinned to the cuDNN kernel (CUDA), the query heads that share a KV
+           head folded into the query length (no K/V repeat, no GQA support needed from the kernel).
 - "flex":  torch FlexAttention, ONE launch with a BlockMask built from the ranges (cached per ranges/shape).
            Compiled on CUDA; on CPU it runs flex's eager (unfused) path, only meant for tests.
 - "flash": flash-attn 2. Key ranges that tile one contiguous span (cross-attention) -> one
@@ -15,8 +17,9 @@ Backends (`range_attention(..., backend=...)`, or `set_default_backend`):
 - "magi":  MagiAttention `flex_flash_attn_func` (Hopper), one launch; its signature changed across versions
            (max_seqlen_q/k dropped in v1.0.4, keyword-only + (out, meta) return in v1.1), so the call is built
            from the installed function's signature.
-- None / "auto": "magi" on sm90+ when installed, else "flash" on sm8x when installed, else "sdpa" (on Hopper
-  SDPA's cuDNN/flash kernels beat flash-attn 2). Every non-SDPA backend is checked once per device against SDPA
+- None / "auto": "magi" on sm90+ when installed, else "cudnn" on sm90+, else "flash" on sm8x when installed, else
+  "sdpa". On Hopper cuDNN's kernel ran at 570-630 TFLOP/s at MAGI-1's shapes, flash (SDPA's or flash-attn 2) at
+  ~350 (bench/attention_sweep.py); torch 2.11's SDPA already picks cuDNN there, other versions may not. Every non-SDPA backend is checked once per device against SDPA
   on a small case before first use; on failure it falls back to SDPA with a warning.
 """
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch.nn.functional as F
 
 from . import capability
 
-BACKENDS = ("sdpa", "flex", "flash", "magi")
+BACKENDS = ("sdpa", "cudnn", "flex", "flash", "magi")
 _HALF = (torch.float16, torch.bfloat16)
 _default_backend: str | None = None
 
@@ -89,6 +92,32 @@ def sdpa_range_attention(q, k, v, q_ranges, k_ranges, scale=None):
         o = F.scaled_dot_product_attention(q[None, qs:qe].transpose(1, 2), k[None, ks:ke].transpose(1, 2),
                                            v[None, ks:ke].transpose(1, 2), scale=scale, enable_gqa=gqa)
         out[qs:qe] = o[0].transpose(0, 1)
+    return out
+
+
+def fold_heads(q, groups: int):
+    """(L, nh, d) -> (1, g, nh/g * L, d): the query heads of one KV head stacked along the query axis."""
+    L, nh, d = q.shape
+    return q.view(L, groups, nh // groups, d).permute(1, 2, 0, 3).reshape(1, groups, nh // groups * L, d)
+
+
+def unfold_heads(o, L: int):
+    """Inverse of fold_heads: (1, g, nh/g * L, d) -> (L, nh, d)."""
+    _, g, rows, d = o.shape
+    return o.view(g, rows // L, L, d).permute(2, 0, 1, 3).reshape(L, -1, d)
+
+
+def cudnn_range_attention(q, k, v, q_ranges, k_ranges, scale=None):
+    """cuDNN SDPA per range with folded GQA (see the module doc)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    out = torch.zeros_like(q)
+    g = k.shape[1]
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+        for (qs, qe), (ks, ke) in _live_pairs(_as_pairs(q_ranges), _as_pairs(k_ranges)):
+            o = F.scaled_dot_product_attention(fold_heads(q[qs:qe], g), k[ks:ke].transpose(0, 1)[None],
+                                               v[ks:ke].transpose(0, 1)[None], scale=scale)
+            out[qs:qe] = unfold_heads(o, qe - qs)
     return out
 
 
@@ -247,7 +276,7 @@ def magi_range_attention(q, k, v, q_ranges, k_ranges, scale=None):
 
 # ----------------------------------------------------------------------------- selection
 
-_IMPLS = {"sdpa": sdpa_range_attention, "flex": flex_range_attention,
+_IMPLS = {"sdpa": sdpa_range_attention, "cudnn": cudnn_range_attention, "flex": flex_range_attention,
           "flash": flash_range_attention, "magi": magi_range_attention}
 _MODULES = {"flex": "torch.nn.attention.flex_attention", "flash": "flash_attn", "magi": "magi_attention.functional"}
 
@@ -262,7 +291,7 @@ def _why_unusable(name: str, q) -> str | None:
     """Why backend `name` cannot run on tensors like q, or None when it can."""
     if name in _MODULES and capability.optional_module(_MODULES[name]) is None:
         return f"{_MODULES[name].split('.')[0]} is not importable"
-    if name in ("flash", "magi"):
+    if name in ("flash", "magi", "cudnn"):
         if not q.is_cuda:
             return "it needs CUDA tensors"
         if q.dtype not in _HALF:
@@ -307,7 +336,7 @@ def resolve_backend(backend: str | None, q) -> str:
     name = backend if backend not in (None, "auto") else _default_backend
     if name is None:
         cc = capability.cuda_capability(q.device)
-        prefs = (["magi"] if cc and cc >= (9, 0) else ["flash"] if cc else []) + ["sdpa"]
+        prefs = (["magi", "cudnn"] if cc and cc >= (9, 0) else ["flash"] if cc else []) + ["sdpa"]
         name = next(n for n in prefs if _why_unusable(n, q) is None)
     else:
         _check_name(name)

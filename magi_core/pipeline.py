@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .sampling import make_plan
+from .sampling import early_first_chunk, make_plan
 from .sampling.executor import Caption, FinishedChunk, generate_chunks, make_noise
 from .sampling.schedule import num_chunks
 from .text import PromptSchedule, apply_special_tokens, null_caption, parse_schedule
@@ -66,6 +66,7 @@ class Settings:
     negative_special_tokens: bool = False
     per_chunk_noise: bool = False
     kv_offload: bool = False
+    early_first_chunk: bool = False  # finish the first chunk before the others start (sampling.plan.early_first_chunk)
     extra: dict = field(default_factory=dict)
 
 
@@ -154,6 +155,8 @@ def sample(dit, prompts: PromptEmbeds, s: Settings, prefix_latents: torch.Tensor
     plan = make_plan(n, s.steps, s.window_size, CHUNK_WIDTH, P, resolved_cfg_number(s, dit.cfg),
                      s.noise2clean_kvrange, s.clean_chunk_kvrange, s.clean_t, s.shortcut_mode, s.cfg_t_range,
                      s.prev_chunk_scales, s.text_scales, s.distill_nearly_clean_threshold)
+    if s.early_first_chunk:
+        plan = early_first_chunk(plan)
     device = next(dit.parameters()).device
     shape = (1, dit.cfg.vae_channels, n * CHUNK_WIDTH, s.height // 8, s.width // 8)
     noise = make_noise(shape, s.seed, device, per_chunk=s.per_chunk_noise, chunk_width=CHUNK_WIDTH)

@@ -290,7 +290,7 @@ def test_fp8_matmul_bad_shapes_fall_back():
 
 # ----------------------------------------------------------------------------- GPU
 
-GPU_BACKENDS = ["flex", "flash", "magi"]
+GPU_BACKENDS = ["cudnn", "flex", "flash", "magi"]
 
 
 @pytest.mark.gpu

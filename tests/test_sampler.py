@@ -5,7 +5,7 @@ import torch
 import magi_core  # noqa: F401
 from magi_core.config import preset
 from magi_core.dit import KVCache, build_dit, init_random_
-from magi_core.sampling import make_plan, t_grid
+from magi_core.sampling import early_first_chunk, make_plan, t_grid
 from magi_core.sampling.executor import Caption, SamplingCancelled, generate_chunks, make_noise
 
 CW = 6
@@ -111,27 +111,55 @@ def reference_loop(model, n, N, text, null, noise, cfg_number, prefix=None, P=0,
     return out
 
 
-def run_plan(model, n, N, text, null, noise, cfg, prefix=None, P=0, **kw):
+def run_plan(model, n, N, text, null, noise, cfg, prefix=None, P=0, early=False, **kw):
     plan = make_plan(n, N, prefix_latents=P, cfg_number=cfg)
+    if early:
+        plan = early_first_chunk(plan)
     return [c.latents for c in generate_chunks(model, plan, text, null, noise, prefix=prefix, **kw)], plan
 
 
-@pytest.mark.parametrize("case", ["t2v_cfg3", "t2v_distill", "i2v_cfg3", "v2v_distill"])
-def test_executor_equals_reference_loop(case):
+@pytest.mark.parametrize("early", [False, True], ids=["reference_order", "early_first_chunk"])
+@pytest.mark.parametrize("case", ["t2v_cfg3", "t2v_distill", "i2v_cfg3", "v2v_distill", "v2v_whole_cfg3"])
+def test_executor_equals_reference_loop(case, early):
     name = "tiny-distill" if "distill" in case else "tiny"
     model = tiny_model(name)
     cfg = 1 if "distill" in case else 3
     n, N = (4, 8) if case.startswith("v2v") else (3, 8)
-    P = {"i2v": 1, "v2v": 8}.get(case[:3], 0)
+    P = {"i2v": 1, "v2v": 6 if "whole" in case else 8}.get(case[:3], 0)
     text, null = captions(model, n)
     noise = make_noise((1, 16, n * CW, 4, 4), seed=3, device="cpu")
     prefix = torch.randn(1, 16, max(P, 1), 4, 4) if P else None
-    ours, plan = run_plan(model, n, N, text, null, noise, cfg, prefix, P)
+    ours, plan = run_plan(model, n, N, text, null, noise, cfg, prefix, P, early=early)
     ref = reference_loop(model, n, N, text, null, noise, cfg, prefix, P)
     assert len(ours) == len(ref) == len(plan.emissions)
     for a, b in zip(ours, ref):
         assert a.shape == b.shape
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()
+
+
+def _work(plan):
+    """(chunk, step, pass count) of every chunk-forward in the plan: the DiT work, whatever its order."""
+    return sorted((c.index, c.step, call.passes, call.kv_from is None) for call in plan.calls for c in call.chunks)
+
+
+@pytest.mark.parametrize("n,N,P,cfg", [(4, 16, 0, 1), (5, 8, 6, 3), (2, 8, 1, 1), (1, 8, 0, 1)])
+def test_early_first_chunk_plan_same_work_first_chunk_first(n, N, P, cfg):
+    ref = make_plan(n, N, prefix_latents=P, cfg_number=cfg)
+    plan = early_first_chunk(ref)
+    strip = lambda w: sorted((a, b, c) for a, b, c, _ in w)  # noqa: E731
+    assert strip(_work(plan)) == strip(_work(ref))  # the same chunk-forwards, none added or dropped
+    assert [e.chunk for e in plan.emissions] == [e.chunk for e in ref.emissions]
+    first = next(i for i, c in enumerate(plan.calls) if c.emit is not None)
+    extraction = int(plan.calls[0].extract_prefix)
+    if n - P // CW >= 2:
+        assert first == extraction + N - 1  # chunk c0's N steps come first, alone
+        assert all(len(c.chunks) == 1 for c in plan.calls[:first + 1] if not c.extract_prefix)
+        # every kept K/V is read exactly once, after it was kept
+        kept = [c.g for c in plan.calls if c.kv_keep]
+        read = [c.g for c in plan.calls if c.kv_from is not None]
+        assert sorted(read) == sorted(kept) and len(kept) == (ref.window_size - 1) * ref.steps_per_stage
+    else:
+        assert plan == ref
 
 
 def test_streaming_order_and_equals_whole_run():

@@ -14,6 +14,7 @@ class KVCache:
         self.max_chunks = max_chunks
         self.offload = offload
         self._store: dict[int, dict[int, torch.Tensor]] = {}  # layer -> chunk -> (ctn, g, 2d)
+        self.sink: dict[int, torch.Tensor] | None = None  # when set, writes land here (layer -> kv), not in the cache
 
     def chunks(self, layer: int = 0) -> list[int]:
         return sorted(self._store.get(layer, {}))
@@ -43,16 +44,31 @@ class KVCache:
         """Store kv (n * tokens_per_chunk, g, 2d) as chunks first_chunk .. first_chunk + n - 1."""
         if kv.shape[0] % tokens_per_chunk:
             raise ValueError("KV cache writes must cover whole chunks")
+        if self.sink is not None:
+            self.sink[layer] = self._own(kv)
+            return
         store = self._store.setdefault(layer, {})
         for i, part in enumerate(kv.split(tokens_per_chunk, dim=0)):
-            part = part.detach()
-            if self.offload and part.is_cuda:
-                host = torch.empty(part.shape, dtype=part.dtype, pin_memory=True)
-                host.copy_(part, non_blocking=True)
-                part = host
-            else:
-                part = part.clone()
-            store[first_chunk + i] = part
+            store[first_chunk + i] = self._own(part)
+        self._evict(store)
+
+    def put(self, chunk: int, per_layer: dict[int, torch.Tensor]):
+        """Store one chunk's `[K|V]` for every layer (as captured by `sink`)."""
+        for layer, kv in per_layer.items():
+            store = self._store.setdefault(layer, {})
+            store[chunk] = kv
+            self._evict(store)
+
+    def _own(self, kv: torch.Tensor) -> torch.Tensor:
+        """A private copy: pinned host memory when offloading CUDA tensors, else a clone on kv's device."""
+        kv = kv.detach()
+        if self.offload and kv.is_cuda:
+            host = torch.empty(kv.shape, dtype=kv.dtype, pin_memory=True)
+            host.copy_(kv, non_blocking=True)
+            return host
+        return kv.clone()
+
+    def _evict(self, store: dict):
         if self.max_chunks is not None:
             for c in sorted(store)[: max(0, len(store) - self.max_chunks)]:
                 del store[c]

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from magi1_kernels.attention import range_attention
+from magi1_kernels.compiled import compiled, maybe_compiled
 
 from ..config import DiTConfig
 from .cache import KVCache
@@ -34,6 +35,7 @@ class ForwardMeta:
     cache_write_at: int = 0
     precision: str = "fast"
     attn_backend: str | None = None
+    compile_ops: bool = False  # fuse the element-wise islands with torch.compile (CUDA only)
     cp: object | None = None  # context parallel: this rank's Shard (magi_core/parallel/ulysses.py), else None
 
 
@@ -65,11 +67,11 @@ class SelfCrossAttention(nn.Module):
         self.k_layernorm = LayerNorm1p(d, eps, cfg.apply_layernorm_1p, dt)
         self.k_layernorm_xattn = LayerNorm1p(d, eps, cfg.apply_layernorm_1p, dt)
 
-    def _qk(self, a, proj, norm, heads, rope):
+    def _qk(self, a, proj, norm, heads, m: ForwardMeta):
         """Projection -> per-head LayerNorm (fp32) -> RoPE (fp32) -> bf16."""
         x = proj(a)
-        x = x.view(*x.shape[:-1], heads, self.cfg.kv_channels).float()
-        return apply_rope(norm(x), rope).to(a.dtype)
+        fn = maybe_compiled(norm_rope, m.compile_ops, x)
+        return fn(x, heads, self.cfg.kv_channels, norm.weight, norm.bias, norm.eps, norm.one_plus, m.rope)
 
     def forward(self, hs: torch.Tensor, y_xattn: torch.Tensor, m: ForwardMeta):
         cfg = self.cfg
@@ -77,8 +79,8 @@ class SelfCrossAttention(nn.Module):
         N, S = hs.shape[:2]
         a = self.linear_qkv.layer_norm(hs)  # (N, S, h) bf16, plain gamma
 
-        q = self._qk(a, self.linear_qkv.q, self.q_layernorm, nh, m.rope).reshape(N * S, nh, d)
-        k = self._qk(a, self.linear_qkv.k, self.k_layernorm, g, m.rope).reshape(N * S, g, d)
+        q = self._qk(a, self.linear_qkv.q, self.q_layernorm, nh, m).reshape(N * S, nh, d)
+        k = self._qk(a, self.linear_qkv.k, self.k_layernorm, g, m).reshape(N * S, g, d)
         v = self.linear_qkv.v(a).reshape(N * S, g, d)
         if m.cp is not None:  # CP hook: full sequence, local heads (all-to-all)
             q, k, v = m.cp.to_heads(q, k, v)
@@ -116,6 +118,30 @@ class SelfCrossAttention(nn.Module):
         return torch.cat([cached[..., :d], k], 0), torch.cat([cached[..., d:], v], 0)
 
 
+def norm_rope(x, heads: int, d: int, w, b, eps: float, one_plus: bool, rope):
+    """(.., heads*d) projection -> per-head LayerNorm1p in fp32 -> RoPE -> x's dtype."""
+    h = x.view(*x.shape[:-1], heads, d).float()
+    h = F.layer_norm(h, (d,), w + 1 if one_plus else w, b, eps)
+    return apply_rope(h, rope).to(x.dtype)
+
+
+def silu_mul(x, rows: int = 8192):
+    """silu(first half) * second half in fp32, one rounding (flashinfer silu_and_mul).
+
+    Eager: row blocks, so the fp32 temporaries stay small (24B at 27k tokens would need ~7 GB at once)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    out = x2.new_empty(x2.shape[0], x2.shape[1] // 2)
+    for i in range(0, x2.shape[0], rows):
+        a, b = x2[i:i + rows].float().chunk(2, dim=-1)
+        out[i:i + rows] = F.silu(a) * b
+    return out.view(*x.shape[:-1], -1)
+
+
+def _silu_mul_fused(x):
+    a, b = x.float().chunk(2, dim=-1)
+    return (F.silu(a) * b).to(x.dtype)
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: DiTConfig, i: int):
         super().__init__()
@@ -125,11 +151,10 @@ class MLP(nn.Module):
         self.linear_fc1 = make_linear(cfg, i, h, Fd * (2 if self.glu else 1), PerTensorFp8Linear)
         self.linear_fc2 = make_linear(cfg, i, Fd, h, PerChannelFp8Linear)
 
-    def forward(self, x):
+    def forward(self, x, compile_ops: bool = False):
         x = self.linear_fc1(self.layer_norm(x))
-        if self.glu:  # silu(first half) * second half, one rounding (flashinfer silu_and_mul)
-            a, b = x.float().chunk(2, dim=-1)
-            x = (F.silu(a) * b).to(x.dtype)
+        if self.glu:
+            x = compiled(_silu_mul_fused)(x) if compile_ops and x.is_cuda else silu_mul(x)
         else:
             x = F.gelu(x)
         return self.linear_fc2(x)
@@ -145,11 +170,17 @@ class AdaModulate(nn.Module):
         return self.proj(F.silu(cond))
 
 
-def gated_residual(x, residual, gate, post_norm, chunks: int):
+def gated_residual(x, residual, gate, post_norm, chunks: int, compile_ops: bool = False):
     """bf16(LN_post(x_fp32 * gate_fp32 per chunk) + residual_fp32): the gate acts before the post-norm."""
+    fn = maybe_compiled(_gated_residual, compile_ops, x)
+    return fn(x, residual, gate, post_norm.weight, post_norm.bias, post_norm.eps, post_norm.one_plus, chunks)
+
+
+def _gated_residual(x, residual, gate, w, b, eps: float, one_plus: bool, chunks: int):
     N, S, h = x.shape
     x = x.float().view(N, chunks, S // chunks, h) * gate.float()[:, :, None, :]
-    return (post_norm(x.view(N, S, h)) + residual.float()).to(residual.dtype)
+    x = F.layer_norm(x.view(N, S, h), (h,), w + 1 if one_plus else w, b, eps)
+    return (x + residual.float()).to(residual.dtype)
 
 
 class TransformerLayer(nn.Module):
@@ -171,8 +202,8 @@ class TransformerLayer(nn.Module):
             chunks = gate.shape[1]
         gate_msa, gate_mlp = gate.chunk(2, dim=-1)
         attn = self.self_attention(hs, y_xattn, m)
-        hs = gated_residual(attn, hs, gate_msa, self.self_attn_post_norm, chunks)
-        return gated_residual(self.mlp(hs), hs, gate_mlp, self.mlp_post_norm, chunks)
+        hs = gated_residual(attn, hs, gate_msa, self.self_attn_post_norm, chunks, m.compile_ops)
+        return gated_residual(self.mlp(hs, m.compile_ops), hs, gate_mlp, self.mlp_post_norm, chunks, m.compile_ops)
 
 
 class TransformerBlock(nn.Module):

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from magi1_kernels.compiled import maybe_compiled
 from magi1_kernels.fp8 import FP8, fp8_matmul, quantize_fp8
 
 from ..config import DiTConfig
@@ -35,9 +36,10 @@ class PerTensorFp8Linear(nn.Module):
         self.weight = nn.Parameter(torch.empty(1, out_features, in_features, dtype=FP8), requires_grad=False)
         self.weight_scale = nn.Parameter(torch.empty(1, dtype=torch.float32), requires_grad=False)
         self.input_scale = nn.Parameter(torch.empty(in_features, dtype=torch.float32), requires_grad=False)
+        self.compile_ops = False
 
     def forward(self, x):
-        x_q = quantize_fp8(x, self.input_scale)
+        x_q = maybe_compiled(quantize_fp8, self.compile_ops, x)(x, self.input_scale)
         return fp8_matmul(x_q, self.weight[0], self.input_scale, self.weight_scale, torch.bfloat16)
 
 
@@ -51,9 +53,10 @@ class PerChannelFp8Linear(nn.Module):
         self.weight_scale = nn.Parameter(torch.empty(1, dtype=torch.float32), requires_grad=False)
         self.input_scale = nn.Parameter(torch.empty(1, dtype=torch.float32), requires_grad=False)
         self.smooth_scale = nn.Parameter(torch.empty(1, in_features, dtype=torch.float32), requires_grad=False)
+        self.compile_ops = False
 
     def forward(self, x):
-        x_q = quantize_fp8(x, self.smooth_scale)
+        x_q = maybe_compiled(quantize_fp8, self.compile_ops, x)(x, self.smooth_scale)
         return fp8_matmul(x_q, self.weight[0], self.input_scale, self.weight_scale, torch.bfloat16)
 
 

@@ -29,6 +29,7 @@ class VideoDiT(nn.Module):
         self.final_linear = FinalLinear(cfg)
         self.precision = "fast"
         self.attn_backend: str | None = None
+        self.compile_ops = False  # torch.compile the element-wise islands (kernels/compiled.py); CUDA only
         self.cp = None  # context parallel group (magi_core.parallel.enable_context_parallel), None = one GPU
 
     # ------------------------------------------------------------------ forward
@@ -107,8 +108,9 @@ class VideoDiT(nn.Module):
             batch=N, seq=S, chunks=dn, tokens_per_chunk=ctn, rope=rope.to(dev), q_ranges=q_ranges,
             k_ranges=k_ranges, xq_ranges=q_ranges, xk_ranges=xk, cache=cache, cache_read=read,
             cache_write_chunks=cache_write_chunks, cache_write_at=slice_point, precision=self.precision,
-            attn_backend=self.attn_backend,
+            attn_backend=self.attn_backend, compile_ops=self.compile_ops,
         )
+        self._propagate_compile()
         if self.cp is not None:  # CP hook: keep this rank's tokens (magi_core/parallel/ulysses.py)
             hs, m = self.cp.shard(hs, m)
         for layer in self.videodit_blocks.layers:
@@ -144,6 +146,12 @@ class VideoDiT(nn.Module):
             raise ValueError("distilled model: pass dt_factor (num_steps/2, or 4|8 for the 12-step shortcut)")
 
     # ------------------------------------------------------------------ helpers
+    def _propagate_compile(self):
+        """fp8 linears read `compile_ops` from themselves (they see no ForwardMeta)."""
+        for mod in self.modules():
+            if mod is not self and hasattr(mod, "compile_ops"):
+                mod.compile_ops = self.compile_ops
+
     def set_precision(self, precision: str):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")

@@ -10,10 +10,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from magi1_kernels.compiled import maybe_compiled
+
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
 TARGETS = ("linear_qkv.q", "linear_qkv.qx", "linear_qkv.k", "linear_qkv.v", "linear_kv_xattn", "linear_proj",
            "linear_fc1", "linear_fc2")
+
+
+def dequantize(w_fp8, scale, dtype):
+    return (w_fp8.to(torch.float32) * scale).to(dtype)
 
 
 class Fp8WeightLinear(nn.Module):
@@ -28,11 +34,13 @@ class Fp8WeightLinear(nn.Module):
         self.register_buffer("weight_fp8", (w.float() / scale).to(FP8))
         self.register_buffer("weight_scale", scale)
         self.bias = None
+        self.compile_ops = False
 
     @property
     def weight(self) -> torch.Tensor:
         """The dequantized weight in the compute dtype (a temporary, one matrix at a time)."""
-        return (self.weight_fp8.to(torch.float32) * self.weight_scale).to(self.compute_dtype)
+        fn = maybe_compiled(dequantize, self.compile_ops, self.weight_fp8)
+        return fn(self.weight_fp8, self.weight_scale, self.compute_dtype)
 
     def forward(self, x):
         return nn.functional.linear(x, self.weight)

@@ -80,18 +80,28 @@ class Executor:
         self.prefix = None if prefix is None else prefix.to(noise.device, torch.float32)
         self.cache = KVCache(max_chunks=max(1, max_cached_chunks(plan)), offload=kv_offload)
         self.prev_chunks_scale = prev_chunks_scale
+        self.kept: dict[tuple[int, str], dict] = {}  # early first chunk: (g, pass) -> per-layer K/V of chunk c0
         _, _, _, h, w = noise.shape
         p, pt = model.cfg.patch_size, model.cfg.t_patch_size
         self.ctn = (cw // pt) * (h // p) * (w // p)
 
     # one DiT pass over the chunks of a call
-    def _dit(self, x, chunks, captions, kv_chunks, slice_point, uncond, call, cache=True, write=0):
+    def _dit(self, x, chunks, captions, kv_chunks, slice_point, uncond, call, cache=True, write=0, name="text"):
         y, mask = _pack(captions, x.device)
         t = torch.tensor([[c.t for c in chunks]], dtype=torch.float32, device=x.device)
         kv = [(a * self.ctn, b * self.ctn) for a, b in kv_chunks]
         dt = call.dt_factor if self.model.cfg.distill else None
-        return self.model(x, t, y, mask, kv, slice_point=slice_point, uncond=uncond,
-                          cache=self.cache if cache else None, cache_write_chunks=write, dt_factor=dt)
+        key = (call.g, name)  # early first chunk (plan.early_first_chunk): K/V of chunk c0 kept per step and pass
+        if call.kv_from is not None:
+            self.cache.put(self.plan.chunk_offset, self.kept.pop(key))
+        if call.kv_keep:
+            self.cache.sink, write = {}, 1
+        try:
+            return self.model(x, t, y, mask, kv, slice_point=slice_point, uncond=uncond,
+                              cache=self.cache if cache else None, cache_write_chunks=write, dt_factor=dt)
+        finally:
+            if call.kv_keep:
+                self.kept[key], self.cache.sink = self.cache.sink, None
 
     def _uncond(self, x, call: DiTCall):
         """cfg pass 3: every noisy chunk alone (its own batch element), null caption, no cache."""
@@ -131,7 +141,7 @@ class Executor:
         if plan.cfg_number == 3:
             out_text = self._dit(x, call.chunks, text_rows, kv, sp, False, call)
             check()
-            out_pre = self._dit(x, call.chunks, [self.null] * R, kv, sp, True, call, write=writes)
+            out_pre = self._dit(x, call.chunks, [self.null] * R, kv, sp, True, call, write=writes, name="pre")
             check()
             out_unc = self._uncond(x, call)
             out_text, out_pre = out_text[:, :, -n * cw:], out_pre[:, :, -n * cw:]
@@ -191,3 +201,4 @@ def generate_chunks(model, plan: Plan, text: list[Caption], null: Caption, noise
             a, b = call.emit.frames
             yield FinishedChunk(call.emit.index, call.emit.chunk, ex.xs[:, :, a:b].clone())
     ex.cache.clear()
+    ex.kept.clear()

@@ -10,7 +10,7 @@ frame ranges are `[start, end)` on the full latent video.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -67,6 +67,8 @@ class DiTCall:
     dt_factor: float  # distill step-size embedding value
     distill_copy: ChunkInCall | None = None  # cfg_number 1 and nearly_clean: see `make_plan`
     emit: Emission | None = None
+    kv_keep: bool = False  # early first chunk: keep this forward's K/V of its one chunk, per pass, under g
+    kv_from: int | None = None  # early first chunk: this chunk's K/V kept under g come from the cache
 
     @property
     def noisy(self) -> tuple[ChunkInCall, ...]:
@@ -96,7 +98,7 @@ class Plan:
 
     @property
     def steps(self) -> tuple[DiTCall, ...]:
-        """The sampler calls, steps[g].g == g."""
+        """The sampler calls, steps[g].g == g (for a plan in the reference's order)."""
         return tuple(c for c in self.calls if c.g is not None)
 
     @property
@@ -114,6 +116,12 @@ class Plan:
     @property
     def cache_pass(self) -> str:
         return CACHE_PASS[self.cfg_number]
+
+
+def _reads(chunks, slice_point) -> tuple[int, int] | None:
+    """Cached chunks [first, slice_point) that some key range of the forward reaches."""
+    first = min(c.kv_range[0] for c in chunks)
+    return (first, slice_point) if first < slice_point else None
 
 
 def max_cached_chunks(plan: Plan) -> int:
@@ -210,10 +218,6 @@ def make_plan(
             cfg=cfg_scales(t_cur, cfg_t_range, prev_chunk_scales, text_scales) if cfg_number == 3 else None,
         )
 
-    def reads(chunks, slice_point) -> tuple[int, int] | None:
-        first = min(c.kv_range[0] for c in chunks)
-        return (first, slice_point) if first < slice_point else None
-
     calls = []
     if offset:
         # prefix extraction (reference: at g == 0, before the first sampler call)
@@ -267,7 +271,7 @@ def make_plan(
         calls.append(DiTCall(
             g=g, stage=stage, d=d, chunk_start=chunk_start, chunk_end=chunk_end, slice_point=slice_point,
             chunks=chunks, fwd_extra_1st_chunk=extra, extract_prefix=False, passes=n_passes,
-            cache_writes=(chunk_start - 1,) if extra else (), cache_reads=reads(chunks, slice_point),
+            cache_writes=(chunk_start - 1,) if extra else (), cache_reads=_reads(chunks, slice_point),
             prefix_frames=prefix_frames, nearly_clean=nearly_clean, distill_interval=intervals[d],
             dt_factor=distill_dt_factor(N, intervals[d]), distill_copy=distill_copy, emit=emit,
         ))
@@ -288,3 +292,45 @@ def plan_from_config(cfg, prefix_latents: int = 0, n_chunks: int | None = None) 
         cfg_t_range=cfg.cfg_t_range, prev_chunk_scales=cfg.prev_chunk_scales, text_scales=cfg.text_scales,
         nearly_clean_threshold=cfg.distill_nearly_clean_chunk_threshold,
     )
+
+
+def early_first_chunk(plan: Plan) -> Plan:
+    """The same DiT work reordered so that the first generated chunk finishes first.
+
+    In the reference order the first noisy chunk c0 shares its forwards of stages 1 .. window-1 with the younger
+    chunks, so it is emitted only after window x S calls of growing size. Block-causal attention means c0's output
+    in those forwards depends on c0 alone (its key range is c0 itself; its distill copy attends to itself), while
+    the younger chunks only read c0's keys/values. So c0 runs those steps first in forwards of its own, keeping
+    its K/V of each step (`kv_keep`); then the original forwards run without it, reading the kept K/V of the same
+    step from the cache (`kv_from`). The results are the reference's up to float rounding (the distill copy's
+    RoPE time position shifts, which cancels in its attention); the cost is memory for c0's K/V at
+    (window - 1) x S steps (x 2 passes for cfg 3), released step by step as the replayed forwards use them.
+    """
+    c0, S, W = plan.chunk_offset, plan.steps_per_stage, plan.window_size
+    calls = list(plan.calls)
+    lead = [c for c in calls if c.g is not None and 1 <= c.stage < W]  # c0 shares these forwards
+    if not lead or plan.n_chunks - c0 < 2:
+        return plan
+    first = calls.index(lead[0])
+    alone, rest = [], []
+    for call in lead:
+        assert call.chunks[0].index == c0 and not call.fwd_extra_1st_chunk
+        mine = call.chunks[0]
+        copy = None
+        if call.distill_copy is not None:  # c0's isolated copy, right after it
+            copy = replace(call.distill_copy, kv_range=(c0 + 1, c0 + 2))
+        cw = plan.chunk_width
+        pf = (c0 * cw, min(plan.prefix_latents, (c0 + 1) * cw)) if plan.prefix_latents > c0 * cw else None
+        alone.append(replace(
+            call, chunk_start=c0, chunk_end=c0 + 1, chunks=(mine,), cache_reads=_reads((mine,), c0),
+            prefix_frames=pf, distill_copy=copy, kv_keep=True, emit=call.emit if call.emit and call.emit.chunk == c0 else None,
+        ))
+        others = call.chunks[1:]
+        reads = _reads(others, c0 + 1)
+        rest.append(replace(
+            call, chunk_start=c0 + 1, slice_point=c0 + 1, chunks=others, cache_reads=reads, prefix_frames=None,
+            distill_copy=None, emit=call.emit if call.emit and call.emit.chunk != c0 else None,
+            kv_from=call.g if reads and reads[1] > c0 >= reads[0] else None,
+        ))
+    calls[first:first + len(lead)] = alone + rest
+    return replace(plan, calls=tuple(calls))

@@ -1,0 +1,101 @@
+"""Where one window forward's GPU time goes (torch profiler), grouped by kind of kernel (GPU machine).
+
+  python bench/profile_forward.py --size 4.5B --mode cached [--backend cudnn] [--compile] [--variant distill-fp8]
+
+Runs window_forward.py's P1 window (4 noisy chunks + 1 cached clean chunk), warms up (and compiles), profiles
+one forward and prints the top kernels and a summary: GEMM, attention, element-wise/norm/RoPE, copies, other,
+each with its share of GPU time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import magi_core  # noqa: E402,F401
+from magi_core.config import preset  # noqa: E402
+from magi_core.dit import KVCache, build_dit, init_random_  # noqa: E402
+
+from common import device_info, emit  # noqa: E402
+
+KINDS = (  # first match wins; matched on the lower-cased kernel name
+    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn", "sm90_flash")),
+    ("gemm", ("gemm", "cutlass", "nvjet", "sm90_xmma", "cublas", "matmul", "_scaled_mm")),
+    ("copy", ("memcpy", "memset", "copy_", "cat", "catarray")),
+    ("elementwise", ("elementwise", "vectorized", "reduce", "norm", "triton", "softmax", "unrolled")),
+)
+
+
+def kind(name: str) -> str:
+    n = name.lower()
+    return next((k for k, keys in KINDS if any(s in n for s in keys)), "other")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="4.5B")
+    ap.add_argument("--variant", default="base", choices=["base", "distill", "distill-fp8"])
+    ap.add_argument("--height", type=int, default=720)
+    ap.add_argument("--width", type=int, default=720)
+    ap.add_argument("--precision", default="fast")
+    ap.add_argument("--backend", default=None)
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--trace", default=None, help="also write a chrome trace here")
+    a = ap.parse_args()
+    dev = torch.device("cuda")
+    name = a.size if a.variant == "base" else f"{a.size}-{a.variant}"
+    cfg = preset(name)
+    model = init_random_(build_dit(cfg), seed=0, device=dev).set_precision(a.precision)
+    model.attn_backend, model.compile_ops = a.backend, a.compile
+    H, W = a.height // 8, a.width // 8
+    ctn = 6 * (H // 2) * (W // 2)
+    g = torch.Generator(device=dev).manual_seed(0)
+    x0 = torch.randn(1, 16, 6, H, W, device=dev, generator=g)
+    x = torch.randn(1, 16, 24, H, W, device=dev, generator=g)
+    y = torch.randn(4, 100, cfg.caption_channels, device=dev, generator=g) * 0.1
+    mask = torch.ones(4, 100, device=dev)
+    t = torch.tensor([[0.3, 0.1, 0.0217, 0.0]], device=dev)
+    kv = [(0, (i + 2) * ctn) for i in range(4)]
+    dt = 8.0 if cfg.distill else None
+    cache = KVCache(max_chunks=1)
+    model(x0, t[:, :1] * 0 + 0.9999, y[:1], mask[:1], [(0, ctn)], cache=cache, cache_write_chunks=1, dt_factor=dt)
+
+    def fwd():
+        return model(x, t, y, mask, kv, slice_point=1, cache=cache, dt_factor=dt)
+
+    for _ in range(2):  # warm-up (and compile)
+        fwd()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        fwd()
+        torch.cuda.synchronize()
+    if a.trace:
+        prof.export_chrome_trace(a.trace)
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.self_device_time_total for e in events) or 1.0
+    by_kind: dict[str, float] = {}
+    for e in events:
+        by_kind[kind(e.key)] = by_kind.get(kind(e.key), 0.0) + e.self_device_time_total
+    top = sorted(events, key=lambda e: -e.self_device_time_total)[: a.top]
+    for e in top:
+        print(f"{e.self_device_time_total / 1e3:9.1f} ms {100 * e.self_device_time_total / total:5.1f}% "
+              f"x{e.count:<5d} [{kind(e.key)}] {e.key[:110]}")
+    res = dict(bench="profile_forward", model=name, res=f"{a.height}x{a.width}", precision=a.precision,
+               backend=a.backend or "auto", compile=a.compile, gpu_ms=round(total / 1e3, 1),
+               share={k: round(v / total, 3) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+               ms={k: round(v / 1e3, 1) for k, v in by_kind.items()},
+               top=[dict(ms=round(e.self_device_time_total / 1e3, 1), n=e.count, kind=kind(e.key), name=e.key[:120])
+                    for e in top[:12]], **device_info(dev))
+    emit(res, a.json)
+
+
+if __name__ == "__main__":
+    main()
