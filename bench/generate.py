@@ -87,7 +87,7 @@ def main():
         mask = torch.zeros(800, dtype=torch.long)
         mask[:100] = 1
     low_vram = a.block_swap > 0
-    dit = init_random_(build_dit(cfg), seed=0, device="cpu" if low_vram else dev).set_precision(a.precision)
+    dit = init_random_(build_dit(cfg), seed=0, device=dev).set_precision(a.precision)
     if a.weight_fp8:
         from magi_core.dit.weight_fp8 import store_weights_fp8_
 
@@ -96,6 +96,7 @@ def main():
         from magi_core.dit.offload import enable_block_swap
 
         enable_block_swap(dit, dev, cfg.num_layers - a.block_swap)
+        torch.cuda.empty_cache()
     dit.attn_backend, dit.compile_ops = a.backend, a.compile
     vae = None
     if a.decode:
@@ -130,10 +131,11 @@ def main():
     t0 = time.perf_counter()
     first = first_decoded = None
     frames, decode_s = 0, 0.0
-    for ch in sample(dit, prompts, s, special_tokens=tokens, progress=lambda i, n, c: calls.update(n=n)):
+    for ch in sample(dit, prompts, s, special_tokens=tokens, progress=lambda i, n, c: calls.update(n=n, i=i)):
         sync()
         t1 = time.perf_counter()
         first = first or t1 - t0
+        print(f"chunk {ch.index} finished at {t1 - t0:.1f} s after {calls['i']} DiT calls", flush=True)
         if vae is not None:
             frames += decode_chunk(vae, ch.latents, s.fps).shape[0]
             sync()

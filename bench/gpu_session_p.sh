@@ -15,12 +15,12 @@ if [ "$1" = 1 ]; then
   timeout $(left 70) $W --mode cached --compile
   timeout $(left 70) $W --variant distill-fp8 --mode extra --compile
   timeout $(left 50) $W --mode cached
-  timeout $(left 120) $G --weight-fp8 --kv-offload --block-swap 16
   timeout $(left 60) $W --mode extra --compile
   timeout $(left 90) python3 bench/load_time.py --size 4.5B --json $J
 else
-  timeout $(left 420) python3 bench/generate.py --size 24B --variant distill --steps 16 --height 720 --width 1280 \
-    --weight-fp8 --compile --warmup --json $J
+  timeout $(left 100) $G --weight-fp8 --kv-offload --block-swap 16
+  timeout $(left 470) python3 bench/generate.py --size 24B --variant distill --steps 16 --height 720 --width 1280 \
+    --weight-fp8 --json $J
   timeout $(left 150) $G --t5 --compile --warmup
   timeout $(left 150) python3 bench/generate.py --size 4.5B --variant base --steps 8 --compile --warmup --json $J
 fi
