@@ -66,3 +66,18 @@ def ceilings(dev, cfg, ctn):
 def ideal_seconds(cfg, ctn, keys_per_chunk, ceil, cap_tokens=100):
     dense, attn = dense_and_attention_flops(cfg, ctn, keys_per_chunk, cap_tokens)
     return dense / (ceil["gemm_TFLOPs"] * 1e12) + attn / (ceil["sdpa_TFLOPs"] * 1e12)
+
+
+def plan_flops(cfg, plan, ctn, cap_tokens=100):
+    """(dense, attention) FLOPs of every DiT pass of a sampling plan (distill copies and cfg passes included)."""
+    dense = attn = 0.0
+    for call in plan.calls:
+        chunks = list(call.chunks) + ([call.distill_copy] if call.distill_copy is not None else [])
+        keys = [c.kv_range[1] - c.kv_range[0] for c in chunks]
+        passes = [keys] * (2 if plan.cfg_number == 3 else 1)
+        if plan.cfg_number == 3 and not call.extract_prefix:
+            passes.append([1] * len(call.noisy))  # uncond: each noisy chunk alone
+        for k in passes:
+            d, a = dense_and_attention_flops(cfg, ctn, k, cap_tokens)
+            dense, attn = dense + d, attn + a
+    return dense, attn

@@ -42,9 +42,13 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--precision", default="fast", choices=["fast", "exact"])
     p.add_argument("--weight-dtype", default=None, choices=["bf16", "fp8_e4m3fn"],
                    help="fp8_e4m3fn: keep the DiT block weights in fp8 (half the VRAM)")
-    p.add_argument("--block-swap", type=int, default=None, metavar="N",
-                   help="keep only N transformer layers on the GPU, stream the others from host memory")
-    p.add_argument("--attention", default=None, help="attention backend: sdpa | flex | flash | magi (default auto)")
+    p.add_argument("--block-swap", type=int, default=0, metavar="N",
+                   help="N transformer layers stay in host memory and stream to the GPU during each forward")
+    p.add_argument("--attention", default=None,
+                   help="attention backend: sdpa | cudnn | flex | flash | magi (default auto)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the element-wise ops (CUDA; ~9%% faster)")
+    p.add_argument("--early-first-chunk", action="store_true",
+                   help="finish the first chunk before the others start (same result; more memory)")
     p.add_argument("--temporal-overlap", type=int, default=0, help="VAE decode: latent frames shared by tiles")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     p.add_argument("--output", "-o", default="magi_output.mp4")
@@ -72,6 +76,7 @@ def _settings(a, dit_cfg):
             setattr(s, field, value)
     s.use_hq, s.use_duration = not a.no_hq, not a.no_duration
     s.per_chunk_noise, s.kv_offload = a.per_chunk_noise, a.kv_offload
+    s.early_first_chunk = a.early_first_chunk
     return s
 
 
@@ -110,14 +115,18 @@ def run(a) -> int:
     tokens = load_special_tokens(tokens_path) if tokens_path.exists() else None
 
     t0 = time.perf_counter()
-    load_device = "cpu" if a.block_swap is not None else device
+    load_device = "cpu" if a.block_swap else device
     dit, info = load_dit(a.dit, device=load_device, variant=a.variant, weight_dtype=a.weight_dtype)
-    if a.block_swap is not None:
+    if a.block_swap:
         from .dit.offload import enable_block_swap
 
-        enable_block_swap(dit, device, a.block_swap)
+        if not 0 < a.block_swap <= dit.cfg.num_layers:
+            print(f"error: --block-swap must be 0..{dit.cfg.num_layers} (this model's layers), got {a.block_swap}",
+                  file=sys.stderr)
+            return 2
+        enable_block_swap(dit, device, dit.cfg.num_layers - a.block_swap)
     dit.set_precision(a.precision)
-    dit.attn_backend = a.attention
+    dit.attn_backend, dit.compile_ops = a.attention, a.compile
     s = _settings(a, dit.cfg)
     if tokens is None and (s.use_hq or s.use_duration):
         print(f"error: special tokens not found at {tokens_path}: run `python install.py` or pass "

@@ -60,6 +60,10 @@ def check(model: DiTHandle, conditioning, s: Settings, prefix: dict | None, vae:
     validate(s, model.cfg, conditioning, vae.model if vae is not None else None, prefix_frames, tokens)
     if multigpu is not None:
         check_heads(multigpu, model.cfg.num_attention_heads)
+        if multigpu.wants_pool and model.block_swap:
+            raise ValueError(f"block_swap {model.block_swap} is for one GPU: the multi-GPU workers each load the "
+                             "whole model (context parallel splits the video, not the weights); set block_swap "
+                             "to 0 on the DiT loader or remove the Multi-GPU Settings node")
     return prefix_latents, prefix_frames, tokens
 
 
@@ -76,6 +80,7 @@ def run(model: DiTHandle, conditioning, s: Settings, hooks: Hooks, prefix: dict 
         dit = hooks.load_dit(model, vae)
         dit.set_precision(model.precision)
         dit.attn_backend = model.attention
+        dit.compile_ops = model.compile
         chunks = sample(dit, conditioning, s, prefix_latents, prefix_frames, tokens,
                         progress=hooks.progress, cancel=hooks.cancelled)
     latents, frames = [], []

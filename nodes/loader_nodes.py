@@ -4,15 +4,35 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from . import choices, memory
-from .loading import load_t5, load_vae, open_dit
+from .loading import block_swap_error, dit_layers, load_t5, load_vae, open_dit
 from .model_files import default_special_tokens, identity, resolve, scan, size_on_disk, special_token_files
 from .types import CATEGORY, PACK_ASSET_TOKENS, MagiModel, MagiT5, MagiVAE, comfy_t5_tokenizer, roots
 
+BLOCK_SWAP_MAX = 64  # the 24B model has 48 layers; the model's own count is checked too
 NO_DIT = "put MAGI-1 weights in models/magi (python install.py --download 4.5B-distill) or models/diffusion_models"
 
 
 def _device_input(tooltip: str):
     return io.Combo.Input("device", options=choices.devices(memory.cuda_count()), default="auto", tooltip=tooltip)
+
+
+def _block_swap_problem(model, variant, device, block_swap) -> str | None:
+    """Queue-time check of block_swap (ComfyUI skips its min/max check for inputs validate_inputs takes): the
+    range, the model's layer count (read from the checkpoint headers, only when block_swap > 0) and the device.
+    Header errors are left to execute, which reports them with the model's name."""
+    if block_swap is None or block_swap == 0:
+        return None
+    if not 0 <= block_swap <= BLOCK_SWAP_MAX:
+        return f"block_swap must be in 0..{BLOCK_SWAP_MAX}, got {block_swap}"
+    layers = None
+    if model is not None:
+        try:
+            layers = dit_layers(resolve(model, roots("dit")), None if variant in (None, "auto") else variant)
+        except Exception:
+            pass
+    dev = memory.resolve_device(device, "dit") if device is not None else None
+    err = block_swap_error(block_swap, layers, dev)
+    return f"block_swap: {err}" if err else None
 
 
 def _fingerprint(name: str, kind: str):
@@ -51,14 +71,23 @@ class MagiDiTLoader(io.ComfyNode):
                                default="auto",
                                tooltip="MAGI-1's special_tokens.npz (HQ / duration tokens). auto: the pack's copy "
                                        "(install.py) or models/magi/special_tokens.npz"),
+                io.Boolean.Input("compile", default=False, optional=True,  # optional: older API prompts lack it
+                                 tooltip="fuse the element-wise ops (norms, RoPE, gates, fp8 quantization) with "
+                                         "torch.compile on CUDA; the first run of each video size compiles (a "
+                                         "minute), later runs are faster; no effect on CPU"),
+                io.Int.Input("block_swap", default=0, min=0, max=BLOCK_SWAP_MAX, optional=True,
+                             tooltip="number of transformer layers kept in host memory and streamed to the GPU "
+                                     "while the model runs (0 = all layers on the GPU). Lowers VRAM by ~0.25 GB "
+                                     "(4.5B) / ~1 GB (24B bf16) per layer at some speed cost; the way to run 24B "
+                                     "or long 4.5B videos on 24 GB cards"),
             ],
             outputs=[MagiModel.Output(display_name="model"), io.String.Output(display_name="info")],
         )
 
     @classmethod
     def validate_inputs(cls, model=None, variant=None, weight_dtype=None, attention=None, precision=None,
-                        device=None, special_tokens=None):
-        return choices.check_all([
+                        device=None, special_tokens=None, block_swap=None):
+        result = choices.check_all([
             ("model", model, scan(roots("dit"), "dit"), NO_DIT),
             ("variant", variant, choices.VARIANT), ("weight_dtype", weight_dtype, choices.DIT_WEIGHT_DTYPE),
             ("attention", attention, choices.ATTENTION), ("precision", precision, choices.PRECISION),
@@ -66,13 +95,16 @@ class MagiDiTLoader(io.ComfyNode):
             ("special_tokens", special_tokens, choices.SPECIAL_TOKENS_FIXED + special_token_files(roots("tokens")),
              "put special_tokens.npz in models/magi or run install.py"),
         ])
+        swap = _block_swap_problem(model, variant, device, block_swap) if result is True else None
+        return swap or result
 
     @classmethod
     def fingerprint_inputs(cls, model, **kwargs):
         return _fingerprint(model, "dit")
 
     @classmethod
-    def execute(cls, model, variant, weight_dtype, attention, precision, device, special_tokens):
+    def execute(cls, model, variant, weight_dtype, attention, precision, device, special_tokens, compile=False,
+                block_swap=0):
         path = resolve(model, roots("dit"), "DiT")
         if special_tokens == "auto":
             tokens = default_special_tokens(PACK_ASSET_TOKENS, roots("tokens"))
@@ -81,7 +113,8 @@ class MagiDiTLoader(io.ComfyNode):
         else:
             tokens = resolve(special_tokens, roots("tokens"), "special tokens file")
         dev = str(memory.resolve_device(device, "dit"))
-        handle = open_dit(model, path, variant, weight_dtype, dev, attention, precision, tokens)
+        handle = open_dit(model, path, variant, weight_dtype, dev, attention, precision, tokens, compile=compile,
+                          block_swap=block_swap)
         info = handle.describe()
         return io.NodeOutput(handle, info, ui={"text": [info]})
 

@@ -3,6 +3,16 @@
 MAGI models are plain nn.Modules (not built from comfy.ops), so ComfyUI moves them whole: each gets a
 ModelPatcher (load device / offload device) and is loaded with `load_models_gpu(force_full_load=True)`.
 ComfyUI then offloads them like its own models (memory pressure, /free, OOM handling).
+
+Block swap (DiT loader `block_swap` N > 0): ComfyUI must never move the whole DiT (that would put the swapped
+layers on the GPU and defeat the swap), yet it must still count, free and offload what does sit there. So the
+patcher of a swapped DiT holds only its resident part (`MagiDiTResident`: embedders, final layers, the first
+num_layers - N transformer layers; loading.resident_modules). ComfyUI sizes it, loads it, offloads it (/free,
+memory pressure, force_offload) and brings it back like any model; the N swapped layers are never in the
+patcher: they stay in pinned host memory and `magi_core.dit.offload` streams them in during each forward. Room
+for the two swapped layers in flight (the running one and the prefetched one) is asked for with
+`use(memory_required=...)`, and before loading `free_for` frees the resident bytes plus those two layers. When
+ComfyUI unloads a swapped DiT, the swap's prefetched layer is dropped too, so nothing of it stays on the GPU.
 """
 from __future__ import annotations
 
@@ -14,6 +24,7 @@ import comfy.model_patcher
 from comfy.patcher_extension import CallbacksMP
 
 from .handles import Loaded
+from .loading import resident_modules
 
 _DEVICE = {"dit": mm.get_torch_device, "vae": mm.vae_device, "t5": mm.text_encoder_device}
 _OFFLOAD = {"dit": mm.unet_offload_device, "vae": mm.vae_offload_device, "t5": mm.text_encoder_offload_device}
@@ -29,6 +40,10 @@ class Holder(torch.nn.Module):
 
 class MagiDiT(Holder):
     pass
+
+
+class MagiDiTResident(Holder):
+    """The on-device part of a block-swapped DiT (see the module doc)."""
 
 
 class MagiVAE(Holder):
@@ -61,19 +76,32 @@ def free_for(nbytes: int, device: torch.device):
 _recent: dict = {}  # kind -> the last used model, kept while ComfyUI keeps it on its device
 
 
-def register(loaded: Loaded, module: torch.nn.Module, kind: str, device: torch.device) -> None:
-    """Give a freshly loaded model (weights already on `device`) a ModelPatcher, once."""
+def register(loaded: Loaded, module: torch.nn.Module, kind: str, device: torch.device, holder=None) -> None:
+    """Give a freshly loaded model (weights already on `device`) a ModelPatcher, once. `module`: what ComfyUI
+    moves (the whole model, or a block-swapped DiT's resident part with holder=MagiDiTResident)."""
     if loaded.patcher is None:
-        holder = _HOLDERS[kind](module)
-        holder.device = device
-        loaded.patcher = comfy.model_patcher.ModelPatcher(holder, load_device=device, offload_device=_OFFLOAD[kind]())
+        held = (holder or _HOLDERS[kind])(module)
+        held.device = device
+        loaded.patcher = comfy.model_patcher.ModelPatcher(held, load_device=device, offload_device=_OFFLOAD[kind]())
         ref = weakref.ref(loaded)
 
         def detached(*_):  # ComfyUI unloaded it (/free, memory pressure): stop keeping it alive
-            if _recent.get(kind) is ref():
+            item = ref()
+            swap = getattr(getattr(item, "model", None), "block_swap", None)
+            if swap is not None:  # the layer prefetched for the next forward would stay on the GPU
+                swap.release()
+            if _recent.get(kind) is item:
                 _recent.pop(kind, None)
 
         loaded.patcher.add_callback(CallbacksMP.ON_DETACH, detached)
+
+
+def register_dit(loaded: Loaded, device: torch.device) -> None:
+    """The DiT's ModelPatcher: the whole model, or only the resident part of a block-swapped one (module doc)."""
+    if getattr(loaded.model, "block_swap", None) is None:
+        register(loaded, loaded.model, "dit", device)
+    else:
+        register(loaded, resident_modules(loaded.model), "dit", device, holder=MagiDiTResident)
 
 
 def keep(kind: str, loaded: Loaded) -> None:

@@ -37,7 +37,8 @@ def sampler_options(cfg_number: str = "auto", cfg_t_range: str = "", text_scales
                     prev_chunk_scales: str = "", noise2clean_kvrange: str = "", clean_chunk_kvrange: int = 1,
                     clean_t: float = 0.9999, shortcut_mode: str = "8,16,16",
                     distill_nearly_clean_threshold: float = 0.3, per_chunk_noise: bool = False,
-                    kv_offload: bool = False, negative_special_tokens: bool = False) -> dict:
+                    kv_offload: bool = False, negative_special_tokens: bool = False,
+                    early_first_chunk: bool = False) -> dict:
     """MAGI Sampler Options widgets -> Settings field overrides (validated; empty text = the default)."""
     opts = {}
     if cfg_number != "auto":
@@ -66,7 +67,7 @@ def sampler_options(cfg_number: str = "auto", cfg_t_range: str = "", text_scales
     opts.update(clean_chunk_kvrange=int(clean_chunk_kvrange), clean_t=float(clean_t),
                 distill_nearly_clean_threshold=float(distill_nearly_clean_threshold),
                 per_chunk_noise=bool(per_chunk_noise), kv_offload=bool(kv_offload),
-                negative_special_tokens=bool(negative_special_tokens))
+                negative_special_tokens=bool(negative_special_tokens), early_first_chunk=bool(early_first_chunk))
     return opts
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 import time
 
 import pytest
 
-from comfyui_harness import (PACK_NAME, ROOT, check_ui_workflow, run_clip_bridge_check, running_server, to_api,
-                             widget_names)
+from comfyui_harness import (PACK_NAME, ROOT, check_ui_workflow, comfy_env, comfyui_path, run_clip_bridge_check,
+                             running_server, to_api, widget_names)
 
 pytestmark = pytest.mark.comfyui
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
@@ -108,6 +110,20 @@ def test_object_info_lists_every_node(object_info):
     assert widget_names(object_info["MagiSampler"])[5:7] == ["seed", None]  # control_after_generate slot
 
 
+def test_performance_switches_are_appended_optional_widgets(object_info):
+    """compile / block_swap (DiT loader) and early_first_chunk (options): after the older widgets, so saved
+    workflows keep their widget order, and optional, so older API prompts without them still validate."""
+    loader, options = object_info["MagiDiTLoader"], object_info["MagiSamplerOptions"]
+    assert widget_names(loader)[-3:] == ["special_tokens", "compile", "block_swap"]
+    assert loader["input_order"]["optional"] == ["compile", "block_swap"]
+    compile_, swap = loader["input"]["optional"]["compile"], loader["input"]["optional"]["block_swap"]
+    assert compile_[0] == "BOOLEAN" and compile_[1]["default"] is False and "torch.compile" in compile_[1]["tooltip"]
+    assert swap[0] == "INT" and (swap[1]["default"], swap[1]["min"], swap[1]["max"]) == (0, 0, 64)
+    assert widget_names(options)[-2:] == ["negative_special_tokens", "early_first_chunk"]
+    early = options["input"]["optional"]["early_first_chunk"]
+    assert early[0] == "BOOLEAN" and early[1]["default"] is False and "first preview" in early[1]["tooltip"]
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_ui_workflow_matches_schemas(path, object_info):
     assert check_ui_workflow(json.loads(path.read_text()), object_info) == []
@@ -165,7 +181,8 @@ def test_unchanged_inputs_never_reload(server):
     loads = server.log().count("Requested to load MagiDiT")
     changed = copy.deepcopy(prompt)
     changed[node_of(prompt, "MagiSampler")]["inputs"]["seed"] += 1
-    changed[node_of(prompt, "MagiDiTLoader")]["inputs"]["attention"] = "sdpa"  # run-time setting only
+    changed[node_of(prompt, "MagiDiTLoader")]["inputs"]["attention"] = "sdpa"  # run-time settings only
+    changed[node_of(prompt, "MagiDiTLoader")]["inputs"]["compile"] = True  # (no effect on the CPU)
     h = run(server, changed)
     assert h["status"]["status_str"] == "success"
     cached = next(d["nodes"] for k, d in h["status"]["messages"] if k == "execution_cached")
@@ -210,10 +227,78 @@ def test_interrupt_stops_within_a_dit_call_and_the_next_run_works(server):
     assert run(server, tiny(api_twin("magi1_t2v")))["status"]["status_str"] == "success"
 
 
+def test_prompts_without_the_newer_inputs_still_run(server):
+    prompt = tiny(api_twin("magi1_t2v"))
+    for name in ("compile", "block_swap"):
+        del prompt[node_of(prompt, "MagiDiTLoader")]["inputs"][name]
+    assert run(server, prompt)["status"]["status_str"] == "success"
+
+
+def test_early_first_chunk_option_runs(server):
+    prompt = tiny(api_twin("magi1_t2v"), num_frames=48)  # 2 chunks: the first one is finished first
+    prompt["90"] = {"class_type": "MagiSamplerOptions", "inputs": dict(
+        cfg_number="auto", cfg_t_range="", text_scales="", prev_chunk_scales="", noise2clean_kvrange="",
+        clean_chunk_kvrange=1, clean_t=0.9999, shortcut_mode="8,16,16", distill_nearly_clean_threshold=0.3,
+        per_chunk_noise=False, kv_offload=False, negative_special_tokens=False, early_first_chunk=True)}
+    prompt[node_of(prompt, "MagiSampler")]["inputs"]["options"] = ["90", 0]
+    h = run(server, prompt)
+    assert h["status"]["status_str"] == "success", error_of(h)
+    assert len(h["outputs"][node_of(prompt, "MagiSampler")]["images"]) == 2
+
+
+BLOCK_SWAP_PATCHER = """
+import json, sys
+sys.path[:0] = [{comfy!r}, {root!r}, {tests!r}]
+sys.argv = [sys.argv[0], "--cpu"]
+import comfy.options
+comfy.options.enable_args_parsing()
+import torch
+import comfy.model_management as mm
+from comfyui_harness import node_logic
+from magi_core.config import preset
+from magi_core.dit import build_dit, init_random_
+from magi_core.dit.offload import enable_block_swap
+
+memory, handles, loading = node_logic("memory"), node_logic("handles"), node_logic("loading")
+nbytes = lambda mods: sum(t.numel() * t.element_size() for m in mods for t in m.state_dict().values())
+model = init_random_(build_dit(preset("tiny")), seed=0)  # 3 layers
+total = nbytes([model])
+swap = enable_block_swap(model, "cpu", resident=1)  # the CPU stands in for the GPU here
+loaded = handles.Loaded(model)
+memory.register_dit(loaded, torch.device("cpu"))
+memory.use(loaded)
+memory.keep("dit", loaded)
+out = dict(holder=type(loaded.patcher.model).__name__, size=loaded.patcher.model_size(), total=total,
+           resident=nbytes(loading.resident_modules(model)), swapped=nbytes(model.videodit_blocks.layers[1:]),
+           listed=any(lm.model is loaded.patcher for lm in mm.current_loaded_models))
+swap.pending[0] = ([], None)  # as after a forward: the next forward's first swapped layer is prefetched
+memory.offload(loaded)
+out.update(pending=len(swap.pending), kept=memory._recent.get("dit") is loaded,
+           listed_after=any(lm.model is loaded.patcher for lm in mm.current_loaded_models))
+print(json.dumps(out))
+"""
+
+
+def test_block_swap_patcher_holds_only_the_resident_part():
+    """ComfyUI's model manager sees (sizes, loads, offloads) only the resident part of a block-swapped DiT; an
+    unload drops the swap's prefetched layer too (nodes/memory.py)."""
+    script = BLOCK_SWAP_PATCHER.format(comfy=str(comfyui_path()), root=str(ROOT), tests=str(ROOT / "tests"))
+    r = subprocess.run([sys.executable, "-c", script], cwd=comfyui_path(), env=comfy_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["holder"] == "MagiDiTResident" and out["listed"]
+    assert out["size"] == out["resident"] == out["total"] - out["swapped"] and out["swapped"] > 0
+    assert out["pending"] == 0 and not out["kept"] and not out["listed_after"]
+
+
 # ----------------------------------------------------------------------------- bad inputs
 @pytest.mark.parametrize("node, field, value, needle", [
     ("MagiDiTLoader", "variant", "fp16", "variant: 'fp16' is not one of the choices"),
     ("MagiDiTLoader", "model", "nope", "put MAGI-1 weights in models/magi"),
+    ("MagiDiTLoader", "block_swap", 4, "block_swap 4 is more than this model's 3 transformer layers: the maximum is 3"),
+    ("MagiDiTLoader", "block_swap", 65, "block_swap must be in 0..64"),
+    ("MagiDiTLoader", "block_swap", 2, "set block_swap to 0"),  # the test server runs on the CPU
     ("MagiVAELoader", "dtype", "int8", "dtype: 'int8' is not one of the choices"),
     ("MagiSampler", "preview", "sometimes", "preview: 'sometimes'"),
 ])

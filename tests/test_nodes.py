@@ -248,6 +248,18 @@ def test_build_settings_maps_scalars_to_ranges():
     assert s.kv_offload and s.prev_chunk_scales == (1.5, 1.5, 1.5, 1.0, 1.0)
 
 
+def test_early_first_chunk_reaches_settings():
+    from magi_core.pipeline import Settings
+
+    plain = sampler_settings.build_settings(64, 64, 24, 24, 8, 0, 4, 7.5, 1.5, 0.7, True, True,
+                                            sampler_settings.sampler_options())
+    assert plain.early_first_chunk is False and Settings().early_first_chunk is False
+    opts = sampler_settings.sampler_options(early_first_chunk=True, kv_offload=True)
+    assert opts["early_first_chunk"] is True
+    s = sampler_settings.build_settings(64, 64, 24, 24, 8, 0, 4, 7.5, 1.5, 0.7, True, True, opts)
+    assert isinstance(s, Settings) and s.early_first_chunk is True and s.kv_offload is True
+
+
 @pytest.mark.parametrize("kw, needle", [
     (dict(text_scales="1,2,3"), "give 5 values"),
     (dict(cfg_t_range="0, 0.5, 0.2, 0.3, 1"), "must increase"),
@@ -478,6 +490,107 @@ def test_generation_checks_before_loading_and_cancels(tiny, t5):
     with pytest.raises(SamplingCancelled):
         generation.run(dit_handle(tiny), encode_prompts(t5, "a fox"), run_settings(), hooks)
     assert hooks.calls == 1 and not [e for e in hooks.events if e[0] == "chunk"]
+
+
+# ----------------------------------------------------------------------------- performance switches
+class ModelHooks(RecordingHooks):
+    """Records the DiT the run got and its compile_ops at every DiT call."""
+
+    def __init__(self):
+        super().__init__()
+        self.model, self.compile_seen = None, []
+
+    def load_dit(self, handle, vae):
+        self.model = super().load_dit(handle, vae)
+        return self.model
+
+    def progress(self, i, total, chunk):
+        super().progress(i, total, chunk)
+        self.compile_seen.append(self.model.compile_ops)
+
+
+def test_compile_is_a_run_time_setting_that_reaches_the_dit_and_the_workers(tiny, t5):
+    from magi_core.parallel.worker import ModelSpec
+    from magi_core.pipeline import encode_prompts
+
+    on, off = dit_handle(tiny, compile=True), dit_handle(tiny)
+    assert on.compile and not off.compile and on.key == off.key  # not part of the weights
+    assert on.spec()["compile"] is True and off.spec()["compile"] is False
+    assert ModelSpec.from_dict(on.spec()).compile_ops and not ModelSpec.from_dict(off.spec()).compile_ops
+    assert "compiled element-wise ops" in on.describe() and "compiled" not in off.describe()
+    cond = encode_prompts(t5, "a red fox")
+    runs = []
+    for handle in (on, off, on):
+        hooks = ModelHooks()
+        generation.run(handle, cond, run_settings(num_frames=24), hooks)
+        runs.append(hooks)
+    assert runs[0].model is runs[1].model is runs[2].model  # toggling compile never reloads
+    assert runs[0].compile_seen and set(runs[0].compile_seen) == {True}
+    assert set(runs[1].compile_seen) == {False} and set(runs[2].compile_seen) == {True}
+
+
+def test_block_swap_limits_are_checked_before_loading(tiny):
+    layers = 3  # the tiny model
+    for n, needle in [(layers + 1, f"the maximum is {layers}"), (64, f"the maximum is {layers}"),
+                      (-1, "must be 0 or more")]:
+        with pytest.raises(ValueError, match=None) as e:
+            dit_handle(tiny, device="cuda:0", block_swap=n)
+        assert needle in str(e.value) and "block_swap" in str(e.value), str(e.value)
+    with pytest.raises(ValueError, match=None) as e:  # CPU: every layer is in host memory already
+        dit_handle(tiny, device="cpu", block_swap=1)
+    assert "CUDA GPU" in str(e.value) and "set block_swap to 0" in str(e.value)
+    assert loading.block_swap_error(0, layers, "cpu") is None
+    assert loading.block_swap_error(layers, layers, "cuda:0") is None  # all layers streamed is allowed
+    assert loading.block_swap_error(2, None, None) is None  # nothing known yet: nothing to say
+    assert loading.dit_layers(tiny["dit"]) == layers
+
+    h = dit_handle(tiny, device="cuda:0", block_swap=layers)  # headers only: no CUDA needed
+    plain = dit_handle(tiny, device="cuda:0")
+    assert h.key != plain.key  # part of how the weights sit in memory: a separate model
+    assert h.layer_nbytes > 0 and h.layer_nbytes * layers < h.nbytes
+    assert h.streamed_nbytes == 2 * h.layer_nbytes and h.resident_nbytes == h.nbytes - h.layer_nbytes
+    assert plain.resident_nbytes == plain.nbytes and plain.streamed_nbytes == 0
+    assert f"block swap {layers} of {layers} layers" in h.describe()
+    calls = []
+    with pytest.raises(ValueError, match="set block_swap to 0"):  # the sampler's device is the CPU after all
+        loading.load_dit_weights(h, torch.device("cpu"), before_load=lambda: calls.append(1))
+    assert not calls  # refused before anything was freed or read
+
+
+def test_block_swap_pool_is_refused(tiny, t5):
+    from magi_core.pipeline import encode_prompts
+
+    h = dit_handle(tiny, device="cuda:0", block_swap=1)
+    pool = handles.MultiGPUSettings(["cpu", "cpu"], 2)
+    with pytest.raises(ValueError, match="block_swap 1 is for one GPU"):
+        generation.run(h, encode_prompts(t5, "a fox"), run_settings(num_frames=24), RecordingHooks(), multigpu=pool)
+    assert "block_swap" not in h.spec()  # the workers never see it
+
+
+def test_block_swap_loads_swapped_and_gives_the_same_video(tiny, t5, monkeypatch):
+    """The loading path with block swap, on the CPU (the node refuses CPU; the check is bypassed here): the
+    layers past the resident ones are swapped, the resident part (what ComfyUI's ModelPatcher manages) is the
+    rest of the model, and the generated latents are those of the unswapped model."""
+    from magi_core.pipeline import encode_prompts
+
+    monkeypatch.setattr(loading, "block_swap_error", lambda *a: None)
+    cond = encode_prompts(t5, "a red fox")
+    ref_hooks, swap_hooks = ModelHooks(), ModelHooks()
+    ref = generation.run(dit_handle(tiny), cond, run_settings(num_frames=24), ref_hooks)
+    h = dit_handle(tiny, block_swap=2)
+    out = generation.run(h, cond, run_settings(num_frames=24), swap_hooks)
+    model = swap_hooks.model
+    assert model is not ref_hooks.model  # another weights key: loaded separately
+    layers = list(model.videodit_blocks.layers)
+    assert model.block_swap.swapped == layers[1:]  # resident = num_layers - block_swap
+    assert loading.load_dit_weights(h, torch.device("cpu")).model is model  # enabled once, then shared
+    resident = loading.resident_modules(model)
+    held = {id(p) for p in resident.parameters()}
+    swapped = {id(p) for layer in layers[1:] for p in layer.parameters()}
+    assert not held & swapped and held | swapped == {id(p) for p in model.parameters()}
+    assert layers[0] in list(resident) and model.x_embedder in list(resident)
+    assert loading.resident_modules(ref_hooks.model)[0] is ref_hooks.model  # no swap: the whole model
+    assert torch.equal(out["samples"], ref["samples"])
 
 
 def test_previews(tmp_path):

@@ -27,7 +27,7 @@ from magi_core.parallel import (ModelSpec, WorkerError, WorkerPool, check_cp_siz
                                 select_devices)
 from magi_core.parallel._bootstrap import sanitize_env
 from magi_core.parallel.ulysses import kv_repeat, split_sizes
-from magi_core.sampling import make_plan
+from magi_core.sampling import early_first_chunk, make_plan
 from magi_core.sampling.executor import Caption, SamplingCancelled, generate_chunks, make_noise
 from magi_core.pipeline import PromptEmbeds, Settings, sample
 from magi_core.text import PromptSchedule
@@ -74,8 +74,9 @@ def generation_inputs(C, seed=3, n_chunks=2):
     return plan, text, null, noise
 
 
-def generation(m, seed=3):
+def generation(m, seed=3, early=False):
     plan, text, null, noise = generation_inputs(m.cfg.caption_channels, seed)
+    plan = early_first_chunk(plan) if early else plan
     return [c.latents for c in generate_chunks(m, plan, text, null, noise.to(next(m.parameters()).device))]
 
 
@@ -95,6 +96,7 @@ def _parity_rank(rank, world, store, out):
     m = tiny()
     enable_context_parallel(m, pairs[rank // 2])  # two independent cp = 2 groups side by side
     res["cp2"] = forward_suite(m) + generation(m)
+    res["cp2_early"] = [None] * 3 + generation(m, early=True)  # kept K/V of chunk 0 per rank (its heads)
     if rank < 3:
         m = tiny(heads=24)
         enable_context_parallel(m, trio)  # 24 heads / 8 groups, cp = 3: KV heads replicated to 24
@@ -134,7 +136,7 @@ def test_cp_forward_with_kv_cache_equals_single_process(cp_runs, single, case, m
         assert _maxdiff(got, cp_runs[0][case][:3]) == 0  # every rank of a group holds the same gathered output
 
 
-@pytest.mark.parametrize("case", ["cp4", "cp2"])
+@pytest.mark.parametrize("case", ["cp4", "cp2", "cp2_early"])
 def test_cp_generation_equals_single_process(cp_runs, single, case):
     ref = single["generation"]
     for r in range(4):
@@ -185,17 +187,24 @@ def test_torchrun_entry_cpu(tmp_path):
 
 
 def test_memory_table_reproduces_its_calibration():
-    """need = weights + activations + KV + overhead; without KV/overhead it must give the measured cp=1 peaks
-    (bench/results: 4.5B 12.26 GiB, 24B 65.33 GiB, 4.5B fp8 12.88 GiB at 720x720), and cp must shrink it."""
-    from magi_core.parallel.memory import OVERHEAD_GIB, need_gib, weights_gib
+    """need = weights + activations + KV + overhead must give the measured cp=1 peaks (bench/results: 4.5B and
+    4.5B-fp8 window forwards at 720x720 12.26 / 12.88 GiB without their KV; the 24B distill generation at 720x1280
+    with fp8 weight storage 43.03 GiB, KV cache included), and cp / block swap must shrink it."""
+    from magi_core.parallel.memory import OVERHEAD_GIB, max_resident_layers, need_gib, weights_gib
 
     ctn = 6 * 45 * 45
-    for name, peak in (("4.5B", 12.26), ("24B", 65.33), ("4.5B-distill-fp8", 12.88)):
+    for name, peak in (("4.5B", 12.26), ("4.5B-distill-fp8", 12.88)):
         cfg = preset(name)
         kv = cfg.num_layers * ctn * cfg.num_query_groups * 2 * cfg.kv_channels * 2 / 2**30
         assert abs(need_gib(name, 720, 720, 1) - kv - OVERHEAD_GIB - peak) < 0.3, name
         assert need_gib(name, 720, 720, 4) < need_gib(name, 720, 720, 2) < need_gib(name, 720, 720, 1)
+    assert abs(need_gib("24B-distill", 720, 1280, 1, weight_fp8=True) - OVERHEAD_GIB - 43.03) < 0.3
     assert weights_gib(preset("24B-distill-fp8")) > 0.95 * 24e9 / 2**30  # 24B never fits 24 GB with full replicas
+    cfg = preset("24B-distill")
+    per_layer = (weights_gib(cfg, True) - weights_gib(cfg, True, block_swap=cfg.num_layers)) / (cfg.num_layers - 2)
+    assert 0.4 < per_layer < 0.55  # ~0.5 GB of fp8 weights per 24B layer
+    assert 0 < max_resident_layers("24B-distill", 720, 1280, 4, 24) < cfg.num_layers  # 4 x 24 GB: with block swap
+    assert max_resident_layers("24B-distill", 720, 1280, 1, 24) == -1  # one 24 GB card: not at this size
 
 
 def test_sanitize_env():

@@ -104,6 +104,6 @@ def test_cli_low_vram_flags(tmp_path):
     out = tmp_path / "lowvram.mp4"
     r = subprocess.run([sys.executable, "-m", "magi_core", "generate", "--demo", "--output", str(out), "--frames", "24",
                         "--prompt", "a fox", "--width", "64", "--height", "64", "--steps", "4", "--block-swap", "1",
-                        "--weight-dtype", "fp8_e4m3fn"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                        "--weight-dtype", "fp8_e4m3fn", "--compile", "--early-first-chunk"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert read_video(out).shape == (24, 64, 64, 3)

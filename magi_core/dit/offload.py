@@ -78,6 +78,10 @@ class BlockSwap:
             return output
         return hook
 
+    def release(self):
+        """Drop the layer prefetched for the next forward (it would otherwise stay on the GPU)."""
+        self.pending.clear()
+
     def remove(self):
         for h in self.handles:
             h.remove()

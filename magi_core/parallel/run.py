@@ -111,10 +111,15 @@ def main(argv=None) -> int:
             print("error: pass --dit, --vae, --t5 and --prompt (or --demo)", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    dit, info = load_dit(a.dit, device=device, variant=a.variant)
+    if a.block_swap:
+        if rank == 0:
+            print("error: --block-swap is for one GPU (each rank holds a whole replica here); use --weight-dtype "
+                  "fp8_e4m3fn to halve the weights", file=sys.stderr)
+        return 2
+    dit, info = load_dit(a.dit, device=device, variant=a.variant, weight_dtype=a.weight_dtype)
     check_cp_size(dit.cfg, world)
     dit.set_precision(a.precision)
-    dit.attn_backend = a.attention
+    dit.attn_backend, dit.compile_ops = a.attention, a.compile
     enable_context_parallel(dit)
     s = _settings(a, dit.cfg)
     vae, cond = None, None

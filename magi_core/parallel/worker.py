@@ -37,6 +37,7 @@ class ModelSpec:
     seed: int = 0
     precision: str = "fast"
     attn_backend: str | None = None
+    compile_ops: bool = False  # VideoDiT.compile_ops
 
     def __post_init__(self):
         if (self.path is None) == (self.preset is None):
@@ -50,7 +51,8 @@ class ModelSpec:
         if d.get("weight_dtype") not in WEIGHT_DTYPES:
             raise ValueError(f"weight_dtype must be one of {WEIGHT_DTYPES}, got {d.get('weight_dtype')!r}")
         return cls(path=str(d["path"]), variant=d.get("variant"), weight_dtype=d.get("weight_dtype"),
-                   attn_backend=d.get("attention"), precision=d.get("precision") or "fast")
+                   attn_backend=d.get("attention"), precision=d.get("precision") or "fast",
+                   compile_ops=bool(d.get("compile", False)))
 
     def config(self):
         """The DiTConfig (checkpoints: detected from the file headers, no tensor data read)."""
@@ -77,6 +79,7 @@ def build_replica(spec: ModelSpec, device) -> torch.nn.Module:
         model = init_random_(build_dit(spec.config(), "cpu" if device.type == "cpu" else "meta"), spec.seed, device)
     model.set_precision(spec.precision)
     model.attn_backend = spec.attn_backend
+    model.compile_ops = spec.compile_ops
     return model
 
 
