@@ -82,11 +82,17 @@ def _zero_uncovered(out, live_q):
 
 # ----------------------------------------------------------------------------- sdpa
 
-def sdpa_range_attention(q, k, v, q_ranges, k_ranges, scale=None):
+def _output(q, live, out):
+    """The output buffer: zeros like q, or the caller's `out` with the rows no range covers zeroed."""
+    return torch.zeros_like(q) if out is None else _zero_uncovered(out, [a for a, _ in live])
+
+
+def sdpa_range_attention(q, k, v, q_ranges, k_ranges, scale=None, out=None):
     """Reference backend: one torch SDPA call per range, no masks, GQA native (no K/V repeat)."""
-    out = torch.zeros_like(q)
+    live = _live_pairs(_as_pairs(q_ranges), _as_pairs(k_ranges))
+    out = _output(q, live, out)
     gqa = q.shape[1] != k.shape[1]
-    for (qs, qe), (ks, ke) in _live_pairs(_as_pairs(q_ranges), _as_pairs(k_ranges)):
+    for (qs, qe), (ks, ke) in live:
         # 4-D (1, heads, len, d) views: SDPA's fused CUDA kernels reject 3-D inputs and fall back to the math
         # kernel, which materialises the full score matrix (tens of GB at MAGI-1 sizes)
         o = F.scaled_dot_product_attention(q[None, qs:qe].transpose(1, 2), k[None, ks:ke].transpose(1, 2),
@@ -107,14 +113,15 @@ def unfold_heads(o, L: int):
     return o.view(g, rows // L, L, d).permute(2, 0, 1, 3).reshape(L, -1, d)
 
 
-def cudnn_range_attention(q, k, v, q_ranges, k_ranges, scale=None):
+def cudnn_range_attention(q, k, v, q_ranges, k_ranges, scale=None, out=None):
     """cuDNN SDPA per range with folded GQA (see the module doc)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    out = torch.zeros_like(q)
+    live = _live_pairs(_as_pairs(q_ranges), _as_pairs(k_ranges))
+    out = _output(q, live, out)
     g = k.shape[1]
     with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-        for (qs, qe), (ks, ke) in _live_pairs(_as_pairs(q_ranges), _as_pairs(k_ranges)):
+        for (qs, qe), (ks, ke) in live:
             o = F.scaled_dot_product_attention(fold_heads(q[qs:qe], g), k[ks:ke].transpose(0, 1)[None],
                                                v[ks:ke].transpose(0, 1)[None], scale=scale)
             out[qs:qe] = unfold_heads(o, qe - qs)
@@ -350,11 +357,19 @@ def resolve_backend(backend: str | None, q) -> str:
     return name
 
 
-def range_attention(q, k, v, q_ranges, k_ranges, backend: str | None = None, scale=None):
+def range_attention(q, k, v, q_ranges, k_ranges, backend: str | None = None, scale=None, out=None):
     """q (Sq, nh, d), k/v (Sk, g, d) -> (Sq, nh, d) in q's dtype; query range i attends to key range i.
 
     q_ranges/k_ranges: (n, 2) [start, end) pairs (lists or CPU int tensors). scale defaults to 1/sqrt(d).
+    out: optional (Sq, nh, d) tensor (a strided view is fine) to write the result into, returned.
     """
     qr, kr = _as_pairs(q_ranges), _as_pairs(k_ranges)
     _check_inputs(q, k, v, qr, kr)
-    return _IMPLS[resolve_backend(backend, q)](q, k, v, qr, kr, scale=scale)
+    if out is not None and (out.shape != q.shape or out.dtype != q.dtype):
+        raise ValueError(f"out must be {tuple(q.shape)} {q.dtype}, got {tuple(out.shape)} {out.dtype}")
+    name = resolve_backend(backend, q)
+    if out is None:
+        return _IMPLS[name](q, k, v, qr, kr, scale=scale)
+    if name in ("sdpa", "cudnn"):  # they write each range straight into out
+        return _IMPLS[name](q, k, v, qr, kr, scale=scale, out=out)
+    return out.copy_(_IMPLS[name](q, k, v, qr, kr, scale=scale))

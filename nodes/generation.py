@@ -60,10 +60,6 @@ def check(model: DiTHandle, conditioning, s: Settings, prefix: dict | None, vae:
     validate(s, model.cfg, conditioning, vae.model if vae is not None else None, prefix_frames, tokens)
     if multigpu is not None:
         check_heads(multigpu, model.cfg.num_attention_heads)
-        if multigpu.wants_pool and model.block_swap:
-            raise ValueError(f"block_swap {model.block_swap} is for one GPU: the multi-GPU workers each load the "
-                             "whole model (context parallel splits the video, not the weights); set block_swap "
-                             "to 0 on the DiT loader or remove the Multi-GPU Settings node")
     return prefix_latents, prefix_frames, tokens
 
 

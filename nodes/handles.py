@@ -94,11 +94,11 @@ class DiTHandle:
                 f"special tokens {tokens}{notes}")
 
     def spec(self) -> dict:
-        """What a worker process needs to load the same weights itself (multi-GPU). Block swap is not passed:
-        the pool refuses it (generation.check)."""
+        """What a worker process needs to load the same weights itself (multi-GPU): each worker streams the
+        same block_swap layers from its own host memory."""
         return dict(path=str(self.path), variant=self.variant or self.detection.variant,
                     weight_dtype=self.weight_dtype, attention=self.attention, precision=self.precision,
-                    compile=self.compile)
+                    compile=self.compile, block_swap=self.block_swap)
 
 
 @dataclass

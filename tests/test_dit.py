@@ -190,3 +190,19 @@ def test_fp8_model_runs_and_tracks_bf16():
     x, t, y, mask = inputs(cfg)
     out = model(x, t, y, mask, causal_ranges(2, 24), dt_factor=32.0)
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_planar_linear_proj_columns_equal_the_interleaved_input():
+    """fast mode feeds [self | cross] to linear_proj with its columns permuted; the reference interleaves the
+    activations into 8 slices [self_0, cross_0, ..., self_7, cross_7]. Same sums (float64: equal to rounding)."""
+    from magi_core.dit.layer import planar_columns
+
+    q_dim, h = 64, 24
+    g = torch.Generator().manual_seed(0)
+    core, cross = torch.randn(5, q_dim, generator=g, dtype=torch.float64), torch.randn(5, q_dim, generator=g, dtype=torch.float64)
+    w = torch.randn(h, 2 * q_dim, generator=g, dtype=torch.float64)
+    inter = torch.stack([core.view(5, 8, -1), cross.view(5, 8, -1)], dim=2).reshape(5, -1)
+    planar = torch.cat([core, cross], dim=-1)
+    idx = planar_columns(q_dim, "cpu")
+    assert sorted(idx.tolist()) == list(range(2 * q_dim))
+    torch.testing.assert_close(planar @ w[:, idx].T, inter @ w.T, rtol=1e-12, atol=1e-12)

@@ -352,3 +352,20 @@ def test_gpu_scaled_mm_vs_dequant():
         err = (y.double().cpu() - ref).abs()
         assert (err <= 2 ** -8 * ref.abs() + 2 ** -10 * bound).all()
     assert ((out.float() - deq.float()).norm() / deq.float().norm()) < 1e-2
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_out_argument_writes_into_a_strided_view(backend):
+    """out= (here the left half of a wider buffer, as the DiT layer passes it) gets the same values, uncovered rows
+    zeroed, and nothing outside the view is touched."""
+    case = CROSS
+    q, k, v = make_qkv(case["sq"], case["sk"])
+    nh, d = q.shape[1:]
+    buf = torch.full((case["sq"], 2 * nh * d), 7.0, dtype=q.dtype)
+    view = buf[:, : nh * d].view(case["sq"], nh, d)
+    got = att.range_attention(q, k, v, case["qr"], case["kr"], backend=backend, out=view)
+    want = att.range_attention(q, k, v, case["qr"], case["kr"], backend=backend)
+    assert got.data_ptr() == view.data_ptr() and torch.equal(view, want)
+    assert (buf[:, nh * d:] == 7).all()
+    with pytest.raises(ValueError, match="out must be"):
+        att.range_attention(q, k, v, case["qr"], case["kr"], backend=backend, out=view[:-1])

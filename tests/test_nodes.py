@@ -557,14 +557,13 @@ def test_block_swap_limits_are_checked_before_loading(tiny):
     assert not calls  # refused before anything was freed or read
 
 
-def test_block_swap_pool_is_refused(tiny, t5):
-    from magi_core.pipeline import encode_prompts
+def test_block_swap_reaches_the_pool_workers(tiny):
+    """With Multi-GPU Settings every worker streams the same layers from its own host memory."""
+    from magi_core.parallel.worker import ModelSpec
 
     h = dit_handle(tiny, device="cuda:0", block_swap=1)
-    pool = handles.MultiGPUSettings(["cpu", "cpu"], 2)
-    with pytest.raises(ValueError, match="block_swap 1 is for one GPU"):
-        generation.run(h, encode_prompts(t5, "a fox"), run_settings(num_frames=24), RecordingHooks(), multigpu=pool)
-    assert "block_swap" not in h.spec()  # the workers never see it
+    assert h.spec()["block_swap"] == 1 and ModelSpec.from_dict(h.spec()).block_swap == 1
+    assert ModelSpec.from_dict(dit_handle(tiny).spec()).block_swap == 0
 
 
 def test_block_swap_loads_swapped_and_gives_the_same_video(tiny, t5, monkeypatch):

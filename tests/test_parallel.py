@@ -26,6 +26,7 @@ from magi_core.dit import KVCache, build_dit, init_random_
 from magi_core.parallel import (ModelSpec, WorkerError, WorkerPool, check_cp_size, enable_context_parallel,
                                 select_devices)
 from magi_core.parallel._bootstrap import sanitize_env
+from magi_core.parallel.worker import build_replica
 from magi_core.parallel.ulysses import kv_repeat, split_sizes
 from magi_core.sampling import early_first_chunk, make_plan
 from magi_core.sampling.executor import Caption, SamplingCancelled, generate_chunks, make_noise
@@ -37,6 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TOL_FORWARD, TOL_GENERATION = 2e-5, 1e-4
 H, W = 6, 10  # latent size: 3x5 patches, ctn = 90 tokens per chunk (not a multiple of 4: uneven CP splits)
 CTN = 6 * (H // 2) * (W // 2)
+
+
+TINY_OVERRIDES = dict(num_layers=2, num_query_groups=8, num_attention_heads=16, hidden_size=512)
 
 
 def tiny(groups=8, heads=16, layers=2, seed=0):
@@ -97,6 +101,10 @@ def _parity_rank(rank, world, store, out):
     enable_context_parallel(m, pairs[rank // 2])  # two independent cp = 2 groups side by side
     res["cp2"] = forward_suite(m) + generation(m)
     res["cp2_early"] = [None] * 3 + generation(m, early=True)  # kept K/V of chunk 0 per rank (its heads)
+    m = build_replica(ModelSpec(preset="tiny", overrides=TINY_OVERRIDES, dtype=torch.float32, block_swap=1), "cpu")
+    assert len(m.block_swap.swapped) == 1
+    enable_context_parallel(m, pairs[rank // 2])
+    res["cp2_swap"] = [None] * 3 + generation(m)  # the pool's replica with block swap, under CP
     if rank < 3:
         m = tiny(heads=24)
         enable_context_parallel(m, trio)  # 24 heads / 8 groups, cp = 3: KV heads replicated to 24
@@ -136,7 +144,7 @@ def test_cp_forward_with_kv_cache_equals_single_process(cp_runs, single, case, m
         assert _maxdiff(got, cp_runs[0][case][:3]) == 0  # every rank of a group holds the same gathered output
 
 
-@pytest.mark.parametrize("case", ["cp4", "cp2", "cp2_early"])
+@pytest.mark.parametrize("case", ["cp4", "cp2", "cp2_early", "cp2_swap"])
 def test_cp_generation_equals_single_process(cp_runs, single, case):
     ref = single["generation"]
     for r in range(4):

@@ -52,6 +52,21 @@ class LinearQKV(nn.Module):
         self.v = make_linear(cfg, i, h, cfg.kv_dim, PerTensorFp8Linear)
 
 
+_planar: dict = {}
+
+
+def planar_columns(q_dim: int, device) -> torch.Tensor:
+    """Column j of [self | cross] -> its column in the reference's interleaved [self_0, cross_0, ..., self_7,
+    cross_7] layout (8 slices of q_dim/8): linear_proj.weight[:, idx] takes [self | cross] as it is."""
+    key = (q_dim, str(device))
+    if key not in _planar:
+        j = torch.arange(2 * q_dim)
+        part, rem = j // q_dim, j % q_dim
+        w = q_dim // 8
+        _planar[key] = ((rem // w) * 2 * w + part * w + rem % w).to(device)
+    return _planar[key]
+
+
 class SelfCrossAttention(nn.Module):
     """Reference `FullyParallelAttention`: block-causal self-attention and caption cross-attention."""
 
@@ -85,25 +100,31 @@ class SelfCrossAttention(nn.Module):
         if m.cp is not None:  # CP hook: full sequence, local heads (all-to-all)
             q, k, v = m.cp.to_heads(q, k, v)
         k, v = self._with_cache(k, v, m)
-        core = range_attention(q, k, v, m.q_ranges, m.k_ranges, backend=m.attn_backend)
-        if m.cp is not None:  # CP hook: back to local tokens, all heads
-            core = m.cp.to_seq(core)
+        # the two attentions write straight into o = [self | cross] (N*S, 2*q_dim)
+        o = hs.new_empty(N * S, 2 * cfg.q_dim)
+        self_out, cross_out = o[:, :cfg.q_dim].view(N * S, nh, d), o[:, cfg.q_dim:].view(N * S, nh, d)
+        if m.cp is None:
+            range_attention(q, k, v, m.q_ranges, m.k_ranges, backend=m.attn_backend, out=self_out)
+        else:  # CP hook: back to local tokens, all heads
+            self_out.copy_(m.cp.to_seq(range_attention(q, k, v, m.q_ranges, m.k_ranges, backend=m.attn_backend)))
 
         # cross-attention: bf16 norms with weight+1 in bf16, no RoPE
         qx = self.linear_qkv.qx(a).reshape(N * S, nh, d)
         qx = self.q_layernorm_xattn(qx)
         kvx = self.linear_kv_xattn(y_xattn).view(-1, g, 2 * d)  # rows interleaved [K_g; V_g] per group
         kx, vx = self.k_layernorm_xattn(kvx[..., :d]), kvx[..., d:]
-        xattn = range_attention(qx, kx, vx, m.xq_ranges, m.xk_ranges, backend=m.attn_backend)
+        range_attention(qx, kx, vx, m.xq_ranges, m.xk_ranges, backend=m.attn_backend, out=cross_out)
 
-        # [self | cross] -> 8 slices interleaved: [self_0, cross_0, ..., self_7, cross_7]
-        o = torch.cat([core.view(N, S, -1), xattn.view(N, S, -1)], dim=-1)
+        o = o.view(N, S, -1)
+        if m.precision == "fast" and not isinstance(self.linear_proj, PerChannelFp8Linear):
+            # the same sums as the reference's interleaved input, with linear_proj's columns permuted instead
+            w = self.linear_proj.weight
+            return F.linear(o, w.index_select(1, planar_columns(cfg.q_dim, w.device)))
+        # reference: [self | cross] -> 8 slices interleaved: [self_0, cross_0, ..., self_7, cross_7]
         o = o.view(N, S, 2, 8, -1).transpose(2, 3).reshape(N, S, -1)
         if isinstance(self.linear_proj, PerChannelFp8Linear):
             return self.linear_proj(o)  # official fp8 layer: bf16 in, bf16 out
-        if m.precision == "exact":
-            return linear_fp32(o, self.linear_proj)  # reference: fp32 GEMM
-        return self.linear_proj(o)  # fast: bf16 GEMM
+        return linear_fp32(o, self.linear_proj)  # exact: the reference's fp32 GEMM
 
     def _with_cache(self, k, v, m: ForwardMeta):
         if m.cache is None:

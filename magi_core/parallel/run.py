@@ -111,13 +111,17 @@ def main(argv=None) -> int:
             print("error: pass --dit, --vae, --t5 and --prompt (or --demo)", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    if a.block_swap:
-        if rank == 0:
-            print("error: --block-swap is for one GPU (each rank holds a whole replica here); use --weight-dtype "
-                  "fp8_e4m3fn to halve the weights", file=sys.stderr)
-        return 2
-    dit, info = load_dit(a.dit, device=device, variant=a.variant, weight_dtype=a.weight_dtype)
+    dit, info = load_dit(a.dit, device="cpu" if a.block_swap else device, variant=a.variant,
+                         weight_dtype=a.weight_dtype)
     check_cp_size(dit.cfg, world)
+    if a.block_swap:  # every rank streams the same layers from its own host memory
+        from ..dit.offload import enable_block_swap
+
+        if not 0 < a.block_swap <= dit.cfg.num_layers:
+            if rank == 0:
+                print(f"error: --block-swap must be 0..{dit.cfg.num_layers}, got {a.block_swap}", file=sys.stderr)
+            return 2
+        enable_block_swap(dit, device, dit.cfg.num_layers - a.block_swap)
     dit.set_precision(a.precision)
     dit.attn_backend, dit.compile_ops = a.attention, a.compile
     enable_context_parallel(dit)

@@ -38,6 +38,7 @@ class ModelSpec:
     precision: str = "fast"
     attn_backend: str | None = None
     compile_ops: bool = False  # VideoDiT.compile_ops
+    block_swap: int = 0  # transformer layers streamed from host memory (magi_core.dit.offload), 0 = none
 
     def __post_init__(self):
         if (self.path is None) == (self.preset is None):
@@ -52,7 +53,7 @@ class ModelSpec:
             raise ValueError(f"weight_dtype must be one of {WEIGHT_DTYPES}, got {d.get('weight_dtype')!r}")
         return cls(path=str(d["path"]), variant=d.get("variant"), weight_dtype=d.get("weight_dtype"),
                    attn_backend=d.get("attention"), precision=d.get("precision") or "fast",
-                   compile_ops=bool(d.get("compile", False)))
+                   compile_ops=bool(d.get("compile", False)), block_swap=int(d.get("block_swap", 0)))
 
     def config(self):
         """The DiTConfig (checkpoints: detected from the file headers, no tensor data read)."""
@@ -71,12 +72,19 @@ def build_replica(spec: ModelSpec, device) -> torch.nn.Module:
     from ..dit import build_dit, init_random_
 
     device = torch.device(device)
+    home = torch.device("cpu") if spec.block_swap else device  # block swap: load on the host, then move
     if spec.path is not None:
         from ..checkpoint import load_dit
 
-        model, _ = load_dit(spec.path, device=device, variant=spec.variant, weight_dtype=spec.weight_dtype)
+        model, _ = load_dit(spec.path, device=home, variant=spec.variant, weight_dtype=spec.weight_dtype)
     else:  # CPU: build real tensors directly (meta-device ops pull in torch._dynamo, seconds per process)
-        model = init_random_(build_dit(spec.config(), "cpu" if device.type == "cpu" else "meta"), spec.seed, device)
+        model = init_random_(build_dit(spec.config(), "cpu" if home.type == "cpu" else "meta"), spec.seed, home)
+    if spec.block_swap:
+        from ..dit.offload import enable_block_swap
+
+        if not 0 < spec.block_swap <= model.cfg.num_layers:
+            raise ValueError(f"block_swap must be 0..{model.cfg.num_layers} for this model, got {spec.block_swap}")
+        enable_block_swap(model, device, model.cfg.num_layers - spec.block_swap)
     model.set_precision(spec.precision)
     model.attn_backend = spec.attn_backend
     model.compile_ops = spec.compile_ops
