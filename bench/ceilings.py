@@ -74,7 +74,7 @@ def plan_flops(cfg, plan, ctn, cap_tokens=100):
     for call in plan.calls:
         chunks = list(call.chunks) + ([call.distill_copy] if call.distill_copy is not None else [])
         keys = [c.kv_range[1] - c.kv_range[0] for c in chunks]
-        passes = [keys] * (2 if plan.cfg_number == 3 else 1)
+        passes = [keys] * (2 if plan.cfg_number == 3 and not call.extract_prefix else 1)
         if plan.cfg_number == 3 and not call.extract_prefix:
             passes.append([1] * len(call.noisy))  # uncond: each noisy chunk alone
         for k in passes:

@@ -9,6 +9,7 @@ Prints total time (T5 encode + DiT + VAE decode), DiT-only and decode time, time
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -119,7 +120,7 @@ def main():
     if a.warmup:
         sync()
         t0 = time.perf_counter()
-        w = Settings(**{**s.__dict__, "num_frames": min(a.frames, 48), "steps": a.window, "early_first_chunk": False})
+        w = Settings(**{**s.__dict__, "num_frames": min(a.frames, 48), "steps": math.lcm(a.window, 4), "early_first_chunk": False})
         for ch in sample(dit, prompts, w, special_tokens=tokens):
             if vae is not None:
                 decode_chunk(vae, ch.latents, s.fps)

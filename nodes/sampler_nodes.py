@@ -133,6 +133,11 @@ class MagiSampler(io.ComfyNode):
             latent = run(model, conditioning, s, hooks, prefix=prefix, vae=vae, preview=show, multigpu=multigpu)
         except SamplingCancelled:
             memory.raise_interrupt()
+        except BaseException:  # e.g. out of memory inside a swapped layer: put its weights back on the host
+            swap = getattr(getattr(hooks.loaded, "model", None), "block_swap", None)
+            if swap is not None:
+                swap.release()
+            raise
         if force_offload and hooks.loaded is not None:
             memory.offload(hooks.loaded)
         ui = {"images": hooks.images, "animated": (True,)} if hooks.images else None

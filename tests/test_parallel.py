@@ -208,6 +208,8 @@ def test_memory_table_reproduces_its_calibration():
         assert need_gib(name, 720, 720, 4) < need_gib(name, 720, 720, 2) < need_gib(name, 720, 720, 1)
     assert abs(need_gib("24B-distill", 720, 1280, 1, weight_fp8=True) - OVERHEAD_GIB - 43.03) < 0.3
     assert weights_gib(preset("24B-distill-fp8")) > 0.95 * 24e9 / 2**30  # 24B never fits 24 GB with full replicas
+    for name, actual in (("4.5B-distill", 4.3649), ("24B-distill", 23.2269)):  # store_weights_fp8_ on meta
+        assert abs(weights_gib(preset(name), True) - actual) < 0.01, name
     cfg = preset("24B-distill")
     per_layer = (weights_gib(cfg, True) - weights_gib(cfg, True, block_swap=cfg.num_layers)) / (cfg.num_layers - 2)
     assert 0.4 < per_layer < 0.55  # ~0.5 GB of fp8 weights per 24B layer

@@ -142,9 +142,11 @@ def _work(plan):
     return sorted((c.index, c.step, call.passes, call.kv_from is None) for call in plan.calls for c in call.chunks)
 
 
-@pytest.mark.parametrize("n,N,P,cfg", [(4, 16, 0, 1), (5, 8, 6, 3), (2, 8, 1, 1), (1, 8, 0, 1)])
-def test_early_first_chunk_plan_same_work_first_chunk_first(n, N, P, cfg):
-    ref = make_plan(n, N, prefix_latents=P, cfg_number=cfg)
+@pytest.mark.parametrize("n,N,P,cfg,kvr", [(4, 16, 0, 1, (5, 4, 3, 2)), (5, 8, 6, 3, (5, 4, 3, 2)),
+                                            (2, 8, 1, 1, (5, 4, 3, 2)), (1, 8, 0, 1, (5, 4, 3, 2)),
+                                            (4, 8, 0, 3, (1, 1, 1, 1)), (4, 8, 6, 1, (2, 1))])
+def test_early_first_chunk_plan_same_work_first_chunk_first(n, N, P, cfg, kvr):
+    ref = make_plan(n, N, prefix_latents=P, cfg_number=cfg, noise2clean_kvrange=kvr)
     plan = early_first_chunk(ref)
     strip = lambda w: sorted((a, b, c) for a, b, c, _ in w)  # noqa: E731
     assert strip(_work(plan)) == strip(_work(ref))  # the same chunk-forwards, none added or dropped
@@ -154,12 +156,31 @@ def test_early_first_chunk_plan_same_work_first_chunk_first(n, N, P, cfg):
     if n - P // CW >= 2:
         assert first == extraction + N - 1  # chunk c0's N steps come first, alone
         assert all(len(c.chunks) == 1 for c in plan.calls[:first + 1] if not c.extract_prefix)
-        # every kept K/V is read exactly once, after it was kept
+        # every kept K/V is read exactly once, after it was kept; none is kept that no younger chunk reads
         kept = [c.g for c in plan.calls if c.kv_keep]
         read = [c.g for c in plan.calls if c.kv_from is not None]
-        assert sorted(read) == sorted(kept) and len(kept) == (ref.window_size - 1) * ref.steps_per_stage
+        assert sorted(read) == sorted(kept)
+        assert all(plan.calls.index(next(c for c in plan.calls if c.kv_keep and c.g == g))
+                   < plan.calls.index(next(c for c in plan.calls if c.kv_from == g)) for g in kept)
+        lead = (ref.window_size - 1) * ref.steps_per_stage
+        assert len(kept) == (lead if kvr == (5, 4, 3, 2) else len(kept)) and (kvr != (1, 1, 1, 1) or not kept)
     else:
         assert plan == ref
+
+
+def test_early_first_chunk_keeps_the_prefix_chunks_it_still_needs():
+    """v2v with short key ranges: putting chunk c0's kept K/V into a small cache must not evict a clean prefix
+    chunk that the clean c0 reads later (found in review: KV cache has no entry for chunks [0])."""
+    model = tiny_model("tiny-distill")
+    text, null = captions(model, 3)
+    noise = make_noise((1, 16, 18, 4, 4), seed=3, device="cpu")
+    prefix = torch.randn(1, 16, 6, 4, 4)
+    plan = make_plan(3, 4, window_size=2, prefix_latents=6, cfg_number=1, noise2clean_kvrange=(2, 2, 2, 2),
+                     clean_chunk_kvrange=-1)
+    ref = [c.latents for c in generate_chunks(model, plan, text, null, noise, prefix=prefix)]
+    got = [c.latents for c in generate_chunks(model, early_first_chunk(plan), text, null, noise, prefix=prefix)]
+    assert len(got) == len(ref) == 2
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got, ref))
 
 
 def test_streaming_order_and_equals_whole_run():

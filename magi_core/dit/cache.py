@@ -53,11 +53,10 @@ class KVCache:
         self._evict(store)
 
     def put(self, chunk: int, per_layer: dict[int, torch.Tensor]):
-        """Store one chunk's `[K|V]` for every layer (as captured by `sink`)."""
+        """Store one chunk's `[K|V]` for every layer (as captured by `sink`). No eviction: this extra entry sits
+        beside the clean chunks the same forward still reads; the next `write` trims the cache again."""
         for layer, kv in per_layer.items():
-            store = self._store.setdefault(layer, {})
-            store[chunk] = kv
-            self._evict(store)
+            self._store.setdefault(layer, {})[chunk] = kv
 
     def _own(self, kv: torch.Tensor) -> torch.Tensor:
         """A private copy: pinned host memory when offloading CUDA tensors, else a clone on kv's device."""

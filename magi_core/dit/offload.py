@@ -79,8 +79,12 @@ class BlockSwap:
         return hook
 
     def release(self):
-        """Drop the layer prefetched for the next forward (it would otherwise stay on the GPU)."""
+        """Put every swapped layer back on its host copy and drop the prefetched one: nothing of the swapped
+        layers stays on the GPU (also after a forward that failed between a layer's pre and post hooks)."""
         self.pending.clear()
+        for host in self.host.values():
+            for t, h in host:
+                t.data = h
 
     def remove(self):
         for h in self.handles:

@@ -7,7 +7,7 @@ need(cp) = weights on the GPU (full replica on every rank; with fp8 storage the 
          + KV cache (1 clean chunk at steady state, bf16, the rank's KV heads)
          + 2 GiB CUDA context / NCCL / allocator slack.
 Activation bytes per token per hidden unit, measured at cp = 1 on an H100 (bench/results-*.jsonl): 4.5B 22.2
-(window forward), 24B (GLU) 27.0 (the whole P5 generation at 720x1280, row-blocked SwiGLU); fp8 layers add
+(window forward), 24B (GLU) 25.6 (the whole P5 generation at 720x1280, row-blocked SwiGLU); fp8 layers add
 6·ffn B for the fp32 quantization temporaries. A card "fits" when need <= 95% of its memory. T5 and the VAE
 stay in ComfyUI's process, not counted.
 
@@ -18,34 +18,32 @@ stay in ComfyUI's process, not counted.
 |---|---|---|---|---|---|
 | 4.5B (bf16) | 720x720 | 15.8 (24,48,80) | 13.3 (24,48,80) | 11.8 (24,48,80) | 11.1 (24,48,80) |
 | 4.5B (bf16) | 720x1280 | 20.0 (24,48,80) | 15.5 (24,48,80) | 12.9 (24,48,80) | 11.6 (24,48,80) |
-| 4.5B-distill fp8 storage | 720x720 | 11.6 (24,48,80) | 9.1 (24,48,80) | 7.7 (24,48,80) | 6.9 (24,48,80) |
-| 4.5B-distill fp8 storage | 720x1280 | 15.9 (24,48,80) | 11.4 (24,48,80) | 8.8 (24,48,80) | 7.5 (24,48,80) |
-| 24B (bf16) | 720x720 | 58.2 (80) | 52.9 (80) | 49.7 (80) | 48.2 (80) |
-| 24B (bf16) | 720x1280 | 67.2 (80) | 57.7 (80) | 52.2 (80) | 49.4 (80) |
-| 24B-distill fp8 storage | 720x720 | 36.0 (48,80) | 30.6 (48,80) | 27.5 (48,80) | 25.9 (48,80) |
-| 24B-distill fp8 storage | 720x1280 | 45.0 (80) | 35.5 (48,80) | 29.9 (48,80) | 27.2 (48,80) |
-| 24B-distill fp8 storage, swap 24 | 720x720 | 25.8 (48,80) | 20.5 (24,48,80) | 17.3 (24,48,80) | 15.8 (24,48,80) |
-| 24B-distill fp8 storage, swap 24 | 720x1280 | 34.8 (48,80) | 25.3 (48,80) | 19.8 (24,48,80) | 17.0 (24,48,80) |
-| 24B-distill fp8 storage, swap 40 | 720x720 | 18.4 (24,48,80) | 13.1 (24,48,80) | 9.9 (24,48,80) | 8.3 (24,48,80) |
-| 24B-distill fp8 storage, swap 40 | 720x1280 | 27.4 (48,80) | 17.9 (24,48,80) | 12.4 (24,48,80) | 9.6 (24,48,80) |
-| 24B-distill-fp8, swap 24 | 720x720 | 32.6 (48,80) | 24.8 (48,80) | 20.1 (24,48,80) | 17.8 (24,48,80) |
-| 24B-distill-fp8, swap 24 | 720x1280 | 46.0 (80) | 32.0 (48,80) | 23.7 (48,80) | 19.6 (24,48,80) |
+| 4.5B-distill fp8 storage | 720x720 | 11.8 (24,48,80) | 9.3 (24,48,80) | 7.8 (24,48,80) | 7.1 (24,48,80) |
+| 4.5B-distill fp8 storage | 720x1280 | 16.0 (24,48,80) | 11.5 (24,48,80) | 9.0 (24,48,80) | 7.7 (24,48,80) |
+| 24B (bf16) | 720x720 | 57.7 (80) | 52.6 (80) | 49.6 (80) | 48.1 (80) |
+| 24B (bf16) | 720x1280 | 66.4 (80) | 57.3 (80) | 51.9 (80) | 49.3 (80) |
+| 24B-distill fp8 storage | 720x720 | 36.4 (48,80) | 31.2 (48,80) | 28.2 (48,80) | 26.7 (48,80) |
+| 24B-distill fp8 storage | 720x1280 | 45.0 (80) | 35.9 (48,80) | 30.6 (48,80) | 27.9 (48,80) |
+| 24B-distill fp8 storage, swap 24 | 720x720 | 25.8 (48,80) | 20.7 (24,48,80) | 17.7 (24,48,80) | 16.1 (24,48,80) |
+| 24B-distill fp8 storage, swap 24 | 720x1280 | 34.4 (48,80) | 25.3 (48,80) | 20.0 (24,48,80) | 17.3 (24,48,80) |
+| 24B-distill fp8 storage, swap 40 | 720x720 | 18.1 (24,48,80) | 13.0 (24,48,80) | 10.0 (24,48,80) | 8.5 (24,48,80) |
+| 24B-distill fp8 storage, swap 40 | 720x1280 | 26.7 (48,80) | 17.6 (24,48,80) | 12.3 (24,48,80) | 9.6 (24,48,80) |
+| 24B-distill-fp8, swap 24 | 720x720 | 32.1 (48,80) | 24.5 (48,80) | 20.0 (24,48,80) | 17.7 (24,48,80) |
+| 24B-distill-fp8, swap 24 | 720x1280 | 45.1 (80) | 31.5 (48,80) | 23.5 (48,80) | 19.5 (24,48,80) |
 
 Full replicas of 24B never fit a 24 GB card (fp8 weights alone are 23 GiB), but with fp8 storage and block swap
-only the resident layers count: at cp = 4 on 4 x 24 GB cards (720x1280) 27 of the 48 layers stay on each GPU,
-the other 21 stream from host memory (about 0.5 GB per layer per forward over PCIe, hidden behind the layer's
+only the resident layers count: at cp = 4 on 4 x 24 GB cards (720x1280) 26 of the 48 layers stay on each GPU,
+the other 22 stream from host memory (about 0.5 GB per layer per forward over PCIe, hidden behind the layer's
 compute at these sizes). 4.5B fits 24 GB cards on one GPU. kv_offload moves the KV cache to host memory.
 """
 from __future__ import annotations
 
 import math
 
-import torch
-
 from ..config import preset
 
 GIB = 2**30
-ACT_PER_HIDDEN = {False: 22.2, True: 27.0}  # bytes per token per hidden unit (non-GLU 4.5B, GLU 24B), measured
+ACT_PER_HIDDEN = {False: 22.2, True: 25.6}  # bytes per token per hidden unit (non-GLU 4.5B, GLU 24B), measured
 FP8_EXTRA_PER_FFN = 6.0
 OVERHEAD_GIB = 2.0
 CARDS_GB = (24, 48, 80)
@@ -55,11 +53,14 @@ def weights_gib(cfg, weight_fp8: bool = False, block_swap: int = 0) -> float:
     """Weights on the GPU: everything, or with block swap the resident layers plus 2 streamed ones."""
     from ..checkpoint import expected_params
 
+    from ..dit.weight_fp8 import TARGETS
+
+    targets = tuple(f"{t}.weight" for t in TARGETS)
     total = layers = 0.0
     for name, (shape, dtype) in expected_params(cfg).items():
         size = math.prod(shape)
-        big = name.startswith("videodit_blocks.layers.") and len(shape) == 2 and dtype != torch.float32
-        b = size * (1 if (weight_fp8 and big) else dtype.itemsize)
+        fp8 = weight_fp8 and name.startswith("videodit_blocks.layers.") and name.endswith(targets)
+        b = size + 4 * shape[0] if fp8 else size * dtype.itemsize  # fp8 values + one fp32 scale per row
         total += b
         layers += b if name.startswith("videodit_blocks.layers.") else 0
     per_layer = layers / cfg.num_layers
@@ -76,7 +77,9 @@ def need_gib(name: str, height: int, width: int, cp: int, chunks_per_forward: in
     if cfg.fp8_quant:
         per_token += FP8_EXTRA_PER_FFN * cfg.ffn_hidden_size
     act = per_token * chunks_per_forward * ctn / cp * (1.1 if cp > 1 else 1.0)
-    kv_heads = max(1, cfg.num_query_groups // cp)
+    from .ulysses import kv_repeat
+
+    kv_heads = cfg.num_query_groups * kv_repeat(cfg.num_query_groups, cp) // cp  # KV heads held by each rank
     kv = cfg.num_layers * ctn * kv_heads * 2 * cfg.kv_channels * 2
     return weights_gib(cfg, weight_fp8, block_swap) + (act + kv) / GIB + OVERHEAD_GIB
 

@@ -315,7 +315,9 @@ def early_first_chunk(plan: Plan) -> Plan:
     alone, rest = [], []
     for call in lead:
         assert call.chunks[0].index == c0 and not call.fwd_extra_1st_chunk
-        mine = call.chunks[0]
+        mine, others = call.chunks[0], call.chunks[1:]
+        reads = _reads(others, c0 + 1)
+        needed = bool(reads) and reads[0] <= c0 < reads[1]  # does a younger chunk see c0 at this step?
         copy = None
         if call.distill_copy is not None:  # c0's isolated copy, right after it
             copy = replace(call.distill_copy, kv_range=(c0 + 1, c0 + 2))
@@ -323,14 +325,13 @@ def early_first_chunk(plan: Plan) -> Plan:
         pf = (c0 * cw, min(plan.prefix_latents, (c0 + 1) * cw)) if plan.prefix_latents > c0 * cw else None
         alone.append(replace(
             call, chunk_start=c0, chunk_end=c0 + 1, chunks=(mine,), cache_reads=_reads((mine,), c0),
-            prefix_frames=pf, distill_copy=copy, kv_keep=True, emit=call.emit if call.emit and call.emit.chunk == c0 else None,
+            prefix_frames=pf, distill_copy=copy, kv_keep=needed,
+            emit=call.emit if call.emit and call.emit.chunk == c0 else None,
         ))
-        others = call.chunks[1:]
-        reads = _reads(others, c0 + 1)
         rest.append(replace(
             call, chunk_start=c0 + 1, slice_point=c0 + 1, chunks=others, cache_reads=reads, prefix_frames=None,
             distill_copy=None, emit=call.emit if call.emit and call.emit.chunk != c0 else None,
-            kv_from=call.g if reads and reads[1] > c0 >= reads[0] else None,
+            kv_from=call.g if needed else None,
         ))
     calls[first:first + len(lead)] = alone + rest
     return replace(plan, calls=tuple(calls))
