@@ -1,7 +1,8 @@
-"""Shared bits of the benchmark scripts: device sync and result output."""
+"""Shared bits of the benchmark scripts: device sync, result output, the steady-state window inputs."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import torch
 
@@ -23,3 +24,54 @@ def emit(res: dict, path: str | None):
     if path:
         with open(path, "a") as f:
             f.write(line + "\n")
+
+
+@dataclass
+class Window:
+    """One steady-state DiT window at full size (random latents and captions)."""
+
+    x: torch.Tensor
+    t: torch.Tensor
+    y: torch.Tensor
+    mask: torch.Tensor
+    kv: list
+    slice_point: int
+    keys: list  # key chunks seen by each query chunk (FLOP model)
+    ctn: int  # tokens per chunk
+    gen: torch.Generator
+
+    @property
+    def args(self):
+        return self.x, self.t, self.y, self.mask, self.kv
+
+    def prefill(self, model, dt_factor):
+        """mode 'cached': a fresh KV cache holding the clean chunk that the window reads."""
+        from magi_core.dit import KVCache
+
+        cache = KVCache(max_chunks=1)
+        H, W = self.x.shape[-2:]
+        x0 = torch.randn(1, 16, 6, H, W, device=self.x.device, generator=self.gen)
+        model(x0, self.t[:, :1] * 0 + 0.9999, self.y[:1], self.mask[:1], [(0, self.ctn)], cache=cache,
+              cache_write_chunks=1, dt_factor=dt_factor)
+        return cache
+
+
+def window_inputs(cfg, height: int, width: int, dev, mode: str = "extra", cap_tokens: int = 100) -> Window:
+    """mode 'extra': the extra clean chunk + 4 noisy chunks in the forward (K = 1..5 chunks; the reference's
+    "steady window", 60,750 query tokens at 720x720). mode 'cached': 4 noisy chunks, the clean chunk read from the
+    KV cache (K = 2..5; P1's shape; see Window.prefill)."""
+    H, W = height // 8, width // 8
+    ctn = 6 * (H // 2) * (W // 2)
+    g = torch.Generator(device=dev).manual_seed(0)
+    if mode == "extra":  # chunks c-4 (clean, written), c-3..c
+        dn, slice_point, keys = 5, 0, [1, 2, 3, 4, 5]
+        kv = [(0, ctn)] + [(0, (i + 1) * ctn) for i in range(1, 5)]
+        t = torch.tensor([[0.9999, 0.3, 0.1, 0.0217, 0.0]], device=dev)
+    else:  # chunk 0 cached; chunks 1..4 attend back to it
+        dn, slice_point, keys = 4, 1, [2, 3, 4, 5]
+        kv = [(0, (i + 2) * ctn) for i in range(4)]
+        t = torch.tensor([[0.3, 0.1, 0.0217, 0.0]], device=dev)
+    x = torch.randn(1, 16, 6 * dn, H, W, device=dev, generator=g)
+    y = torch.randn(dn, cap_tokens, cfg.caption_channels, device=dev, generator=g) * 0.1
+    mask = torch.ones(dn, cap_tokens, device=dev)
+    return Window(x, t, y, mask, kv, slice_point, keys, ctn, g)

@@ -29,19 +29,7 @@ from magi_core.sampling.executor import Caption, generate_chunks, make_noise  # 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ceilings import dense_and_attention_flops  # noqa: E402
-from common import device_info, emit, sync  # noqa: E402
-
-
-def window_inputs(cfg, H, W, dev, cap_tokens):
-    """The steady window of window_forward.py --mode extra: clean chunk + 4 noisy chunks, K = 1..5 chunks."""
-    ctn = 6 * (H // 2) * (W // 2)
-    g = torch.Generator(device=dev).manual_seed(0)
-    x = torch.randn(1, 16, 30, H, W, device=dev, generator=g)
-    t = torch.tensor([[0.9999, 0.3, 0.1, 0.0217, 0.0]], device=dev)
-    y = torch.randn(5, cap_tokens, cfg.caption_channels, device=dev, generator=g) * 0.1
-    mask = torch.ones(5, cap_tokens, device=dev)
-    kv = [(0, ctn)] + [(0, (i + 1) * ctn) for i in range(1, 5)]
-    return (x, t, y, mask, kv), ctn
+from common import device_info, emit, sync, window_inputs  # noqa: E402
 
 
 def timed(fn, dev, iters):
@@ -106,7 +94,8 @@ def main():
     model.attn_backend, model.compile_ops = a.backend, a.compile
     build_s = time.perf_counter() - t0
     H, W = a.height // 8, a.width // 8
-    args, ctn = window_inputs(cfg, H, W, dev, a.cap_tokens)
+    w = window_inputs(cfg, a.height, a.width, dev, "extra", a.cap_tokens)
+    args, ctn = w.args, w.ctn
     C = cfg.caption_channels
     plan = make_plan(a.gen_chunks, a.gen_steps, 4, 6, 0, 1 if cfg.distill else 3)
     g = torch.Generator().manual_seed(1)

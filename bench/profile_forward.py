@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import magi_core  # noqa: E402,F401
 from magi_core.config import preset  # noqa: E402
-from magi_core.dit import KVCache, build_dit, init_random_  # noqa: E402
+from magi_core.dit import build_dit, init_random_  # noqa: E402
 
-from common import device_info, emit  # noqa: E402
+from common import device_info, emit, window_inputs  # noqa: E402
 
 KINDS = (  # first match wins; matched on the lower-cased kernel name
     ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn", "sm90_flash")),
@@ -55,21 +55,12 @@ def main():
     cfg = preset(name)
     model = init_random_(build_dit(cfg), seed=0, device=dev).set_precision(a.precision)
     model.attn_backend, model.compile_ops = a.backend, a.compile
-    H, W = a.height // 8, a.width // 8
-    ctn = 6 * (H // 2) * (W // 2)
-    g = torch.Generator(device=dev).manual_seed(0)
-    x0 = torch.randn(1, 16, 6, H, W, device=dev, generator=g)
-    x = torch.randn(1, 16, 24, H, W, device=dev, generator=g)
-    y = torch.randn(4, 100, cfg.caption_channels, device=dev, generator=g) * 0.1
-    mask = torch.ones(4, 100, device=dev)
-    t = torch.tensor([[0.3, 0.1, 0.0217, 0.0]], device=dev)
-    kv = [(0, (i + 2) * ctn) for i in range(4)]
+    w = window_inputs(cfg, a.height, a.width, dev, "cached")
     dt = 8.0 if cfg.distill else None
-    cache = KVCache(max_chunks=1)
-    model(x0, t[:, :1] * 0 + 0.9999, y[:1], mask[:1], [(0, ctn)], cache=cache, cache_write_chunks=1, dt_factor=dt)
+    cache = w.prefill(model, dt)
 
     def fwd():
-        return model(x, t, y, mask, kv, slice_point=1, cache=cache, dt_factor=dt)
+        return model(*w.args, slice_point=w.slice_point, cache=cache, dt_factor=dt)
 
     for _ in range(2):  # warm-up (and compile)
         fwd()

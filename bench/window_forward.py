@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import magi_core  # noqa: F401
 from magi_core.config import preset
-from magi_core.dit import KVCache, build_dit, init_random_
+from magi_core.dit import build_dit, init_random_
 
 from ceilings import ceilings, dense_and_attention_flops, ideal_seconds
-from common import device_info, emit
+from common import device_info, emit, window_inputs
 
 
 def main():
@@ -49,37 +49,15 @@ def main():
     torch.cuda.synchronize()
     build_s = time.perf_counter() - t0
 
-    H, W = a.height // 8, a.width // 8
-    ctn = 6 * (H // 2) * (W // 2)
-    g = torch.Generator(device=dev).manual_seed(0)
-    cache = None
-    if a.mode == "extra":  # chunks c-4 (clean, written), c-3..c
-        dn, slice_point = 5, 0
-        kv = [(0, ctn)] + [(0, (i + 1) * ctn) for i in range(1, 5)]
-        keys = [1, 2, 3, 4, 5]
-        t = torch.tensor([[0.9999, 0.3, 0.1, 0.0217, 0.0]], device=dev)
-    else:  # chunk 0 cached; chunks 1..4 attend back to it
-        dn, slice_point = 4, 1
-        kv = [(0, (i + 2) * ctn) for i in range(4)]
-        keys = [2, 3, 4, 5]
-        t = torch.tensor([[0.3, 0.1, 0.0217, 0.0]], device=dev)
-    x = torch.randn(1, 16, 6 * dn, H, W, device=dev, generator=g)
-    y = torch.randn(dn, a.cap_tokens, cfg.caption_channels, device=dev, generator=g) * 0.1
-    mask = torch.ones(dn, a.cap_tokens, device=dev)
+    w = window_inputs(cfg, a.height, a.width, dev, a.mode, a.cap_tokens)
+    ctn, keys, dn = w.ctn, w.keys, len(w.keys)
     dt = 8.0 if cfg.distill else None
 
     def run():
-        nonlocal cache
-        if a.mode == "cached":
-            cache = KVCache(max_chunks=1)
-            x0 = torch.randn(1, 16, 6, H, W, device=dev, generator=g)
-            model(x0, t[:, :1] * 0 + 0.9999, y[:1], mask[:1], [(0, ctn)], cache=cache, cache_write_chunks=1, dt_factor=dt)
-            torch.cuda.synchronize()
-            t1 = time.perf_counter()
-            model(x, t, y, mask, kv, slice_point=slice_point, cache=cache, dt_factor=dt)
-        else:
-            t1 = time.perf_counter()
-            model(x, t, y, mask, kv, slice_point=slice_point, dt_factor=dt)
+        cache = w.prefill(model, dt) if a.mode == "cached" else None
+        torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        model(*w.args, slice_point=w.slice_point, cache=cache, dt_factor=dt)
         torch.cuda.synchronize()
         return time.perf_counter() - t1
 

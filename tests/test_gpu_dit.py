@@ -80,16 +80,23 @@ def test_fp8_scaled_mm_vs_dequantized_model():
     assert rel < 2e-2
 
 
-def test_cuda_t2v_same_latents_twice():
-    """A full t2v run of the tiny model on CUDA gives the same latents twice with the same seed."""
+def _t2v_tiny_distill():
+    """bf16 tiny distill model on CUDA, 3 captions, the null caption and a 3-chunk 8-step plan."""
     from magi_core.sampling import make_plan
-    from magi_core.sampling.executor import Caption, generate_chunks, make_noise
+    from magi_core.sampling.executor import Caption
 
     model, cfg = _model("tiny-distill", torch.bfloat16, "cuda")
     g = torch.Generator().manual_seed(0)
     text = [Caption(torch.randn(5, cfg.caption_channels, generator=g)) for _ in range(3)]
     null = Caption(model.y_embedder.null_caption_embedding[:50].float())
-    plan = make_plan(3, 8, cfg_number=1)
+    return model, text, null, make_plan(3, 8, cfg_number=1)
+
+
+def test_cuda_t2v_same_latents_twice():
+    """A full t2v run of the tiny model on CUDA gives the same latents twice with the same seed."""
+    from magi_core.sampling.executor import generate_chunks, make_noise
+
+    model, text, null, plan = _t2v_tiny_distill()
     runs = []
     for _ in range(2):
         noise = make_noise((1, 16, 18, 8, 8), seed=7, device="cuda")
@@ -128,15 +135,11 @@ def test_cuda_compile_ops_matches_eager():
 
 def test_cuda_early_first_chunk_matches_reference_order():
     """bf16 on CUDA: the early-first-chunk order gives the reference order's chunks (same work, other order)."""
-    from magi_core.sampling import early_first_chunk, make_plan
-    from magi_core.sampling.executor import Caption, generate_chunks, make_noise
+    from magi_core.sampling import early_first_chunk
+    from magi_core.sampling.executor import generate_chunks, make_noise
 
-    model, cfg = _model("tiny-distill", torch.bfloat16, "cuda")
-    g = torch.Generator().manual_seed(0)
-    text = [Caption(torch.randn(5, cfg.caption_channels, generator=g)) for _ in range(3)]
-    null = Caption(model.y_embedder.null_caption_embedding[:20].float())
+    model, text, null, plan = _t2v_tiny_distill()
     noise = make_noise((1, 16, 18, 8, 8), 0, "cuda")
-    plan = make_plan(3, 8, cfg_number=1)
     ref = [c.latents for c in generate_chunks(model, plan, text, null, noise)]
     got = [c.latents for c in generate_chunks(model, early_first_chunk(plan), text, null, noise)]
     for a, b in zip(ref, got):

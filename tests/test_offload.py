@@ -32,3 +32,26 @@ def test_block_swap_same_output(device):
     swap.remove()
     with pytest.raises(ValueError, match="resident"):
         enable_block_swap(model, device, resident=9)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_failed_forward_leaves_no_swapped_layer_on_the_device(device):
+    """An error inside a streamed layer (e.g. out of memory) skips its post hook; the model puts every swapped
+    layer back on its host copy and drops the prefetched one before re-raising."""
+    cfg = preset("tiny").replace(num_layers=4)
+    model = init_random_(build_dit(cfg), seed=0)
+    swap = enable_block_swap(model, device, resident=1)
+    x, t, y, mask = inputs(cfg, dn=2)
+
+    def boom(module, args):
+        raise RuntimeError("planted failure")
+
+    hook = model.videodit_blocks.layers[2].mlp.register_forward_pre_hook(boom)
+    with pytest.raises(RuntimeError, match="planted failure"):
+        model(*(v.to(device) for v in (x, t, y, mask)), causal_ranges(2, 24))
+    assert not swap.pending  # the layer prefetched while layer 2 ran is gone
+    for host in swap.host.values():
+        assert all(p.data_ptr() == h.data_ptr() for p, h in host)
+    hook.remove()
+    out = model(*(v.to(device) for v in (x, t, y, mask)), causal_ranges(2, 24))  # and it runs again
+    assert torch.isfinite(out).all()

@@ -110,11 +110,15 @@ class VideoDiT(nn.Module):
             cache_write_chunks=cache_write_chunks, cache_write_at=slice_point, precision=self.precision,
             attn_backend=self.attn_backend, compile_ops=self.compile_ops,
         )
-        self._propagate_compile()
         if self.cp is not None:  # CP hook: keep this rank's tokens (magi_core/parallel/ulysses.py)
             hs, m = self.cp.shard(hs, m)
-        for layer in self.videodit_blocks.layers:
-            hs = layer(hs, condition, y_xattn, m)
+        try:
+            for layer in self.videodit_blocks.layers:
+                hs = layer(hs, condition, y_xattn, m)
+        except BaseException:  # e.g. out of memory inside a streamed layer: its weights go back to the host
+            if getattr(self, "block_swap", None) is not None:
+                self.block_swap.release()
+            raise
         hs = self.videodit_blocks.final_layernorm(hs.float())
         out = self.final_linear(hs)  # (N, S, pt*p*p*C) fp32
         if self.cp is not None:  # CP hook: all ranks get the full output
@@ -146,11 +150,17 @@ class VideoDiT(nn.Module):
             raise ValueError("distilled model: pass dt_factor (num_steps/2, or 4|8 for the 12-step shortcut)")
 
     # ------------------------------------------------------------------ helpers
-    def _propagate_compile(self):
-        """fp8 linears read `compile_ops` from themselves (they see no ForwardMeta)."""
+    @property
+    def compile_ops(self) -> bool:
+        return self._compile_ops
+
+    @compile_ops.setter
+    def compile_ops(self, on: bool):
+        """Also sets it on the fp8 linears (they see no ForwardMeta); set it after swapping in fp8 storage."""
+        self._compile_ops = bool(on)
         for mod in self.modules():
             if mod is not self and hasattr(mod, "compile_ops"):
-                mod.compile_ops = self.compile_ops
+                mod.compile_ops = self._compile_ops
 
     def set_precision(self, precision: str):
         if precision not in PRECISIONS:

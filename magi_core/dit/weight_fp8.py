@@ -55,6 +55,8 @@ def store_weights_fp8_(model) -> int:
         for name, mod in list(layer.named_modules()):
             if isinstance(mod, nn.Linear) and mod.bias is None and name.endswith(TARGETS):
                 parent_name, leaf = name.rsplit(".", 1)
-                setattr(layer.get_submodule(parent_name), leaf, Fp8WeightLinear(mod))
+                new = Fp8WeightLinear(mod)
+                new.compile_ops = getattr(model, "compile_ops", False)
+                setattr(layer.get_submodule(parent_name), leaf, new)
                 n += 1
     return n
