@@ -162,7 +162,7 @@ class MagiSamplerOptionsNode(io.ComfyNode):
                 io.Boolean.Input("negative_special_tokens", default=False),
                 io.Boolean.Input("early_first_chunk", default=False, optional=True,  # older API prompts lack it
                                  tooltip="finish the first chunk before the others start (same result, same total "
-                                         "work): the first chunk arrives ~2.6x sooner (4.5B distill 720x720 on an H100: "
+                                         "work): the first preview arrives ~2.6x sooner (4.5B distill 720x720 on an H100: "
                                          "7.4 s instead of 19.3 s); costs memory for the first chunk's keys/values "
                                          "(peak 30 instead of 15 GiB there; host memory with kv_offload)"),
             ],
