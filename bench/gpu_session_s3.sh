@@ -1,0 +1,36 @@
+#!/bin/bash
+# Session 3 performance calls on a 2-GPU machine (device tool, nvidia-h200-x2), two lanes in parallel:
+#   bash bench/gpu_session_s3.sh a   # GPU0: P5 (24B 720x1280, compile) | GPU1: P1 rerun, base schedule 64 steps
+#   bash bench/gpu_session_s3.sh b   # GPU0: 24B profile + attention sweep | GPU1: fp8 attention windows (P6), P2
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+nvidia-smi -L; python3 -c 'import torch, triton; print(torch.__version__, triton.__version__, torch.backends.cudnn.version())'
+J0=$OUT/s3$1-gpu0.jsonl; J1=$OUT/s3$1-gpu1.jsonl
+W="python3 bench/window_forward.py --size 4.5B"
+if [ "$1" = a ]; then
+  ( export CUDA_VISIBLE_DEVICES=0
+    timeout 570 python3 bench/generate.py --size 24B --variant distill --steps 16 --height 720 --width 1280 \
+      --weight-fp8 --compile --warmup --json $J0 ) > $OUT/a_gpu0.log 2>&1 &
+  ( export CUDA_VISIBLE_DEVICES=1
+    timeout 90 $W --mode cached --compile --json $J1
+    timeout 60 $W --mode cached --json $J1
+    timeout 410 python3 bench/generate.py --size 4.5B --variant base --steps 64 --compile --warmup --json $J1
+  ) > $OUT/a_gpu1.log 2>&1 &
+else
+  ( export CUDA_VISIBLE_DEVICES=0
+    timeout 200 python3 bench/profile_forward.py --size 24B --height 720 --width 1280 --compile --json $J0
+    timeout 120 python3 bench/attention_sweep.py --size 24B --height 720 --width 1280 --json $J0
+    timeout 120 python3 bench/attention_sweep.py --size 4.5B --json $J0
+  ) > $OUT/b_gpu0.log 2>&1 &
+  ( export CUDA_VISIBLE_DEVICES=1
+    timeout 90 $W --mode extra --compile --json $J1
+    timeout 90 $W --variant distill-fp8 --mode extra --compile --json $J1
+    timeout 90 $W --variant distill-fp8 --mode extra --compile --backend fp8 --json $J1
+    timeout 90 $W --mode cached --compile --backend fp8 --json $J1
+    timeout 200 python3 bench/generate.py --size 4.5B --variant distill --steps 16 --decode --t5 --compile --warmup \
+      --backend fp8 --json $J1
+  ) > $OUT/b_gpu1.log 2>&1 &
+fi
+wait
+for f in $OUT/$1_gpu*.log; do echo "== $f"; grep -v '^{' $f | tail -n 40; done
+echo done
