@@ -4,8 +4,7 @@
 
 One chunk of queries (all heads) against 1..5 chunks of keys, for each kernel: torch SDPA's own choice with
 native GQA (`enable_gqa`), and flash / cuDNN / memory-efficient pinned, with the query heads of each KV head
-folded into the query length (kernels/attention.py `fold_heads`), and our opt-in 8-bit kernel `quant8`
-(quantization of q, k, v included; its error vs SDPA is the 8-bit error). Prints TFLOP/s per (kernel, keys).
+folded into the query length (kernels/attention.py `fold_heads`). Prints TFLOP/s per (kernel, keys).
 """
 from __future__ import annotations
 
@@ -22,7 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import magi_core  # noqa: E402,F401
 from magi_core.config import preset  # noqa: E402
 from magi1_kernels.attention import fold_heads, unfold_heads  # noqa: E402
-from magi1_kernels import attention_quant8  # noqa: E402
 
 from ceilings import _time  # noqa: E402
 from common import device_info, emit  # noqa: E402
@@ -58,8 +56,6 @@ def main():
                 with sdpa_kernel([kern]):
                     return unfold_heads(F.scaled_dot_product_attention(fold_heads(q, g), kt, vt), ctn)
             variants[f"{name}_fold"] = run
-        if attention_quant8.available():
-            variants["quant8"] = lambda: attention_quant8.quant8_attention(q, k, v, [((0, ctn), (0, nk * ctn))])
         ref = variants["sdpa_gqa"]().float()
         for name, fn in variants.items():
             row = dict(bench="attention_sweep", model=a.size, res=f"{a.height}x{a.width}", kernel=name,
@@ -70,8 +66,6 @@ def main():
                 row.update(ms=round(s * 1e3, 2), TFLOPs=round(flop / s / 1e12, 1), rel_err_vs_sdpa=f"{err:.2e}")
             except RuntimeError as e:  # kernel not available for this shape / build
                 row.update(error=str(e).splitlines()[0][:160])
-            if name == "quant8" and "ms" in row:
-                row.update(config=str(attention_quant8._attention.best_config))
             row.update(**device_info(dev))
             emit(row, a.json)
 

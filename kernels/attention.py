@@ -17,8 +17,6 @@ Backends (`range_attention(..., backend=...)`, or `set_default_backend`):
 - "magi":  MagiAttention `flex_flash_attn_func` (Hopper), one launch; its signature changed across versions
            (max_seqlen_q/k dropped in v1.0.4, keyword-only + (out, meta) return in v1.1), so the call is built
            from the installed function's signature.
-- "quant8": opt-in 8-bit attention (INT8 Q K^T, FP8 P V; Triton, kernels/attention_quant8.py). Changes the
-           numerics (error measured in BENCHMARKS.md); never picked by "auto".
 - None / "auto": "magi" on sm90+ when installed, else "cudnn" on sm90+, else "flash" on sm8x when installed, else
   "sdpa". On Hopper cuDNN's kernel ran at 570-630 TFLOP/s at MAGI-1's shapes, flash (SDPA's or flash-attn 2) at
   ~350 (bench/attention_sweep.py); torch 2.11's SDPA already picks cuDNN there, other versions may not. Every non-SDPA backend is checked once per device against SDPA
@@ -35,7 +33,7 @@ import torch.nn.functional as F
 
 from . import capability
 
-BACKENDS = ("sdpa", "cudnn", "flex", "flash", "magi", "quant8")
+BACKENDS = ("sdpa", "cudnn", "flex", "flash", "magi")
 _HALF = (torch.float16, torch.bfloat16)
 _default_backend: str | None = None
 
@@ -283,23 +281,11 @@ def magi_range_attention(q, k, v, q_ranges, k_ranges, scale=None):
     return _zero_uncovered(o, [a for a, _ in live])
 
 
-# ----------------------------------------------------------------------------- 8-bit
-
-def quant8_range_attention(q, k, v, q_ranges, k_ranges, scale=None, out=None):
-    """8-bit backend (opt-in): INT8 Q K^T, FP8 P V, one Triton launch per range pair."""
-    from .attention_quant8 import quant8_attention
-
-    live = _live_pairs(_as_pairs(q_ranges), _as_pairs(k_ranges))
-    return quant8_attention(q, k, v, live, scale=scale, out=_output(q, live, out))
-
-
 # ----------------------------------------------------------------------------- selection
 
 _IMPLS = {"sdpa": sdpa_range_attention, "cudnn": cudnn_range_attention, "flex": flex_range_attention,
-          "flash": flash_range_attention, "magi": magi_range_attention, "quant8": quant8_range_attention}
-_MODULES = {"flex": "torch.nn.attention.flex_attention", "flash": "flash_attn", "magi": "magi_attention.functional",
-            "quant8": "triton"}
-_WRITES_OUT = ("sdpa", "cudnn", "quant8")  # backends that write each range straight into `out`
+          "flash": flash_range_attention, "magi": magi_range_attention}
+_MODULES = {"flex": "torch.nn.attention.flex_attention", "flash": "flash_attn", "magi": "magi_attention.functional"}
 
 
 def _check_name(name):
@@ -312,7 +298,7 @@ def _why_unusable(name: str, q) -> str | None:
     """Why backend `name` cannot run on tensors like q, or None when it can."""
     if name in _MODULES and capability.optional_module(_MODULES[name]) is None:
         return f"{_MODULES[name].split('.')[0]} is not importable"
-    if name in ("flash", "magi", "cudnn", "quant8"):
+    if name in ("flash", "magi", "cudnn"):
         if not q.is_cuda:
             return "it needs CUDA tensors"
         if q.dtype not in _HALF:
@@ -347,11 +333,7 @@ def _self_check(name: str, device) -> bool:
     for qr, kr in cases:
         ref = sdpa_range_attention(q.float(), k.float(), v.float(), qr, kr)
         out = _IMPLS[name](q, k, v, qr, kr).float()
-        if not (out.shape == ref.shape and torch.isfinite(out).all()):
-            return False
-        # 8-bit attention is a few % off by design (BENCHMARKS.md); a wrong kernel is ~100 % off
-        err = (out - ref).norm() / ref.norm() if name == "quant8" else (out - ref).abs().max()
-        if err > (0.08 if name == "quant8" else 3e-2):
+        if not (out.shape == ref.shape and torch.isfinite(out).all() and (out - ref).abs().max() < 3e-2):
             return False
     return True
 
@@ -388,6 +370,6 @@ def range_attention(q, k, v, q_ranges, k_ranges, backend: str | None = None, sca
     name = resolve_backend(backend, q)
     if out is None:
         return _IMPLS[name](q, k, v, qr, kr, scale=scale)
-    if name in _WRITES_OUT:
+    if name in ("sdpa", "cudnn"):  # they write each range straight into out
         return _IMPLS[name](q, k, v, qr, kr, scale=scale, out=out)
     return out.copy_(_IMPLS[name](q, k, v, qr, kr, scale=scale))

@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--block-swap", type=int, default=0, metavar="N",
                    help="N transformer layers stay in host memory and stream to the GPU during each forward")
     p.add_argument("--attention", default=None,
-                   help="attention backend: sdpa | cudnn | flex | flash | magi | quant8 (8-bit, opt-in) (default auto)")
+                   help="attention backend: sdpa | cudnn | flex | flash | magi (default auto)")
     p.add_argument("--compile", action="store_true", help="torch.compile the element-wise ops (CUDA; ~9%% faster)")
     p.add_argument("--early-first-chunk", action="store_true",
                    help="finish the first chunk before the others start (same result; more memory)")

@@ -1,7 +1,7 @@
 """Combo options of the MAGI nodes and their validation (V3 combos are not checked by ComfyUI, comfyui.md §1.4)."""
 from __future__ import annotations
 
-ATTENTION = ["auto", "sdpa", "cudnn", "flex", "flash", "magi", "quant8"]
+ATTENTION = ["auto", "sdpa", "cudnn", "flex", "flash", "magi"]
 PRECISION = ["fast", "exact"]
 VARIANT = ["auto", "base", "distill", "distill-fp8"]
 DIT_WEIGHT_DTYPE = ["auto", "bf16", "fp8_e4m3fn"]

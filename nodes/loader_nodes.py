@@ -62,9 +62,7 @@ class MagiDiTLoader(io.ComfyNode):
                                        "block weights in fp8 (half the VRAM; ~6% relative change of the "
                                        "tiny test model's output; activations stay bf16)"),
                 io.Combo.Input("attention", options=choices.ATTENTION, default="auto",
-                               tooltip="attention kernel; auto picks the fastest exact one installed (sdpa always works). "
-                                       "quant8 (opt-in, CUDA + triton): 8-bit attention, INT8 QK / FP8 PV, faster "
-                                       "but a few % different output (BENCHMARKS.md)"),
+                               tooltip="attention kernel; auto picks the fastest one installed (sdpa always works)"),
                 io.Combo.Input("precision", options=choices.PRECISION, default="fast",
                                tooltip="exact: the reference's numerics; fast: fewer fp32 islands"),
                 _device_input("where the DiT runs; auto = ComfyUI's main device"),
