@@ -56,6 +56,10 @@ def main():
                 with sdpa_kernel([kern]):
                     return unfold_heads(F.scaled_dot_product_attention(fold_heads(q, g), kt, vt), ctn)
             variants[f"{name}_fold"] = run
+        def cudnn_gqa():  # cuDNN pinned with SDPA's own GQA on strided views (no fold copies), if it accepts it
+            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                return variants["sdpa_gqa"]()
+        variants["cudnn_gqa"] = cudnn_gqa
         ref = variants["sdpa_gqa"]().float()
         for name, fn in variants.items():
             row = dict(bench="attention_sweep", model=a.size, res=f"{a.height}x{a.width}", kernel=name,

@@ -7,6 +7,7 @@ other kernels, attention per head group), so CP must be as accurate as one GPU: 
 the same weights, its relative error may exceed the one-GPU bf16 error by at most 50% + 2e-3, and CP vs one GPU
 must agree to 3e-2 relative (fp8 layers: only the latter). Layout errors give relative errors near 1.
 """
+import dataclasses
 import os
 import signal
 import threading
@@ -170,6 +171,24 @@ def test_pool_like_comfyui_node():
         assert set(pool_mod._pool.pids).isdisjoint(pids) and rel(got, ref) < 3e-2
     finally:
         os.environ.pop("PYTORCH_CUDA_ALLOC_CONF", None)
+        shutdown_pool()
+
+
+def test_pool_block_swap_and_compile():
+    """Workers that stream all but one layer from the host (block swap) and compile the element-wise ops give
+    the one-GPU result; the reference is built on the CPU like the swapped replicas (CPU and CUDA random
+    streams differ)."""
+    need_gpus(2)
+    spec = dataclasses.replace(SPEC, block_swap=1, compile_ops=True)
+    one = init_random_(build_dit(SPEC.config(), "cpu"), seed=0, device="cpu").to("cuda:0")
+    prompts = _prompts(one.cfg.caption_channels)
+    s = Settings(width=8 * W, height=8 * H, num_frames=72, steps=8, seed=11, use_hq=False, use_duration=False)
+    ref = [c.latents for c in sample(one, prompts, s)]
+    try:
+        got = [c.latents for c in pool_mod.generate(model=spec, prompts=prompts, settings=s, devices=select_devices(2),
+                                                    call_timeout=120.0)]
+        assert len(got) == len(ref) == 3 and rel(got, ref) < 3e-2
+    finally:
         shutdown_pool()
 
 
