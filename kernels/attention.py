@@ -6,8 +6,9 @@ GQA: query head j uses KV head j // (nh/g). Query rows outside every range, or w
 
 Backends (`range_attention(..., backend=...)`, or `set_default_backend`):
 - "sdpa":  one torch SDPA call per range on slices, no mask, native GQA. Always available; the reference math.
-- "cudnn": the same per-range SDPA calls pinned to the cuDNN kernel (CUDA), the query heads that share a KV
-           head folded into the query length (no K/V repeat, no GQA support needed from the kernel).
+- "cudnn": the same per-range SDPA calls pinned to the cuDNN kernel (CUDA), SDPA's own GQA; where a torch
+           version's cuDNN path rejects GQA, the query heads that share a KV head are folded into the query
+           length instead (no K/V repeat either way).
 - "flex":  torch FlexAttention, ONE launch with a BlockMask built from the ranges (cached per ranges/shape).
            Compiled on CUDA; on CPU it runs flex's eager (unfused) path, only meant for tests.
 - "flash": flash-attn 2. Key ranges that tile one contiguous span (cross-attention) -> one
@@ -113,8 +114,13 @@ def unfold_heads(o, L: int):
     return o.view(g, rows // L, L, d).permute(2, 0, 1, 3).reshape(L, -1, d)
 
 
+_cudnn_native_gqa: bool | None = None  # does this torch's cuDNN SDPA take enable_gqa? (tried once)
+
+
 def cudnn_range_attention(q, k, v, q_ranges, k_ranges, scale=None, out=None):
-    """cuDNN SDPA per range with folded GQA (see the module doc)."""
+    """cuDNN SDPA per range on strided views with SDPA's own GQA; torch versions whose cuDNN path rejects GQA get
+    the query heads folded into the query length instead (two more copies per range, see the module doc)."""
+    global _cudnn_native_gqa
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     live = _live_pairs(_as_pairs(q_ranges), _as_pairs(k_ranges))
@@ -122,8 +128,21 @@ def cudnn_range_attention(q, k, v, q_ranges, k_ranges, scale=None, out=None):
     g = k.shape[1]
     with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
         for (qs, qe), (ks, ke) in live:
-            o = F.scaled_dot_product_attention(fold_heads(q[qs:qe], g), k[ks:ke].transpose(0, 1)[None],
-                                               v[ks:ke].transpose(0, 1)[None], scale=scale)
+            kt, vt = k[None, ks:ke].transpose(1, 2), v[None, ks:ke].transpose(1, 2)
+            if _cudnn_native_gqa is not False:
+                try:
+                    o = F.scaled_dot_product_attention(q[None, qs:qe].transpose(1, 2), kt, vt, scale=scale,
+                                                       enable_gqa=g != q.shape[1])
+                    out[qs:qe] = o[0].transpose(0, 1)
+                    _cudnn_native_gqa = True
+                    continue
+                except torch.OutOfMemoryError:
+                    raise
+                except RuntimeError:
+                    if _cudnn_native_gqa:
+                        raise
+                    _cudnn_native_gqa = False
+            o = F.scaled_dot_product_attention(fold_heads(q[qs:qe], g), kt, vt, scale=scale)
             out[qs:qe] = unfold_heads(o, qe - qs)
     return out
 
