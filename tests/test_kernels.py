@@ -288,6 +288,32 @@ def test_fp8_matmul_bad_shapes_fall_back():
         fp8k.set_default_backend("cublas")
 
 
+@pytest.mark.parametrize("accepts_gqa", [True, False], ids=["native_gqa", "folded"])
+def test_cudnn_adapter_gqa_or_fold(monkeypatch, accepts_gqa):
+    """cudnn backend with a fake SDPA (cuDNN does not run on the CPU): SDPA's own GQA on strided views where the
+    kernel takes it; where it raises, the query heads are folded instead, decided once, same result."""
+    calls = []
+
+    def fake_sdpa(q, k, v, scale=None, enable_gqa=False):
+        calls.append(enable_gqa)
+        if enable_gqa and not accepts_gqa:
+            raise RuntimeError("No available kernel")
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+        s = q.double() @ k.double().transpose(-1, -2) * (q.shape[-1] ** -0.5 if scale is None else scale)
+        return (torch.softmax(s, -1) @ v.double()).to(q.dtype)
+
+    monkeypatch.setattr(att.F, "scaled_dot_product_attention", fake_sdpa)
+    monkeypatch.setattr(att, "_cudnn_native_gqa", None)
+    for case in (SELF, CROSS):
+        q, k, v = make_qkv(case["sq"], case["sk"])
+        out = att.cudnn_range_attention(q, k, v, case["qr"], case["kr"])
+        torch.testing.assert_close(out.double(), reference(q, k, v, case["qr"], case["kr"]), atol=1e-5, rtol=1e-5)
+    assert att._cudnn_native_gqa is accepts_gqa
+    # native: every call with enable_gqa; folded: one rejected try, then the rest folded (no GQA asked)
+    assert calls == ([True] * 5 if accepts_gqa else [True] + [False] * 5)
+
+
 # ----------------------------------------------------------------------------- GPU
 
 GPU_BACKENDS = ["cudnn", "flex", "flash", "magi"]
