@@ -12,6 +12,16 @@ def sync(dev=None):
         torch.cuda.synchronize(dev)
 
 
+def model_args(ap, variant: str = "base"):
+    """The model and shape options every single-GPU benchmark takes."""
+    ap.add_argument("--size", default="4.5B")
+    ap.add_argument("--variant", default=variant, choices=["base", "distill", "distill-fp8"])
+    ap.add_argument("--height", type=int, default=720)
+    ap.add_argument("--width", type=int, default=720)
+    ap.add_argument("--precision", default="fast", choices=["fast", "exact"])
+    ap.add_argument("--backend", default=None, help="attention backend (default auto)")
+
+
 def device_info(dev) -> dict:
     cuda = torch.device(dev).type == "cuda"
     return dict(gpu=torch.cuda.get_device_name(dev) if cuda else "cpu", torch=torch.__version__)

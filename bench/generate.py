@@ -26,7 +26,7 @@ from magi_core.text import PromptSchedule  # noqa: E402
 from magi_core.text.special_tokens import special_tokens_from_arrays  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, emit, sync  # noqa: E402
+from common import device_info, emit, model_args, sync  # noqa: E402
 
 
 def random_t5_encode(dev, n_tokens=100):
@@ -55,15 +55,10 @@ def random_t5_encode(dev, n_tokens=100):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--size", default="4.5B")
-    ap.add_argument("--variant", default="distill", choices=["base", "distill", "distill-fp8"])
-    ap.add_argument("--height", type=int, default=720)
-    ap.add_argument("--width", type=int, default=720)
+    model_args(ap, variant="distill")
     ap.add_argument("--frames", type=int, default=96)
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--window", type=int, default=4)
-    ap.add_argument("--precision", default="fast")
-    ap.add_argument("--backend", default=None)
     ap.add_argument("--kv-offload", action="store_true")
     ap.add_argument("--decode", action="store_true")
     ap.add_argument("--t5", action="store_true")

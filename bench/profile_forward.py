@@ -22,7 +22,7 @@ import magi_core  # noqa: E402,F401
 from magi_core.config import preset  # noqa: E402
 from magi_core.dit import build_dit, init_random_  # noqa: E402
 
-from common import device_info, emit, window_inputs  # noqa: E402
+from common import device_info, emit, model_args, window_inputs  # noqa: E402
 
 KINDS = (  # first match wins; matched on the lower-cased kernel name
     ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn", "sm90_flash")),
@@ -39,12 +39,7 @@ def kind(name: str) -> str:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--size", default="4.5B")
-    ap.add_argument("--variant", default="base", choices=["base", "distill", "distill-fp8"])
-    ap.add_argument("--height", type=int, default=720)
-    ap.add_argument("--width", type=int, default=720)
-    ap.add_argument("--precision", default="fast")
-    ap.add_argument("--backend", default=None)
+    model_args(ap)
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--json", default=None)

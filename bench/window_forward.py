@@ -22,18 +22,13 @@ from magi_core.config import preset
 from magi_core.dit import build_dit, init_random_
 
 from ceilings import ceilings, dense_and_attention_flops, ideal_seconds
-from common import device_info, emit, window_inputs
+from common import device_info, emit, model_args, window_inputs
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--size", default="4.5B")
-    ap.add_argument("--variant", default="base", choices=["base", "distill", "distill-fp8"])
-    ap.add_argument("--height", type=int, default=720)
-    ap.add_argument("--width", type=int, default=720)
+    model_args(ap)
     ap.add_argument("--mode", default="extra", choices=["extra", "cached"])
-    ap.add_argument("--precision", default="fast", choices=["fast", "exact"])
-    ap.add_argument("--backend", default=None)
     ap.add_argument("--compile", action="store_true", help="torch.compile the element-wise islands")
     ap.add_argument("--cap-tokens", type=int, default=100)
     ap.add_argument("--iters", type=int, default=3)
