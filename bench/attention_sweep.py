@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import magi_core  # noqa: E402,F401
 from magi_core.config import preset  # noqa: E402
-from magi1_kernels.attention import fold_heads, unfold_heads  # noqa: E402
+from magi_core.kernels.attention import fold_heads, unfold_heads  # noqa: E402
 
 from ceilings import _time  # noqa: E402
 from common import device_info, emit  # noqa: E402

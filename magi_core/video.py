@@ -18,6 +18,8 @@ tile of 1 latent giving 1 frame. t2v 96 -> 96 frames, 100 -> 120; i2v 96 -> 120;
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -240,41 +242,125 @@ def _video_codec() -> str:
         return "mpeg4"
 
 
+CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}  # output extension -> container (H.264 in all)
+
+
+def output_container(path) -> str:
+    """The container for an output file name, or ValueError naming the extensions we write."""
+    ext = Path(path).suffix.lower()
+    if ext not in CONTAINERS:
+        raise ValueError(f"cannot write video to {str(path)!r}: the file name must end in "
+                         f"{', '.join(CONTAINERS)} (H.264 video)")
+    return CONTAINERS[ext]
+
+
+class VideoWriter:
+    """Append frames to a video file as they are made; `path` appears, complete and playable, only when closed.
+
+    Frames go to a temporary file in the same folder (created at once, so a missing or read-only folder fails
+    before any work), which `close()` renames over `path` in one step: a failed run never leaves a corrupt
+    file and never destroys a file already there. Used as a context manager, an exception (KeyboardInterrupt
+    included) still closes the file when frames were written, keeping what was finished (`interrupted` tells),
+    and removes the temporary file otherwise. Memory does not grow with the video's length.
+
+    H.264 (libx264, yuv420p, CRF `crf`, preset medium: the reference's settings) when PyAV has it, else MPEG-4
+    part 2. An odd width or height is padded by repeating the last column / row."""
+
+    def __init__(self, path, fps: float, crf: int = 23):
+        import av
+
+        if fps <= 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        self.path = Path(path)
+        fmt = output_container(self.path)
+        folder = self.path.parent
+        if not folder.is_dir():
+            raise ValueError(f"cannot write {str(self.path)!r}: the folder {str(folder)!r} does not exist")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=folder)
+        except OSError as e:
+            raise ValueError(f"cannot write {str(self.path)!r}: {e.strerror} in {str(folder)!r}") from None
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self.fps, self.crf = fps, crf
+        self.codec = _video_codec()
+        self.frames_written = 0
+        self.size = None  # (height, width) of the frames, fixed by the first write
+        self.interrupted = False
+        self._stream = None
+        self._container = av.open(str(self._tmp), mode="w", format=fmt)
+
+    def write(self, frames) -> None:
+        """Append (T, H, W, 3) frames: uint8, or float in [0, 1]; tensor or array."""
+        import av
+
+        frames = torch.as_tensor(frames)
+        _check_frames(frames)
+        data = to_uint8(frames.cpu())
+        _, h, w, _ = data.shape
+        if self.size is None:
+            self.size = (h, w)
+            stream = self._container.add_stream(self.codec, rate=Fraction(self.fps).limit_denominator(1001))
+            stream.width, stream.height = w + w % 2, h + h % 2
+            stream.pix_fmt = "yuv420p"
+            if self.codec == "libx264":
+                stream.options = {"crf": str(self.crf), "preset": "medium"}
+            else:
+                stream.bit_rate = 8_000_000
+            self._stream = stream
+        elif self.size != (h, w):
+            raise ValueError(f"frames of {w}x{h} cannot follow frames of {self.size[1]}x{self.size[0]} in one video")
+        if h % 2 or w % 2:
+            data = F.pad(data.permute(0, 3, 1, 2).float(), (0, w % 2, 0, h % 2), mode="replicate")
+            data = data.to(torch.uint8).permute(0, 2, 3, 1)
+        for rgb in data.contiguous().numpy():
+            for packet in self._stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                self._container.mux(packet)
+        self.frames_written += data.shape[0]
+
+    def close(self) -> Path:
+        """Finish the file and move it to `path`."""
+        if self.frames_written == 0:
+            self.discard()
+            raise ValueError("no frames to write")
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        """Drop the temporary file; `path` is left as it was."""
+        try:
+            self._container.close()
+        except Exception:
+            pass
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        elif self.frames_written:
+            self.interrupted = True
+            self.close()
+        else:
+            self.discard()
+        return False
+
+
 def write_mp4(path, frames, fps: float, crf: int = 23) -> str:
-    """Write (T, H, W, 3) frames (uint8, or float in [0, 1]; tensor or array) as an mp4.
-
-    H.264 (libx264, yuv420p, CRF `crf`, preset medium: the reference's settings) when PyAV has it,
-    else MPEG-4 part 2. An odd width or height is padded by repeating the last column / row.
+    """Write (T, H, W, 3) frames (uint8, or float in [0, 1]) to a video file at once (see VideoWriter).
     Returns the codec used."""
-    import av
-
     frames = torch.as_tensor(frames)
     _check_frames(frames)
     if frames.shape[0] == 0:
         raise ValueError("no frames to write")
-    if fps <= 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
-    data = to_uint8(frames.cpu())
-    _, h, w, _ = data.shape
-    if h % 2 or w % 2:
-        data = F.pad(data.permute(0, 3, 1, 2).float(), (0, w % 2, 0, h % 2), mode="replicate")
-        data = data.to(torch.uint8).permute(0, 2, 3, 1)
-    data = data.contiguous().numpy()
-    codec = _video_codec()
-    with av.open(str(path), mode="w", format="mp4") as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height = data.shape[2], data.shape[1]
-        stream.pix_fmt = "yuv420p"
-        if codec == "libx264":
-            stream.options = {"crf": str(crf), "preset": "medium"}
-        else:
-            stream.bit_rate = 8_000_000
-        for rgb in data:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return codec
+    with VideoWriter(path, fps, crf) as out:
+        out.write(frames)
+    return out.codec
 
 
 # ---------------------------------------------------------------- frame counts (reference rules)

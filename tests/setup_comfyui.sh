@@ -36,7 +36,7 @@ fi
 torch_version=$(python -c "import torch; print(torch.__version__.split('+')[0])")
 pin=$(mktemp); echo "torch==$torch_version" > "$pin"
 grep -v -E '^(torch|torchvision|torchaudio|torchsde|spandrel)\b' "$dest/requirements.txt" > "$dest/.magi-requirements.txt"
-python -m pip install -q -c "$pin" -r "$dest/.magi-requirements.txt" torchsde websocket-client
+python -m pip install -q -c "$pin" -r "$dest/.magi-requirements.txt" torchsde websocket-client requests
 rm -f "$pin"
 
 deps=$dest/.magi-test-pydeps

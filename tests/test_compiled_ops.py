@@ -9,9 +9,9 @@ from magi_core.dit.layer import _gated_residual, _silu_mul_fused, norm_rope, sil
 from magi_core.dit.layers import LayerNorm1p
 from magi_core.dit.rope import LearnableRoPE, apply_rope
 from magi_core.dit.weight_fp8 import dequantize
-from magi1_kernels.attention import fold_heads, sdpa_range_attention, unfold_heads
-from magi1_kernels.compiled import compiled
-from magi1_kernels.fp8 import FP8, quantize_fp8
+from magi_core.kernels.attention import fold_heads, sdpa_range_attention, unfold_heads
+from magi_core.kernels.compiled import compiled
+from magi_core.kernels.fp8 import FP8, quantize_fp8
 
 
 def _rand(*shape, seed=0, dtype=torch.float32):

@@ -64,7 +64,7 @@ def test_fp8_scaled_mm_vs_dequantized_model():
     """Whole tiny fp8 model on CUDA: _scaled_mm path vs the exact dequantized fallback."""
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("fp8 GEMM needs sm89+")
-    from magi1_kernels import fp8 as fp8k
+    from magi_core.kernels import fp8 as fp8k
 
     cfg = preset("tiny-distill-fp8").replace(num_layers=3)
     model = init_random_(build_dit(cfg), seed=0, device="cuda")

@@ -4,10 +4,9 @@ import types
 import pytest
 import torch
 
-import magi_core  # noqa: F401  registers magi1_kernels
-from magi1_kernels import attention as att
-from magi1_kernels import capability
-from magi1_kernels import fp8 as fp8k
+from magi_core.kernels import attention as att
+from magi_core.kernels import capability
+from magi_core.kernels import fp8 as fp8k
 
 # block-causal self-attention as in MAGI-1: 3 chunks of 7 tokens after a 2-chunk cache (14 keys), window of 3
 # chunks, so key ranges overlap; plus cross-attention: disjoint caption ranges, chunk 1 has no caption tokens.

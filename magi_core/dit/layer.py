@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from magi1_kernels.attention import range_attention
-from magi1_kernels.compiled import compiled, maybe_compiled
+from magi_core.kernels.attention import range_attention
+from magi_core.kernels.compiled import compiled, maybe_compiled
 
 from ..config import DiTConfig
 from .cache import KVCache

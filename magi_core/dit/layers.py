@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from magi1_kernels.compiled import maybe_compiled
-from magi1_kernels.fp8 import FP8, fp8_matmul, quantize_fp8
+from magi_core.kernels.compiled import maybe_compiled
+from magi_core.kernels.fp8 import FP8, fp8_matmul, quantize_fp8
 
 from ..config import DiTConfig
 

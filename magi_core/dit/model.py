@@ -190,7 +190,7 @@ def build_dit(cfg: DiTConfig, device="meta") -> VideoDiT:
 @torch.no_grad()
 def init_random_(model: VideoDiT, seed: int = 0, device=None) -> VideoDiT:
     """Fill every parameter with well-scaled random values (tests, benchmarks). Materializes meta tensors."""
-    from magi1_kernels.fp8 import FP8
+    from magi_core.kernels.fp8 import FP8
 
     device = torch.device(device or "cpu")
     gen = torch.Generator(device=device).manual_seed(seed)

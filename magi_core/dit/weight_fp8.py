@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from magi1_kernels.compiled import maybe_compiled
+from magi_core.kernels.compiled import maybe_compiled
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
