@@ -165,12 +165,18 @@ def _read_shard(shard: ShardFile, names: dict, device) -> dict:
         from safetensors import safe_open
 
         with safe_open(str(shard.path), framework="pt", device=str(device)) as f:
-            return {canon: f.get_tensor(raw) for raw, canon in names.items()}
+            return {canon: _fresh(f.get_tensor(raw)) for raw, canon in names.items()}
     out = {}
     for raw, buf in _iter_bytes(shard, names):
         shape, dtype = shard.tensors[raw][:2]
-        out[names[raw]] = _tensor_from_bytes(buf, shape, dtype).to(device)
+        out[names[raw]] = _fresh(_tensor_from_bytes(buf, shape, dtype).to(device))
     return out
+
+
+def _fresh(t: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor read from a file sits at the file's byte offset (e.g. data_ptr % 64 == 56), which sends CPU
+    GEMMs down another path than the reference's freshly allocated weights: copy it into its own storage."""
+    return t.clone() if t.device.type == "cpu" else t
 
 
 # ----------------------------------------------------------------------------- layouts
