@@ -23,6 +23,7 @@ class PromptEmbeds:
 
     schedule: PromptSchedule
     embeds: dict  # prompt text -> (emb (L, C) fp32, mask (L,))
+    warnings: list = field(default_factory=list)  # what the caption cleaner removed (text.check_caption), to show
 
     @property
     def channels(self) -> int:
@@ -30,14 +31,17 @@ class PromptEmbeds:
 
 
 def encode_prompts(t5, prompts: str | PromptSchedule) -> PromptEmbeds:
-    """Encode a prompt or a per-chunk schedule ("0-1: ...\\n2-: ...") with a T5TextEncoder."""
+    """Encode a prompt or a per-chunk schedule ("0-1: ...\\n2-: ...") with a T5TextEncoder.
+
+    Raises ValueError, before encoding anything, for a prompt that the caption cleaner empties."""
     schedule = prompts if isinstance(prompts, PromptSchedule) else parse_schedule(prompts)
+    warnings = schedule.check_captions()
     embeds = {}
     for r in schedule.ranges:
         if r.prompt not in embeds:
             emb, mask = t5.encode(r.prompt)
             embeds[r.prompt] = (emb[0], mask[0])
-    return PromptEmbeds(schedule, embeds)
+    return PromptEmbeds(schedule, embeds, warnings)
 
 
 @dataclass

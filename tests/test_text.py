@@ -426,3 +426,87 @@ def test_second_ranges_round_to_chunk_boundaries():
 def test_schedule_errors(text, n, message):
     with pytest.raises(ValueError, match=message):
         schedule.resolve_prompts(text, n)
+
+
+def test_schedule_overlap_names_both_lines():
+    with pytest.raises(ValueError, match=r"line 1 '0-2'.*line 2 '2-3'.*overlap"):
+        schedule.resolve_prompts("0-2: a\n2-3: b", 4)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        # a range without its ':' is named, with the fix, instead of turning the schedule into one prompt
+        ("0-1 a fox\n2-: b", r"^prompt schedule line 1 '0-1 a fox': the range has no ':'.*write '0-1: a fox'"),
+        ("0-1: a fox\n2- b", r"^prompt schedule line 2 '2- b': the range has no ':'.*write '2-: b'"),
+        # the unparsable line is blamed, not the next range
+        ("0-1: a\n2-x: b\n3-: c", r"^prompt schedule line 2 '2-x: b': '2-x' is not a range"),
+        ("0-x: a fox", r"^prompt schedule line 1 '0-x: a fox': '0-x' is not a range"),
+        # line numbers are the ones the user sees: blank lines count
+        ("\n0-1: a\n\n2-3 b", r"^prompt schedule line 4 '2-3 b'"),
+        ("0-1 a\n2-3 b", r"^prompt schedule line 1 '0-1 a'"),  # two ranges without ':': a schedule
+        ("a fox\n1-: b", r"^prompt schedule line 1 'a fox' has no chunk range, but line 2 '1-: b'"),
+        ("0-1s: a", r"^prompt schedule line 1 '0-1s: a': use seconds.*'0s-2s:'"),
+        ("0.5-2: a", r"^prompt schedule line 1 '0.5-2: a': chunk indices must be whole numbers"),
+    ],
+)
+def test_malformed_schedule_lines_are_named(text, message):
+    with pytest.raises(ValueError, match=message):
+        schedule.parse_schedule(text)
+
+
+def test_plain_prompts_that_start_with_numbers_stay_one_prompt():
+    for text in ["2-3 foxes play in the snow", "a fox\n3 birds fly over it", "3 foxes\n- one jumps"]:
+        assert schedule.parse_schedule(text).ranges == (schedule.PromptRange(0, None, " ".join(
+            line.strip() for line in text.split("\n"))),)
+
+
+def test_en_dash_ranges():
+    assert schedule.resolve_prompts("0\u20131: a\n2\u2014: b", 3) == ["a", "a", "b"]
+
+
+def test_check_caption_says_what_the_cleaner_removes(bs4):
+    from magi_core.text import check_caption
+
+    assert check_caption("a red fox walks through deep snow, morning light.") == []
+    assert check_caption("") == []
+    (w,) = check_caption("中文提示 a dog 狗")
+    assert "Chinese" in w and "'中文提示', '狗'" in w and "English" in w
+    (w,) = check_caption("a fox, see https://example.com/fox.html")
+    assert "links" in w and "https://example.com/fox.html" in w
+    (w,) = check_caption("(masterpiece:1.2), a fox")
+    assert "(masterpiece:1.2)" in w and "no effect" in w
+    (w,) = check_caption("привет лиса")
+    assert "Cyrillic" in w and "kept" in w and "English" in w
+    ws = check_caption("@bob photo.jpg a fox")
+    assert len(ws) == 2 and "'@bob'" in ws[0] and "'photo.jpg'" in ws[1]
+
+
+@pytest.mark.parametrize("text", ["中文提示", "https://example.com", "...", "#1"])
+def test_check_caption_refuses_a_prompt_the_cleaner_empties(bs4, text):
+    from magi_core.text import check_caption
+
+    assert cleaning.clean_caption(text) == ""
+    with pytest.raises(ValueError, match="empty after MAGI-1's caption cleaner.*Write the prompt in English"):
+        check_caption(text)
+
+
+def test_encode_prompts_checks_every_prompt_before_encoding(bs4):
+    from magi_core.pipeline import encode_prompts
+
+    class Encoder:
+        calls = []
+
+        def encode(self, text):
+            self.calls.append(text)
+            return torch.zeros(1, 3, 4), torch.ones(1, 3)
+
+    enc = Encoder()
+    with pytest.raises(ValueError, match=r"^prompt schedule line 2 '1-': the prompt '狐'.*English"):
+        encode_prompts(enc, "0: a fox\n1-: 狐")
+    assert enc.calls == []  # refused before anything was encoded
+    got = encode_prompts(enc, "0: a fox 狐\n1-: a bird")
+    assert enc.calls == ["a fox 狐", "a bird"]
+    (w,) = got.warnings
+    assert w.startswith("prompt schedule line 1 '0-0': MAGI-1's caption cleaner deletes Chinese") and "'狐'" in w
+    assert encode_prompts(enc, "a bird").warnings == []

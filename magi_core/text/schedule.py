@@ -7,8 +7,11 @@ Text format, one range per line:
     3-: the fox runs away                    open end: up to the last chunk
     0s-2.5s: a red fox ...                   seconds (suffix `s` on both ends), end excluded
 
-A line that does not start with a range continues the previous prompt (joined with a space). Text whose
-first line has no range is one prompt for every chunk. Blank lines are skipped.
+A line that does not start with a range continues the previous prompt (joined with a space). Blank lines are
+skipped. Text where no line looks like a range is one prompt for every chunk. A line that looks like a range but
+is not one ('0-x: a fox', or '0-1 a fox' without its ':') is an error naming that line, so a typo never turns a
+schedule into one long prompt; the exception is a single line like '2-3 foxes play' without any real range,
+which stays a plain prompt. En and em dashes count as '-'.
 
 Seconds are turned into chunk boundaries: one chunk lasts `frames_per_chunk / fps` seconds (24 frames,
 i.e. 1 s at 24 fps), and a time `s` becomes boundary `floor(s * fps / frames_per_chunk + 0.5)` (nearest
@@ -25,11 +28,17 @@ import re
 from dataclasses import dataclass
 
 from ..video import CHUNK_WIDTH, FRAMES_PER_LATENT
+from .cleaning import check_caption
 
 FRAMES_PER_CHUNK = CHUNK_WIDTH * FRAMES_PER_LATENT  # 24 pixel frames per chunk
 
 _NUMBER = r"\d+(?:\.\d+)?s?"
-_RANGE_LINE = re.compile(rf"^\s*(?P<start>{_NUMBER})\s*(?:(?P<dash>-)\s*(?P<end>{_NUMBER})?)?\s*:(?P<prompt>.*)$")
+_DASH = "[-\u2013\u2014]"  # '-', and the en and em dashes that text editors turn it into
+_RANGE_LINE = re.compile(rf"^\s*(?P<start>{_NUMBER})\s*(?:(?P<dash>{_DASH})\s*(?P<end>{_NUMBER})?)?\s*:(?P<prompt>.*)$")
+# Lines that look like a range but are not one: a number and a short word before ':' ("0-x: a fox", "1x: a"), or
+# a range with no ':' ("0-1 a fox", "2- a fox"). The second kind alone can be a plain prompt ("2-3 foxes play").
+_BROKEN_RANGE = re.compile(rf"^\s*\d[^\s:]*\s*(?:{_DASH}\s*[^\s:]*\s*)?:")
+_NO_COLON = re.compile(rf"^\s*{_NUMBER}\s*{_DASH}\s*(?:{_NUMBER})?(?=\s|$)")
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,18 @@ class PromptRange:
 @dataclass(frozen=True)
 class PromptSchedule:
     ranges: tuple[PromptRange, ...]
+
+    def check_captions(self) -> list[str]:
+        """`check_caption` for every prompt: the warnings (naming the line in a schedule of several ranges);
+        raises ValueError for a prompt the caption cleaner empties."""
+        out = []
+        for r in self.ranges:
+            where = f"prompt schedule {r.describe()}: " if len(self.ranges) > 1 else ""
+            try:
+                out += [where + w for w in check_caption(r.prompt)]
+            except ValueError as e:
+                raise ValueError(where + str(e)) from None
+        return out
 
     @staticmethod
     def single(prompt: str) -> "PromptSchedule":
@@ -119,19 +140,56 @@ def _bound(text: str) -> tuple[float, bool]:
     return (float(text[:-1]), True) if text.endswith("s") else (float(text), False)
 
 
+def _shown(line: str) -> str:
+    line = line.strip()
+    return repr(line if len(line) <= 60 else line[:59] + "…")
+
+
+_EXAMPLE = "ranges are chunk indices ('0-1: a fox', '2: ...', '3-: ...' to the end) or seconds ('0s-2.5s: ...')"
+
+
+def _kind(line: str) -> str:
+    if _RANGE_LINE.match(line):
+        return "range"
+    if _BROKEN_RANGE.match(line):
+        return "broken"
+    return "no colon" if _NO_COLON.match(line) else "text"
+
+
+def _broken_line(number: int, line: str, kind: str) -> ValueError:
+    where = f"prompt schedule line {number} {_shown(line)}"
+    if kind == "no colon":
+        m = _NO_COLON.match(line)
+        return ValueError(f"{where}: the range has no ':' after it; write '{m[0].strip()}: {line[m.end():].strip()}' "
+                          "(if the line continues the previous prompt, join it to that line)")
+    return ValueError(f"{where}: '{line.split(':')[0].strip()}' is not a range; {_EXAMPLE}")
+
+
 def parse_schedule(text: str) -> PromptSchedule:
-    """Parse schedule text (see the module doc); text without ranges is a single prompt."""
-    lines = [(i + 1, line) for i, line in enumerate(str(text).splitlines()) if line.strip()]
+    """Parse schedule text (see the module doc); text where no line looks like a range is a single prompt.
+
+    Raises ValueError naming the first malformed line (1-based, as the user sees it), its text and what to write."""
+    lines = [(i + 1, line.rstrip("\r")) for i, line in enumerate(str(text).split("\n")) if line.strip()]
     if not lines:
         return PromptSchedule(())
-    if not _RANGE_LINE.match(lines[0][1]):
-        return PromptSchedule.single(" ".join(line.strip() for _, line in lines))
-    ranges: list[PromptRange] = []
-    for number, line in lines:
+    kinds = [_kind(line) for _, line in lines]
+    if "range" not in kinds and "broken" not in kinds and kinds.count("no colon") < 2:
+        return PromptSchedule.single(" ".join(line.strip() for _, line in lines))  # e.g. "2-3 foxes play"
+    if kinds[0] == "text":
+        number, line = next((n, t) for (n, t), k in zip(lines, kinds) if k != "text")
+        raise ValueError(
+            f"prompt schedule line {lines[0][0]} {_shown(lines[0][1])} has no chunk range, but line {number} "
+            f"{_shown(line)} starts like one, so the text reads as a schedule: start the first line with a range "
+            f"({_EXAMPLE}); for one prompt, start no line with a number followed by ':' or '-'"
+        )
+    out: list[PromptRange] = []
+    for (number, line), kind in zip(lines, kinds):
+        if kind in ("broken", "no colon"):
+            raise _broken_line(number, line, kind)
         m = _RANGE_LINE.match(line)
         if m is None:  # continuation of the previous prompt
-            prev = ranges[-1]
-            ranges[-1] = PromptRange(prev.start, prev.end, f"{prev.prompt} {line.strip()}".strip(), prev.seconds, prev.line)
+            prev = out[-1]
+            out[-1] = PromptRange(prev.start, prev.end, f"{prev.prompt} {line.strip()}".strip(), prev.seconds, prev.line)
             continue
         start, start_s = _bound(m["start"])
         if m["dash"] is None:
@@ -140,14 +198,16 @@ def parse_schedule(text: str) -> PromptSchedule:
             end, end_s = None, start_s
         else:
             end, end_s = _bound(m["end"])
+        where = f"prompt schedule line {number} {_shown(line)}"
         if start_s != end_s:
-            raise ValueError(f"prompt schedule line {number}: use seconds ('s') on both ends or on neither: {line.strip()!r}")
+            raise ValueError(f"{where}: use seconds ('s') on both ends or on neither, e.g. '0s-2s:' or '0-1:'")
         if not start_s and (start != int(start) or (end is not None and end != int(end))):
-            raise ValueError(f"prompt schedule line {number}: chunk indices must be whole numbers (add 's' for seconds)")
+            raise ValueError(f"{where}: chunk indices must be whole numbers, e.g. '0-1:' (add 's' for seconds: "
+                             f"'0.5s-2s:')")
         if start_s and m["dash"] is None:
-            raise ValueError(f"prompt schedule line {number}: a time needs a range, e.g. '{m['start']}-{start + 1:g}s:'")
-        ranges.append(PromptRange(start, end, m["prompt"].strip(), start_s, number))
-    return PromptSchedule(tuple(ranges))
+            raise ValueError(f"{where}: a time needs a range, e.g. '{m['start']}-{start + 1:g}s:'")
+        out.append(PromptRange(start, end, m["prompt"].strip(), start_s, number))
+    return PromptSchedule(tuple(out))
 
 
 def resolve_prompts(schedule: str | PromptSchedule, n_chunks: int, fps: float = 24,
