@@ -133,10 +133,12 @@ def run(a) -> int:
               "--special-tokens PATH (or --no-hq --no-duration)", file=sys.stderr)
         return 2
     frames = None
+    size = (s.height, s.width)  # scaled from the decoded pixels, as the reference's ffmpeg read
     if a.image:
-        frames = read_image(a.image)
+        frames = read_image(a.image, size=size, policy=a.resize)
     elif a.video:
-        frames = read_video(a.video, fps=s.fps, max_frames=a.prefix_frames, take=a.prefix_from)
+        frames = read_video(a.video, fps=s.fps, max_frames=a.prefix_frames, take=a.prefix_from, size=size,
+                            policy=a.resize)
     vae_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     vae = load_vae(a.vae, device=device, dtype=vae_dtype)
     t5 = T5TextEncoder.load(a.t5, tokenizer=a.t5_tokenizer, device="cpu")
@@ -148,7 +150,6 @@ def run(a) -> int:
     prefix = None
     if frames is not None:
         prefix = encode_prefix(vae, frames, s, policy=a.resize)
-        n_prefix = 1 if frames.shape[0] == 1 else frames.shape[0] - frames.shape[0] % 4
 
     def progress(i, total, chunk):
         print(f"\rDiT call {i}/{total} (chunk {chunk})", end="", flush=True)

@@ -112,16 +112,17 @@ def resolved_cfg_number(s: Settings, dit_cfg) -> int:
     return 1 if (dit_cfg.distill or dit_cfg.fp8_quant) else 3
 
 
-def prefix_latent_count(prefix_frames: int) -> int:
-    """Latent frames of a pixel prefix: 1 for an image, frames // 4 for a video."""
-    if prefix_frames <= 0:
-        return 0
-    return 1 if prefix_frames == 1 else prefix_frames // FRAMES_PER_LATENT
+def prefix_latent_count(prefix_frames: int, fps: int = 24) -> int:
+    """Latent frames of a pixel prefix as the reference's VAE encode makes them (temporal tiles of fps // 2
+    frames): 1 for an image, 8 for 32 frames, 7 for 25 at 24 fps. ValueError for a count it cannot encode."""
+    from .vae.tiling import encoded_frames
+
+    return 0 if prefix_frames <= 0 else encoded_frames(prefix_frames, fps // 2, FRAMES_PER_LATENT)
 
 
 def chunk_count(s: Settings, prefix_frames: int = 0) -> tuple[int, int]:
     """(total chunks incl. whole prefix chunks, generated chunks): num_frames // 4 new latents on top of the prefix."""
-    P = prefix_latent_count(prefix_frames)
+    P = prefix_latent_count(prefix_frames, s.fps)
     n = num_chunks(s.num_frames, P, CHUNK_WIDTH, FRAMES_PER_LATENT)
     return n, n - P // CHUNK_WIDTH
 
@@ -153,7 +154,7 @@ def sample(dit, prompts: PromptEmbeds, s: Settings, prefix_latents: torch.Tensor
     """Stream the finished chunks' latents (1, 16, frames, H/8, W/8) of one generation."""
     validate(s, dit.cfg, prompts, prefix_frames=prefix_frames, special_tokens=special_tokens)
     n, _ = chunk_count(s, prefix_frames)
-    P = prefix_latent_count(prefix_frames)
+    P = prefix_latent_count(prefix_frames, s.fps)
     if P and (prefix_latents is None or prefix_latents.shape[2] < P):
         raise ValueError(f"a {prefix_frames}-frame prefix needs {P} prefix latent frames")
     plan = make_plan(n, s.steps, s.window_size, CHUNK_WIDTH, P, resolved_cfg_number(s, dit.cfg),
@@ -175,13 +176,11 @@ def sample(dit, prompts: PromptEmbeds, s: Settings, prefix_latents: torch.Tensor
 def encode_prefix(vae, frames: torch.Tensor, s: Settings, policy: str = "stretch", **tiling) -> torch.Tensor:
     """(T, H, W, 3) frames in [0, 1] (an image: T = 1) -> DiT-space prefix latents (1, 16, P, h, w).
 
-    Frames are resized to the target size with `policy` (reference: stretch); a video keeps a multiple of
-    4 frames (the last ones)."""
+    Frames are resized to the target size with `policy` (reference: stretch; frames read at that size by
+    video.read_image / read_video pass unchanged) and all of them go to the VAE (prefix_latent_count)."""
     from .video import resize, to_vae_input
     from .vae import tiled_encode
 
-    if frames.shape[0] > 1:
-        frames = frames[frames.shape[0] % FRAMES_PER_LATENT:]
     frames = resize(frames, s.height, s.width, policy)
     dev = next(vae.parameters()).device
     dtype = next(vae.parameters()).dtype

@@ -1,12 +1,17 @@
 """Images and videos <-> tensors for MAGI-1 (magi1-pipeline.md §6), without ffmpeg binaries (PyAV).
 
-Frames are float32 tensors (T, H, W, 3) in [0, 1] (ComfyUI's IMAGE layout). The reference:
+Frames are float32 tensors (T, H, W, 3) in [0, 1] (ComfyUI's IMAGE layout). The reference
+(`inference/pipeline/video_process.py`, which runs the ffmpeg command line):
   * i2v: the image is stretched to W x H (ffmpeg `scale`, aspect not kept) -> 1 frame;
   * v2v: the video is resampled to the run's fps (ffmpeg `fps` filter), stretched, and its FIRST 32 frames
-    are kept (8 latent frames). Here any length is allowed (a multiple of 4 frames, one latent per 4),
+    are kept (8 latent frames). Here any length the VAE can encode is allowed (`prefix_latent_frames`),
     taken from the END of the video by default (the frames the continuation joins), or from the start;
   * output: mp4, H.264 yuv420p, CRF 23 (x264 defaults).
-Resizing is torch bicubic with antialiasing (close to, not bit-equal with, ffmpeg's swscale bicubic).
+Scaling is libswscale through a libavfilter graph (PyAV), built the way the ffmpeg command line builds it:
+the photo / video orientation first (ffmpeg's autorotate; EXIF orientation for images, as ComfyUI's
+loader), then `scale=W:H` (bicubic) straight from the decoded pixel format (YUV for JPEG and video) to
+rgb24. Reading a file with `size` therefore gives the reference's uint8 pixels bit for bit; `resize` on
+frames already in RGB (ComfyUI IMAGE) scales rgb24 -> rgb24 with the same filter.
 
 Frame counts of the reference (`reference_output_frames`): with L = num_frames // 4 new latent frames and
 P prefix latents, n_chunks = ceil((L + P) / 6); chunks wholly inside the prefix are not output, the
@@ -49,17 +54,102 @@ def _to_float(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(rgb).float().div_(255.0)
 
 
-def read_image(path) -> torch.Tensor:
-    """An image file as (1, H, W, 3) float32 in [0, 1] (first frame for animated files; EXIF rotation is not
-    applied, as in the reference's ffmpeg read)."""
+# EXIF orientation -> the filters that turn the picture upright (as ffmpeg's autorotate and PIL's exif_transpose)
+_ORIENTATION_FILTERS = {
+    2: [("hflip", None)],
+    3: [("hflip", None), ("vflip", None)],
+    4: [("vflip", None)],
+    5: [("transpose", "cclock_flip")],
+    6: [("transpose", "clock")],
+    7: [("transpose", "clock_flip")],
+    8: [("transpose", "cclock")],
+}
+_ROTATION_ORIENTATION = {-90: 6, 90: 8, 180: 3, -180: 3}  # a video's display rotation (degrees ccw)
+
+
+def _exif_orientation(path) -> int:
+    """EXIF orientation (1-8) of an image file, 1 when it has none (read with Pillow, like ComfyUI's loader)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            o = im.getexif().get(0x0112, 1)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return 1
+    return o if o in _ORIENTATION_FILTERS else 1
+
+
+def _scale_filters(width: int, height: int, orientation: int, size, policy: str) -> list:
+    """The filter chain for one input: orientation, then the resize policy, ending in rgb24.
+
+    stretch: `scale=W:H` (the reference); crop: centre crop to the target aspect, then scale; pad: scale to fit
+    inside, then centre on black. size None: no resize. Scaling straight to rgb24 (no intermediate format) is
+    what the ffmpeg command line negotiates for `-vf scale=W:H -pix_fmt rgb24`."""
+    if policy not in POLICIES:
+        raise ValueError(f"resize policy must be one of {POLICIES}, got {policy!r}")
+    chain = list(_ORIENTATION_FILTERS.get(orientation, []))
+    if orientation >= 5:
+        width, height = height, width
+    if size is None:
+        return chain + [("scale", "flags=bicubic"), ("format", "rgb24")]
+    h, w = size
+    if h < 1 or w < 1:
+        raise ValueError(f"target size must be positive, got {w}x{h}")
+    if policy == "crop":
+        if width * h > height * w:  # too wide
+            cw = max(1, round(height * w / h))
+            chain.append(("crop", f"{cw}:{height}:{(width - cw) // 2}:0"))
+        else:
+            ch = max(1, round(width * h / w))
+            chain.append(("crop", f"{width}:{ch}:0:{(height - ch) // 2}"))
+    if policy == "pad":
+        scale = min(h / height, w / width)
+        nh, nw = min(h, max(1, round(height * scale))), min(w, max(1, round(width * scale)))
+        return chain + [("scale", f"{nw}:{nh}:flags=bicubic"), ("format", "rgb24"),
+                        ("pad", f"{w}:{h}:{(w - nw) // 2}:{(h - nh) // 2}:black")]
+    return chain + [("scale", f"{w}:{h}:flags=bicubic"), ("format", "rgb24")]
+
+
+class _ToRGB:
+    """Decoded frames -> rgb24 arrays through one libavfilter graph per input geometry (see `_scale_filters`)."""
+
+    def __init__(self, size=None, policy: str = "stretch", orientation: int | None = None):
+        self.size, self.policy, self.orientation = size, policy, orientation
+        self._key = self._graph = None
+
+    def __call__(self, frame) -> np.ndarray:
+        import av
+
+        orientation = self.orientation
+        if orientation is None:  # a video: the stream's display rotation, as ffmpeg's autorotate
+            orientation = _ROTATION_ORIENTATION.get(int(frame.rotation), 1)
+        key = (frame.width, frame.height, frame.format.name, orientation)
+        if key != self._key:
+            graph = av.filter.Graph()
+            nodes = [graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
+                                      time_base=Fraction(1, 1000))]
+            for name, args in _scale_filters(frame.width, frame.height, orientation, self.size, self.policy):
+                nodes.append(graph.add(name, args))
+            nodes.append(graph.add("buffersink"))
+            graph.link_nodes(*nodes).configure()
+            self._key, self._graph = key, graph
+        self._graph.push(frame)
+        return self._graph.pull().to_ndarray()
+
+
+def read_image(path, size: tuple[int, int] | None = None, policy: str = "stretch") -> torch.Tensor:
+    """An image file as (1, H, W, 3) float32 in [0, 1] (first frame for animated files), turned upright by its
+    EXIF orientation. size=(height, width): scaled there from the decoded pixels with `policy`, as the
+    reference's ffmpeg read does (`resize` after reading would scale the RGB instead)."""
     import av
 
+    to_rgb = _ToRGB(size, policy, _exif_orientation(path))
     with _open(path) as container:
         if not container.streams.video:
             raise ValueError(f"{path} has no image stream")
         try:
             for frame in container.decode(video=0):
-                return _to_float(frame.to_ndarray(format="rgb24"))[None]
+                return _to_float(to_rgb(frame))[None]
         except av.FFmpegError as e:
             raise ValueError(f"cannot decode {path}: {e}") from None
     raise ValueError(f"{path}: no frame could be decoded")
@@ -97,12 +187,16 @@ def _take(n: int, max_frames: int | None, take: str) -> range:
     return range(n - k, n) if take == "end" else range(k)
 
 
-def read_video(path, fps: float | None = None, max_frames: int | None = None, take: str = "end") -> torch.Tensor:
-    """A video file as (T, H, W, 3) float32 in [0, 1].
+def read_video(path, fps: float | None = None, max_frames: int | None = None, take: str = "end",
+               size: tuple[int, int] | None = None, policy: str = "stretch") -> torch.Tensor:
+    """A video file as (T, H, W, 3) float32 in [0, 1], turned upright by its display rotation.
 
     fps: resample to this rate like ffmpeg's fps filter (None keeps every frame). max_frames: keep at
-    most this many frames of the (resampled) video, from its end (take="end") or its start ("start")."""
+    most this many frames of the (resampled) video, from its end (take="end") or its start ("start").
+    size=(height, width): scale each frame there from its decoded pixels with `policy` (see read_image)."""
     import av
+
+    to_rgb = _ToRGB(size, policy)
 
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
@@ -129,7 +223,7 @@ def read_video(path, fps: float | None = None, max_frames: int | None = None, ta
         try:
             for frame in container.decode(video=0):
                 if frame.pts in needed and frame.pts not in got:
-                    got[frame.pts] = _to_float(frame.to_ndarray(format="rgb24"))
+                    got[frame.pts] = _to_float(to_rgb(frame))
                     if len(got) == len(needed):
                         break
         except av.FFmpegError as e:
@@ -148,59 +242,34 @@ def _check_frames(frames: torch.Tensor, name: str = "frames"):
         raise ValueError(f"{name} must be a (T, H, W, 3) tensor, got {shape}")
 
 
-def _interpolate(frames: torch.Tensor, h: int, w: int, batch: int = 16) -> torch.Tensor:
-    if frames.shape[1:3] == (h, w):
-        return frames.clone()
-    out = []
-    for part in frames.split(batch):
-        x = part.permute(0, 3, 1, 2).float()
-        x = F.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
-        out.append(x.clamp_(0, 1).permute(0, 2, 3, 1))
-    return torch.cat(out)
-
-
 def resize(frames: torch.Tensor, height: int, width: int, policy: str = "stretch") -> torch.Tensor:
-    """Resize (T, H, W, 3) float frames to (T, height, width, 3).
+    """Resize (T, H, W, 3) frames (float in [0, 1], or uint8) to (T, height, width, 3) float32 in [0, 1].
 
-    stretch: plain resize, aspect not kept (the reference); crop: centre crop to the target aspect, then
-    resize; pad: resize to fit inside, then centre on black."""
+    The frames are quantised to uint8 and scaled rgb24 -> rgb24 by libswscale with the reference's filter
+    (`scale=W:H`, bicubic; see `_scale_filters` for the crop and pad policies). Frames already of that size
+    pass unchanged."""
+    import av
+
     _check_frames(frames)
     if policy not in POLICIES:
         raise ValueError(f"resize policy must be one of {POLICIES}, got {policy!r}")
     if height < 1 or width < 1:
         raise ValueError(f"target size must be positive, got {width}x{height}")
-    _, H, W, _ = frames.shape
-    if policy == "stretch":
-        return _interpolate(frames, height, width)
-    if policy == "crop":
-        if W * height > H * width:  # too wide
-            cw = max(1, round(H * width / height))
-            x0 = (W - cw) // 2
-            frames = frames[:, :, x0 : x0 + cw]
-        else:
-            ch = max(1, round(W * height / width))
-            y0 = (H - ch) // 2
-            frames = frames[:, y0 : y0 + ch]
-        return _interpolate(frames, height, width)
-    scale = min(height / H, width / W)
-    nh, nw = min(height, max(1, round(H * scale))), min(width, max(1, round(W * scale)))
-    out = frames.new_zeros(frames.shape[0], height, width, 3, dtype=torch.float32)
-    y0, x0 = (height - nh) // 2, (width - nw) // 2
-    out[:, y0 : y0 + nh, x0 : x0 + nw] = _interpolate(frames, nh, nw)
-    return out
+    if frames.shape[1:3] == (height, width):
+        return frames.float() if frames.dtype != torch.uint8 else _to_float(frames.numpy())
+    to_rgb = _ToRGB((height, width), policy, orientation=1)
+    rgb = to_uint8(frames.cpu()).numpy()
+    return torch.stack([_to_float(to_rgb(av.VideoFrame.from_ndarray(f, format="rgb24"))) for f in rgb])
 
 
 def select_prefix_frames(frames: torch.Tensor, max_frames: int | None = None, take: str = "end") -> torch.Tensor:
-    """Frames for a v2v prefix: the most frames <= max_frames that are a multiple of 4 (one latent frame
-    each), from the end of the clip (the frames the continuation joins) or from its start. The reference
-    uses the first 32 frames."""
+    """Frames for a v2v prefix: at most max_frames of them, from the end of the clip (the frames the
+    continuation joins) or from its start. All of them go to the VAE, as in the reference (which keeps the
+    first 32); `pipeline.prefix_latent_count` says how many latents they give."""
     _check_frames(frames)
-    limit = frames.shape[0] if max_frames is None else min(max_frames, frames.shape[0])
-    n = limit // FRAMES_PER_LATENT * FRAMES_PER_LATENT
-    if n == 0:
-        raise ValueError(f"a prefix video needs at least {FRAMES_PER_LATENT} frames, got {limit}; "
-                         "use image-to-video for a single frame")
-    return frames[list(_take(frames.shape[0], n, take))]
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    return frames[list(_take(frames.shape[0], max_frames, take))]
 
 
 def to_uint8(frames: torch.Tensor) -> torch.Tensor:

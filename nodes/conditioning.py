@@ -67,7 +67,7 @@ def chunk_info(num_frames: int, fps: int, prefix_frames: int = 0) -> dict:
 
     s = Settings(num_frames=num_frames, fps=fps)
     n, generated = chunk_count(s, prefix_frames)
-    P = prefix_latent_count(prefix_frames)
+    P = prefix_latent_count(prefix_frames, fps)
     frames = reference_output_frames(num_frames, P, fps)
     return dict(chunks=n, generated_chunks=generated, schedule_chunks=n - P // CHUNK_WIDTH,
                 frames_per_chunk=FRAMES_PER_CHUNK, chunk_seconds=FRAMES_PER_CHUNK / fps,

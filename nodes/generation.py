@@ -55,7 +55,7 @@ def special_tokens(path: Path | None):
 def check(model: DiTHandle, conditioning, s: Settings, prefix: dict | None, vae: VAEHandle | None,
           multigpu: MultiGPUSettings | None):
     """All input checks, before any weights load. -> (prefix latents, prefix frames, special tokens)."""
-    prefix_latents, prefix_frames = prefix_from_latent(prefix, s.width, s.height, model.cfg.vae_channels)
+    prefix_latents, prefix_frames = prefix_from_latent(prefix, s.width, s.height, model.cfg.vae_channels, s.fps)
     tokens = special_tokens(model.special_tokens)
     validate(s, model.cfg, conditioning, vae.model if vae is not None else None, prefix_frames, tokens)
     if multigpu is not None:

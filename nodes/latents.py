@@ -2,6 +2,7 @@
 
 LATENT = {"samples": (1, 16, T, H/8, W/8) fp32 CPU, ...} plus MAGI keys that native nodes ignore:
 - "magi_prefix_frames": pixel frames a prefix latent stands for (MAGI VAE Encode; 1 = image-to-video);
+  the prefix also carries the "magi_fps" it was encoded for;
 - "magi_chunks": latent frames of each finished chunk, in order (MAGI Sampler); decoding chunk by chunk
   gives the reference's frame counts (a chunk's last VAE tile may be short);
 - "magi_fps": the sampler's fps (temporal VAE tiles are fps // 2 frames);
@@ -31,7 +32,7 @@ def decode_key(vae_key, tiling: dict, fps: int) -> tuple:
     return (vae_key, tuple(sorted(tiling_kwargs(tiling, fps).items())), fps)
 
 
-def prefix_from_latent(latent: dict | None, width: int, height: int, channels: int):
+def prefix_from_latent(latent: dict | None, width: int, height: int, channels: int, fps: int = 24):
     """-> (prefix latents (1, C, P, h, w) or None, prefix pixel frames). Clear errors for a wrong prefix."""
     if latent is None:
         return None, 0
@@ -49,10 +50,15 @@ def prefix_from_latent(latent: dict | None, width: int, height: int, channels: i
     if (h, w) != (height, width):
         raise ValueError(f"prefix latent is {w}x{h} but the sampler makes {width}x{height}: set the same width "
                          "and height on MAGI VAE Encode and on the sampler")
+    encoded_fps = latent.get("magi_fps")
+    if encoded_fps is not None and int(encoded_fps) != fps:
+        raise ValueError(f"the prefix was encoded for {encoded_fps} fps but the sampler makes {fps} fps: set the same "
+                         "fps on MAGI VAE Encode and on the sampler (the VAE's time tiles are fps // 2 frames)")
     P = x.shape[2]
     frames = int(latent.get("magi_prefix_frames") or (1 if P == 1 else 4 * P))
-    if prefix_latent_count(frames) != P:
-        raise ValueError(f"prefix latent has {P} frames but says it stands for {frames} pixel frames")
+    if prefix_latent_count(frames, fps) != P:
+        raise ValueError(f"prefix latent has {P} frames but says it stands for {frames} pixel frames, which give "
+                         f"{prefix_latent_count(frames, fps)} at {fps} fps: encode it with tile_frames 0 (fps // 2)")
     return x.float(), frames
 
 

@@ -5,6 +5,7 @@ import comfy.utils
 from comfy_api.latest import io
 
 from magi_core.pipeline import Settings, encode_prefix
+from magi_core.vae.tiling import encoded_frames
 from magi_core.video import select_prefix_frames
 
 from . import choices, memory
@@ -28,19 +29,23 @@ class MagiVAEEncode(io.ComfyNode):
         return io.Schema(
             node_id="MagiVAEEncode", display_name="MAGI-1 VAE Encode (prefix)", category=CATEGORY,
             description="Encode the start of a video for the sampler's prefix: one image (image-to-video) or "
-                        "video frames (continuation, a multiple of 4 frames). Frames are resized to width x height.",
+                        "video frames (continuation). Frames are resized to width x height with ffmpeg's scaler, "
+                        "as the reference does.",
             inputs=[
                 MagiVAE.Input("vae"),
                 io.Image.Input("image", tooltip="one image, or a batch of video frames"),
                 io.Int.Input("width", default=720, min=16, max=4096, step=16, tooltip="same as the sampler's"),
                 io.Int.Input("height", default=720, min=16, max=4096, step=16, tooltip="same as the sampler's"),
+                io.Int.Input("fps", default=24, min=8, max=120,
+                             tooltip="same as the sampler's: the VAE encodes video in tiles of fps // 2 frames"),
                 io.Combo.Input("resize", options=choices.RESIZE, default="stretch",
                                tooltip="stretch (the reference), crop to the aspect ratio, or pad with black"),
-                io.Int.Input("max_frames", default=0, min=0, max=100000, step=4,
-                             tooltip="video prefix: at most this many frames (0 = all), rounded down to a multiple of 4"),
+                io.Int.Input("max_frames", default=0, min=0, max=100000,
+                             tooltip="video prefix: at most this many frames (0 = all); every 4 frames of each "
+                                     "fps // 2-frame tile give one latent frame, a last tile of 1 frame one more"),
                 io.Combo.Input("take", options=choices.TAKE, default="end",
                                tooltip="video prefix: the last frames (continue the clip) or the first ones"),
-                *_tile_inputs(12, "frames per temporal tile (the reference uses fps // 2 = 12 at 24 fps)"),
+                *_tile_inputs(0, "frames per temporal tile; 0 = fps // 2 (the reference)"),
             ],
             outputs=[io.Latent.Output(display_name="prefix")],
         )
@@ -50,15 +55,18 @@ class MagiVAEEncode(io.ComfyNode):
         return choices.check_all([("resize", resize, choices.RESIZE), ("take", take, choices.TAKE)])
 
     @classmethod
-    def execute(cls, vae, image, width, height, resize, max_frames, take, tile_size, tile_overlap, tile_frames):
-        frames = image[..., :3].float().cpu()
-        if frames.shape[0] > 1:
-            frames = select_prefix_frames(frames, max_frames or None, take)
+    def execute(cls, vae, image, width, height, fps, resize, max_frames, take, tile_size, tile_overlap, tile_frames):
+        frames = select_prefix_frames(image[..., :3].float().cpu(), max_frames or None, take)
+        try:  # a frame count the VAE cannot encode: say so before it loads
+            encoded_frames(frames.shape[0], tile_frames or fps // 2)
+        except ValueError as e:
+            raise ValueError(f"{e} (max_frames)") from None
         memory.use(vae.loaded)
-        s = Settings(width=width, height=height)
+        s = Settings(width=width, height=height, fps=fps)
         latents = encode_prefix(vae.model, frames, s, policy=resize, tile_size=tile_size, tile_overlap=tile_overlap,
-                                tile_frames=tile_frames or 12)
-        return io.NodeOutput({"samples": latents.cpu(), "magi_prefix_frames": int(frames.shape[0])})
+                                tile_frames=tile_frames or None)
+        return io.NodeOutput({"samples": latents.cpu(), "magi_prefix_frames": int(frames.shape[0]),
+                              "magi_fps": int(fps)})
 
 
 class MagiVAEDecode(io.ComfyNode):

@@ -282,6 +282,12 @@ def test_prefix_latent_checks():
     assert latents.prefix_from_latent({"samples": x}, 64, 64, 16)[1] == 8  # 2 latents = 8 frames
     assert latents.prefix_from_latent({"samples": x[:, :, :1]}, 64, 64, 16)[1] == 1  # image
     assert latents.prefix_from_latent({"samples": x, "magi_prefix_frames": 11}, 64, 64, 16)[1] == 11
+    seven = torch.zeros(1, 16, 7, 8, 8)  # 25 frames at 24 fps: VAE tiles of 12 + 12 + 1 frames
+    assert latents.prefix_from_latent({"samples": seven, "magi_prefix_frames": 25, "magi_fps": 24}, 64, 64, 16, 24)[1] == 25
+    with pytest.raises(ValueError, match="encoded for 24 fps but the sampler makes 30 fps"):
+        latents.prefix_from_latent({"samples": seven, "magi_prefix_frames": 25, "magi_fps": 24}, 64, 64, 16, 30)
+    with pytest.raises(ValueError, match="stands for 25 pixel frames, which give 5 at 30 fps"):
+        latents.prefix_from_latent({"samples": seven, "magi_prefix_frames": 25}, 64, 64, 16, 30)
     for lat, needle in [({"samples": torch.zeros(2, 16, 1, 8, 8)}, "batch 2"),
                         ({"samples": torch.zeros(1, 4, 1, 8, 8)}, "4 channels"),
                         ({"samples": torch.zeros(1, 16, 1, 8, 10)}, "prefix latent is 80x64 but the sampler makes 64x64"),

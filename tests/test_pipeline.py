@@ -32,7 +32,7 @@ def run(tiny, s, prompt="a fox", frames=None):
     n_prefix, prefix = 0, None
     if frames is not None:
         prefix = encode_prefix(tiny["vae"], frames, s)
-        n_prefix = 1 if frames.shape[0] == 1 else frames.shape[0] - frames.shape[0] % 4
+        n_prefix = frames.shape[0]
     out = [decode_chunk(tiny["vae"], c.latents, s.fps) for c in sample(tiny["dit"], prompts, s, prefix, n_prefix,
                                                                        tiny["tokens"])]
     return torch.cat(out), n_prefix
@@ -51,10 +51,43 @@ def test_prefix_modes(tiny, mode):
     s = Settings(width=64, height=48, num_frames=24, steps=4, seed=2)
     frames = torch.rand(1 if mode == "i2v" else 30, 40, 56, 3)  # resized to 48x64 (stretch)
     video, n_prefix = run(tiny, s, "a dog", frames)
-    P = 1 if mode == "i2v" else 7  # 28 frames used -> 7 latents (< one chunk: no extraction call)
-    assert n_prefix == (1 if mode == "i2v" else 28)
+    P = 1 if mode == "i2v" else 7  # 30 frames: VAE tiles of 12 + 12 + 6 -> 3 + 3 + 1 latents (< one chunk)
+    assert n_prefix == (1 if mode == "i2v" else 30)
     assert video.shape[0] == reference_output_frames(24, P, 24)
     assert video.shape[1:] == (48, 64, 3)
+
+
+# (frames, fps) -> latents of the reference's encode: temporal tiles of fps // 2 frames, floor(n / 4) latents per
+# tile, a 1-frame tile 1 latent, a 2- or 3-frame tile a crash (inference/pipeline/video_process.py, VaeHelper)
+REFERENCE_PREFIX_LATENTS = {(1, 24): 1, (25, 24): 7, (28, 24): 7, (29, 24): 7, (30, 24): 7, (31, 24): 7, (32, 24): 8,
+                            (29, 25): 7, (25, 30): 5, (28, 30): 6, (30, 30): 6, (31, 30): 7, (26, 24): None,
+                            (27, 24): None, (27, 25): None, (2, 24): None, (17, 30): None}
+
+
+@pytest.mark.parametrize("frames, fps", sorted(REFERENCE_PREFIX_LATENTS))
+def test_prefix_latents_as_the_reference_vae_makes_them(tiny, frames, fps):
+    from magi_core.pipeline import prefix_latent_count
+
+    expected = REFERENCE_PREFIX_LATENTS[frames, fps]
+    video = torch.rand(frames, 16, 16, 3)
+    s = Settings(width=16, height=16, fps=fps)
+    if expected is None:
+        with pytest.raises(ValueError, match=r"VAE tile of [23] frames .* use \d+(, \d+)? or \d+ frames"):
+            prefix_latent_count(frames, fps)
+        with pytest.raises(ValueError, match="1 or at least 4 frames"):
+            encode_prefix(tiny["vae"], video, s)
+        return
+    assert prefix_latent_count(frames, fps) == expected
+    assert encode_prefix(tiny["vae"], video, s).shape[2] == expected
+
+
+def test_short_prefix_keeps_every_frame(tiny):
+    """25 frames at 24 fps: all go to the VAE (tiles 12 + 12 + 1), the last one alone as the 7th latent."""
+    s = Settings(width=16, height=16)
+    video = torch.rand(25, 16, 16, 3)
+    z = encode_prefix(tiny["vae"], video, s)
+    torch.testing.assert_close(z[:, :, :6], encode_prefix(tiny["vae"], video[:24], s), rtol=0, atol=0)
+    torch.testing.assert_close(z[:, :, 6:], encode_prefix(tiny["vae"], video[24:], s), rtol=0, atol=0)
 
 
 def test_validation_errors_before_work(tiny):

@@ -70,8 +70,10 @@ def _encode(a, s, dit_cfg, device):
 
     tokens_path = a.special_tokens or str(DEFAULT_TOKENS)
     tokens = load_special_tokens(tokens_path) if os.path.exists(tokens_path) else None
-    frames = read_image(a.image) if a.image else (
-        read_video(a.video, fps=s.fps, max_frames=a.prefix_frames, take=a.prefix_from) if a.video else None)
+    size = (s.height, s.width)  # scaled from the decoded pixels, as the reference's ffmpeg read
+    frames = read_image(a.image, size=size, policy=a.resize) if a.image else (
+        read_video(a.video, fps=s.fps, max_frames=a.prefix_frames, take=a.prefix_from, size=size, policy=a.resize)
+        if a.video else None)
     vae = load_vae(a.vae, device=device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
     prompt = open(a.prompt_file).read() if a.prompt_file else a.prompt
     prompts = encode_prompts(T5TextEncoder.load(a.t5, tokenizer=a.t5_tokenizer, device="cpu"), prompt)
@@ -80,7 +82,6 @@ def _encode(a, s, dit_cfg, device):
     prefix = None
     if frames is not None:
         prefix = encode_prefix(vae, frames, s, policy=a.resize).cpu()
-        n_prefix = 1 if frames.shape[0] == 1 else frames.shape[0] - frames.shape[0] % 4
     return vae, dict(prompts=prompts, prefix=prefix, n_prefix=n_prefix, tokens=tokens)
 
 

@@ -127,7 +127,7 @@ def validate_request(req, cfg) -> None:
         from ..pipeline import prefix_latent_count, validate
 
         validate(req.settings, cfg, req.prompts, None, req.prefix_frames, req.special_tokens)
-        P = prefix_latent_count(req.prefix_frames)
+        P = prefix_latent_count(req.prefix_frames, req.settings.fps)
         if P and (req.prefix_latents is None or req.prefix_latents.shape[2] < P):
             raise ValueError(f"a {req.prefix_frames}-frame prefix needs {P} prefix latent frames")
         return

@@ -140,6 +140,30 @@ def _tile_frames(cfg, fps: int, tile_frames: int | None) -> int:
     return frames
 
 
+def _encode_time_plan(frames: int, tile_frames: int, patch_length: int) -> AxisPlan:
+    """Temporal tiles of an encode: `tile_frames` frames each without overlap; a tile of n frames gives
+    n // patch_length latents (frames beyond a multiple are dropped, as the encoder's strided patch embedding
+    does) and a 1-frame tile gives 1 (T == 1 rule). A tile of 2 .. patch_length - 1 frames cannot be encoded
+    (the reference's encoder fails on it): ValueError naming the frame counts that work."""
+    pt = plan_axis(frames, tile_frames, tile_frames, lambda n: 1 if n == 1 else n // patch_length, 0)
+    short = pt.tiles[-1].size
+    if 1 < short < patch_length:
+        ok = [n for n in (frames - short, frames - short + 1, frames - short + patch_length) if n >= 1]
+        raise ValueError(f"a {frames}-frame video leaves a last temporal VAE tile of {short} frames (tiles of "
+                         f"{tile_frames} frames); the VAE encodes 1 or at least {patch_length} frames per tile (the "
+                         f"reference fails here too): use {', '.join(map(str, ok[:-1]))} or {ok[-1]} frames")
+    return pt
+
+
+def encoded_frames(frames: int, tile_frames: int, patch_length: int = 4) -> int:
+    """Latent frames `tiled_encode` makes of `frames` pixel frames in temporal tiles of `tile_frames`
+    (the reference: fps // 2). 25 frames at 24 fps: tiles 12 + 12 + 1 -> 3 + 3 + 1 = 7. Raises ValueError
+    for counts the VAE cannot encode (see _encode_time_plan)."""
+    if frames < 1:
+        raise ValueError(f"a video needs at least 1 frame, got {frames}")
+    return _encode_time_plan(frames, tile_frames, patch_length).total
+
+
 @torch.no_grad()
 def tiled_encode(vae: ViTVAE, video: torch.Tensor, fps: int = 24, *, tile_size: int = 256,
                  tile_overlap: float = 0.25, tile_frames: int | None = None, scale_factor: float = SCALE_FACTOR,
@@ -158,14 +182,7 @@ def tiled_encode(vae: ViTVAE, video: torch.Tensor, fps: int = 24, *, tile_size: 
     p, pl = cfg.patch_size, cfg.patch_length
     T, H, W = video.shape[2:]
 
-    def t_out(n):
-        return 1 if n == 1 else n // pl
-
-    pt = plan_axis(T, frames, frames, t_out, 0)
-    bad = [t.size for t in pt.tiles if 1 < t.size < pl]
-    if bad:
-        raise ValueError(f"{T} frames leave a last temporal tile of {bad[0]} frames (tiles are {frames} frames); "
-                         f"the VAE needs 1 or >= {pl}: trim or pad the video to {T - bad[0]} or {T - bad[0] + pl} frames")
+    pt = _encode_time_plan(T, frames, pl)
     ph = plan_axis(H, tile * p, (tile - overlap) * p, lambda n: n // p, overlap)
     pw = plan_axis(W, tile * p, (tile - overlap) * p, lambda n: n // p, overlap)
     out = _run_tiles(video, vae.encode, (pt, ph, pw), chained=True, fused=False,
