@@ -292,6 +292,73 @@ def test_block_swap_patcher_holds_only_the_resident_part():
     assert out["pending"] == 0 and not out["kept"] and not out["listed_after"]
 
 
+ENCODE_NODE_INPUTS = """
+import json, sys, tempfile
+sys.path[:0] = [{comfy!r}, {root!r}, {tests!r}]
+sys.argv = [sys.argv[0], "--cpu"]
+import comfy.options
+comfy.options.enable_args_parsing()
+from pathlib import Path
+import numpy as np, torch
+from PIL import Image
+import nodes as comfy_nodes
+import magi_core.vae
+from comfyui_harness import node_logic
+from magi_core.demo import make_tiny_assets
+from magi_core.vae import load_vae
+from magi_core.video import read_image, to_vae_input
+
+vae_nodes, handles = node_logic("vae_nodes"), node_logic("handles")
+seen = []
+encode = magi_core.vae.tiled_encode
+def spy(vae, x, fps, **kw):
+    seen.append((x.clone(), kw.get("tile_frames")))
+    return encode(vae, x, fps, **kw)
+magi_core.vae.tiled_encode = spy
+tmp = Path(tempfile.mkdtemp())
+vae = handles.VAEHandle("vae", ("vae", "tiny"), handles.Loaded(load_vae(make_tiny_assets(tmp)["vae"], dtype=torch.float32)))
+node_logic("memory").register(vae.loaded, vae.model, "vae", torch.device("cpu"))
+def node(image, **kw):
+    args = dict(vae=vae, image=image, width=48, height=32, fps=24, resize="stretch", max_frames=0, take="end",
+                tile_size=256, tile_overlap=0.25, tile_frames=0)
+    args.update(kw)
+    return vae_nodes.MagiVAEEncode.execute(**args).args[0]
+y, x = np.mgrid[0:75, 0:122]
+rgb = np.stack([x * 2, y * 3, 128 + 100 * np.sin(x / 9) * np.cos(y / 7)], -1).astype(np.uint8)
+Image.fromarray(rgb).save(tmp / "a.png")
+exif = Image.Exif()
+exif[0x0112] = 6
+Image.fromarray(rgb).save(tmp / "r6.jpg", quality=95, exif=exif.tobytes())
+out = {{}}
+for name in ("a.png", "r6.jpg"):
+    size = (32, 48) if name == "a.png" else (48, 32)
+    image = comfy_nodes.LoadImage().load_image(str(tmp / name))[0]  # ComfyUI's own loader
+    node(image, width=size[1], height=size[0])
+    cli = to_vae_input(read_image(tmp / name, size=size))
+    levels = lambda a, b: float((a - b).abs().mean() * 127.5)
+    out[name] = dict(shape=list(image.shape), diff=levels(seen[-1][0], cli), flipped=levels(seen[-1][0], cli.flip(3, 4)))
+lat = node(torch.rand(30, 32, 48, 3), fps=30)
+out["video"] = dict(latents=lat["samples"].shape[2], tile_frames=seen[-1][1], fps=lat["magi_fps"],
+                    frames=lat["magi_prefix_frames"])
+print(json.dumps(out))
+"""
+
+
+def test_encode_node_gives_the_command_line_inputs():
+    """ComfyUI's LoadImage -> MAGI VAE Encode: a PNG enters the VAE exactly as the command line reads it (which is
+    ffmpeg's, tests/test_video.py), an EXIF-rotated photo upright like the command line's (the JPEG decoders differ
+    slightly), and video frames are encoded in tiles of fps // 2 frames (30 fps: 15 -> 30 frames make 6 latents)."""
+    script = ENCODE_NODE_INPUTS.format(comfy=str(comfyui_path()), root=str(ROOT), tests=str(ROOT / "tests"))
+    r = subprocess.run([sys.executable, "-c", script], cwd=comfyui_path(), env=comfy_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["a.png"]["diff"] == 0
+    assert out["r6.jpg"]["shape"] == [1, 122, 75, 3]  # upright: the 122 x 75 picture turned a quarter
+    assert out["r6.jpg"]["diff"] < 5 and out["r6.jpg"]["flipped"] > 10 * out["r6.jpg"]["diff"]  # 3.2 and 96 levels
+    assert out["video"] == dict(latents=6, tile_frames=None, fps=30, frames=30)
+
+
 # ----------------------------------------------------------------------------- bad inputs
 @pytest.mark.parametrize("node, field, value, needle", [
     ("MagiDiTLoader", "variant", "fp16", "variant: 'fp16' is not one of the choices"),
@@ -317,6 +384,8 @@ def test_bad_combo_values_are_rejected_at_queue_time(server, node, field, value,
     ("magi1_t2v", "MagiTextEncode", dict(prompt="0-2: a fox\n1-: a bird"), "overlap"),
     ("magi1_t2v", "MagiTextEncode", dict(prompt="0: a fox\n1-3: a bird"), "only 1 chunks"),
     ("magi1_i2v", "MagiSampler", dict(width=80, height=80), "prefix latent is 64x64 but the sampler makes 80x80"),
+    ("magi1_v2v", "MagiVAEEncode", dict(max_frames=26), "last temporal VAE tile of 2 frames"),
+    ("magi1_v2v", "MagiVAEEncode", dict(fps=25), "set the same fps on MAGI VAE Encode and on the sampler"),
     ("magi1_prompt_schedule", "MagiPromptSchedule", dict(schedule="0: a\n2-: b"), "nothing covers chunk(s) 1"),
 ])
 def test_bad_values_give_clear_errors(server, workflow, node, changes, needle):
