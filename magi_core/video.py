@@ -69,14 +69,21 @@ _ROTATION_ORIENTATION = {-90: 6, 90: 8, 180: 3, -180: 3}  # a video's display ro
 
 def _exif_orientation(path) -> int:
     """EXIF orientation (1-8) of an image file, 1 when it has none (read with Pillow, like ComfyUI's loader)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
             o = im.getexif().get(0x0112, 1)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+    except Exception:  # a file Pillow cannot read has no orientation for us (PyAV reports unreadable files)
         return 1
     return o if o in _ORIENTATION_FILTERS else 1
+
+
+def _check_target(size, policy: str) -> None:
+    if policy not in POLICIES:
+        raise ValueError(f"resize policy must be one of {POLICIES}, got {policy!r}")
+    if size is not None and (size[0] < 1 or size[1] < 1):
+        raise ValueError(f"target size must be positive, got {size[1]}x{size[0]}")
 
 
 def _scale_filters(width: int, height: int, orientation: int, size, policy: str) -> list:
@@ -85,16 +92,12 @@ def _scale_filters(width: int, height: int, orientation: int, size, policy: str)
     stretch: `scale=W:H` (the reference); crop: centre crop to the target aspect, then scale; pad: scale to fit
     inside, then centre on black. size None: no resize. Scaling straight to rgb24 (no intermediate format) is
     what the ffmpeg command line negotiates for `-vf scale=W:H -pix_fmt rgb24`."""
-    if policy not in POLICIES:
-        raise ValueError(f"resize policy must be one of {POLICIES}, got {policy!r}")
     chain = list(_ORIENTATION_FILTERS.get(orientation, []))
     if orientation >= 5:
         width, height = height, width
     if size is None:
         return chain + [("scale", "flags=bicubic"), ("format", "rgb24")]
     h, w = size
-    if h < 1 or w < 1:
-        raise ValueError(f"target size must be positive, got {w}x{h}")
     if policy == "crop":
         if width * h > height * w:  # too wide
             cw = max(1, round(height * w / h))
@@ -114,6 +117,7 @@ class _ToRGB:
     """Decoded frames -> rgb24 arrays through one libavfilter graph per input geometry (see `_scale_filters`)."""
 
     def __init__(self, size=None, policy: str = "stretch", orientation: int | None = None):
+        _check_target(size, policy)
         self.size, self.policy, self.orientation = size, policy, orientation
         self._key = self._graph = None
 
@@ -245,20 +249,16 @@ def _check_frames(frames: torch.Tensor, name: str = "frames"):
 def resize(frames: torch.Tensor, height: int, width: int, policy: str = "stretch") -> torch.Tensor:
     """Resize (T, H, W, 3) frames (float in [0, 1], or uint8) to (T, height, width, 3) float32 in [0, 1].
 
-    The frames are quantised to uint8 and scaled rgb24 -> rgb24 by libswscale with the reference's filter
-    (`scale=W:H`, bicubic; see `_scale_filters` for the crop and pad policies). Frames already of that size
-    pass unchanged."""
+    The frames are quantised to uint8 (the reference's frames are) and scaled rgb24 -> rgb24 by libswscale with
+    the reference's filter (`scale=W:H`, bicubic; see `_scale_filters` for the crop and pad policies); frames
+    already of that size are only quantised."""
     import av
 
     _check_frames(frames)
-    if policy not in POLICIES:
-        raise ValueError(f"resize policy must be one of {POLICIES}, got {policy!r}")
-    if height < 1 or width < 1:
-        raise ValueError(f"target size must be positive, got {width}x{height}")
-    if frames.shape[1:3] == (height, width):
-        return frames.float() if frames.dtype != torch.uint8 else _to_float(frames.numpy())
     to_rgb = _ToRGB((height, width), policy, orientation=1)
-    rgb = to_uint8(frames.cpu()).numpy()
+    rgb = to_uint8(frames.cpu()).contiguous().numpy()
+    if frames.shape[1:3] == (height, width):
+        return _to_float(rgb)
     return torch.stack([_to_float(to_rgb(av.VideoFrame.from_ndarray(f, format="rgb24"))) for f in rgb])
 
 
