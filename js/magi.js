@@ -61,7 +61,7 @@ function prefixFrames(sampler) {
   const src = enc.getInputNode?.(enc.findInputSlot("image"));
   if (src?.type === "LoadImage") return 1;
   const max = value(enc, "max_frames", 0);
-  return max > 0 ? max - (max % 4) : null;
+  return max > 0 ? max : null; // every frame goes to the VAE (magi_core.pipeline.prefix_latent_count)
 }
 
 // The sampler a schedule node feeds: schedule -> text encoder -> sampler.
