@@ -36,8 +36,6 @@ class MagiVAEEncode(io.ComfyNode):
                 io.Image.Input("image", tooltip="one image, or a batch of video frames"),
                 io.Int.Input("width", default=720, min=16, max=4096, step=16, tooltip="same as the sampler's"),
                 io.Int.Input("height", default=720, min=16, max=4096, step=16, tooltip="same as the sampler's"),
-                io.Int.Input("fps", default=24, min=8, max=120,
-                             tooltip="same as the sampler's: the VAE encodes video in tiles of fps // 2 frames"),
                 io.Combo.Input("resize", options=choices.RESIZE, default="stretch",
                                tooltip="stretch (the reference), crop to the aspect ratio, or pad with black"),
                 io.Int.Input("max_frames", default=0, min=0, max=100000,
@@ -46,6 +44,9 @@ class MagiVAEEncode(io.ComfyNode):
                 io.Combo.Input("take", options=choices.TAKE, default="end",
                                tooltip="video prefix: the last frames (continue the clip) or the first ones"),
                 *_tile_inputs(0, "frames per temporal tile; 0 = fps // 2 (the reference)"),
+                # appended last: widgets saved in older workflows keep their positions
+                io.Int.Input("fps", default=24, min=8, max=120,
+                             tooltip="same as the sampler's: the VAE encodes video in tiles of fps // 2 frames"),
             ],
             outputs=[io.Latent.Output(display_name="prefix")],
         )
