@@ -106,9 +106,18 @@ class CaptionEmbedder(nn.Module):
             nn.Linear(cfg.caption_channels, cfg.xattn_dim, dtype=cfg.params_dtype), nn.SiLU())
         self.y_proj_adaln = nn.Sequential(nn.Linear(cfg.caption_channels, cfg.cond_dim, dtype=cfg.params_dtype))
 
-    def xattn_tokens(self, y_valid: torch.Tensor) -> torch.Tensor:
-        """(tokens, Cc) valid caption tokens -> (tokens, hx) fp32."""
-        return F.silu(linear_fp32(y_valid, self.y_proj_xattn[0]))
+    def xattn_tokens(self, y: torch.Tensor, valid: torch.Tensor, padded: bool = False) -> torch.Tensor:
+        """(rows, L, Cc) captions, (rows, L) bool valid tokens -> (valid tokens, hx) fp32.
+
+        padded: project every row padded to caption_max_length and keep the valid tokens, as the reference does
+        (`inference/model/dit/dit_model.py` `get_embedding_and_meta`): its GEMM shape, hence its rounding (a GEMM
+        of 1-3 rows rounds differently from one of 800). Otherwise only the valid tokens are projected."""
+        if not padded:
+            return F.silu(linear_fp32(y[valid], self.y_proj_xattn[0]))
+        pad = self.null_caption_embedding.shape[0] - y.shape[1]
+        if pad > 0:
+            y, valid = F.pad(y, (0, 0, 0, pad)), F.pad(valid, (0, pad))
+        return F.silu(linear_fp32(y, self.y_proj_xattn[0]))[valid]
 
     def adaln(self, uncond: torch.Tensor) -> torch.Tensor:
         """(N,) bool -> (N, c): projection of null-caption row 799 (uncond) or 798 (cond)."""

@@ -54,7 +54,9 @@ class VideoDiT(nn.Module):
         y: (N*dn, L, Cc) caption embeddings, one per (batch, chunk); y_mask: (N*dn, L), 1 = valid token.
         kv_range: (N*dn, 2) absolute key-token ranges [start, end) on the axis [cached chunks ; this forward].
         slice_point: absolute index of this forward's first chunk (RoPE time, cache position).
-        uncond: adaLN token: True -> null_caption_embedding[-1], False -> [-2]; bool or (N,) bool.
+        uncond: adaLN token: True -> null_caption_embedding[-1], False -> [-2]. A bool projects one row and
+            broadcasts it over the batch, as the reference's one-element `caption_dropout_mask` does (the CFG
+            uncond pass in `inference/model/dit/dit_model.py` `forward_3cfg`); (N,) bools project a row each.
         cache: KV cache (batch 1); chunks below slice_point that kv_range reaches are read from it.
         cache_write_chunks: how many leading chunks of this forward to store in the cache.
         dt_factor: distill step-size embedding value (required iff the model is distilled).
@@ -64,7 +66,7 @@ class VideoDiT(nn.Module):
         N, C, T, H, W = x.shape
         dn = t.shape[1]
         kv = [(int(a), int(b)) for a, b in (kv_range.tolist() if torch.is_tensor(kv_range) else kv_range)]
-        self._check(x, t, y, y_mask, kv, cache, dt_factor)
+        self._check(x, t, y, y_mask, kv, cache, dt_factor, uncond)
         dev = x.device
         p, pt = cfg.patch_size, cfg.t_patch_size
         Tp, Hp, Wp = T // pt, H // p, W // p
@@ -82,11 +84,11 @@ class VideoDiT(nn.Module):
         t_emb = self.t_embedder(t.flatten())
         if cfg.distill:
             t_emb = t_emb + self.t_embedder(torch.full_like(t.flatten().float(), float(dt_factor)))
-        unc = torch.as_tensor(uncond, dtype=torch.bool, device=dev).expand(N)
+        unc = torch.as_tensor(uncond, dtype=torch.bool, device=dev).reshape(-1)  # (1,): one row, broadcast
         condition = (t_emb.view(N, dn, -1) + self.y_embedder.adaln(unc)[:, None]).to(cfg.params_dtype)
 
         valid = y_mask.reshape(y.shape[0], -1).bool().to(dev)
-        y_xattn = self.y_embedder.xattn_tokens(y.to(dev)[valid]).to(cfg.params_dtype)
+        y_xattn = self.y_embedder.xattn_tokens(y.to(dev), valid, padded=self.precision == "exact").to(cfg.params_dtype)
         lens = valid.sum(-1).tolist()
 
         rope = self.rope.table(Tp, Hp, Wp, t_offset=(Tp // dn) * slice_point)
@@ -128,7 +130,7 @@ class VideoDiT(nn.Module):
             out = out[:, : cfg.in_channels // 2]
         return out / cfg.x_rescale_factor
 
-    def _check(self, x, t, y, y_mask, kv, cache, dt_factor):
+    def _check(self, x, t, y, y_mask, kv, cache, dt_factor, uncond):
         cfg = self.cfg
         if x.dim() != 5 or x.shape[1] != cfg.vae_channels:
             raise ValueError(f"x must be (N, {cfg.vae_channels}, T, H, W) latents, got {tuple(x.shape)}")
@@ -144,6 +146,8 @@ class VideoDiT(nn.Module):
             raise ValueError(f"y_mask must be {tuple(y.shape[:2])}, got {tuple(y_mask.shape)}")
         if len(kv) != rows or any(b < a for a, b in kv):
             raise ValueError(f"kv_range must hold {rows} [start, end) pairs, got {kv}")
+        if torch.as_tensor(uncond).numel() not in (1, N):
+            raise ValueError(f"uncond must be one bool or one per batch element ({N}), got {uncond!r}")
         if cache is not None and N != 1:
             raise ValueError("the KV cache supports batch 1 only")
         if cfg.distill and dt_factor is None:
