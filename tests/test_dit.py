@@ -155,17 +155,43 @@ def test_adaln_row_and_distill_embedding():
         model(x, t, y, mask, kv)
 
 
-def test_fast_vs_exact_error_is_small():
-    """`fast` runs linear_proj in bf16 instead of fp32. Measured here on the tiny bf16 model: the relative
-    L2 difference of the velocity is ~1e-3 (bf16 output rounding of one GEMM per layer)."""
-    model, cfg = tiny("tiny", dtype=torch.bfloat16, layers=3)
-    x, t, y, mask = inputs(cfg)
-    kv = causal_ranges(2, 24)
-    exact = model.set_precision("exact")(x, t, y, mask, kv)
-    fast = model.set_precision("fast")(x, t, y, mask, kv)
-    rel = ((fast - exact).norm() / exact.norm()).item()
-    print(f"fast vs exact relative L2 error: {rel:.2e}")
-    assert 0 < rel < 1e-2
+# `fast` vs `exact`: relative L2 of the velocity of one DiT forward, ||fast - exact|| / ||exact||, on random
+# models in the real layouts, by weight kind and depth (README "Precision" states these bounds and the measured
+# ranges; the error grows with depth).
+FAST_ERROR_BOUND = {("bf16", 4): 1.2e-2, ("bf16", 8): 2e-2, ("fp8", 4): 6e-2, ("fp8", 8): 1e-1}
+FAST_LAYOUTS = ["tiny", "tiny-24B", "tiny-distill-fp8", "tiny-24B-distill-fp8"]
+
+
+def fast_vs_exact_error(name, layers, seed, dn, H, W):
+    cfg = preset(name).replace(num_layers=layers)
+    model = init_random_(build_dit(cfg), seed=seed)
+    x, t, y, mask = inputs(cfg, dn=dn, H=H, W=W, seed=seed + 10)
+    ctn = (2 // cfg.t_patch_size) * (H // cfg.patch_size) * (W // cfg.patch_size)  # inputs(): 2 frames a chunk
+    kv = causal_ranges(dn, ctn)
+    dt = 8.0 if cfg.distill else None
+    exact = model.set_precision("exact")(x, t, y, mask, kv, dt_factor=dt)
+    fast = model.set_precision("fast")(x, t, y, mask, kv, dt_factor=dt)
+    return ((fast - exact).norm() / exact.norm()).item()
+
+
+@pytest.mark.parametrize("name", FAST_LAYOUTS)
+def test_fast_vs_exact_error_is_bounded(name):
+    """`fast` runs linear_proj of the bf16 layers in bf16 (exact: fp32 GEMM); with the official fp8 models that is
+    layers 0 and L-1 only, but the fp8 activation quantization of the layers between turns the small change
+    into a larger one. One forward of a 4-layer model; bounds as stated in the README."""
+    rel = fast_vs_exact_error(name, layers=4, seed=0, dn=2, H=8, W=6)
+    assert 1e-3 < rel < FAST_ERROR_BOUND["fp8" if "fp8" in name else "bf16", 4], rel
+
+
+@pytest.mark.slow
+def test_fast_vs_exact_error_measured():
+    """The README's measurement: every layout, 4 and 8 layers, seeds 0-2, three shapes (chunks x latent H x W)."""
+    for name in FAST_LAYOUTS:
+        for layers in (4, 8):
+            errs = [fast_vs_exact_error(name, layers, seed, *shape)
+                    for seed in (0, 1, 2) for shape in ((1, 8, 8), (2, 8, 6), (3, 16, 16))]
+            print(f"fast vs exact, {name}, {layers} layers: relative L2 {min(errs):.1e} .. {max(errs):.1e}")
+            assert max(errs) < FAST_ERROR_BOUND["fp8" if "fp8" in name else "bf16", layers]
 
 
 def test_input_errors_are_clear():
