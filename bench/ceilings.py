@@ -1,4 +1,4 @@
-"""Hardware ceilings measured in the same run as a benchmark, and the FLOP-model ideal (magi1-dit.md §8).
+"""Hardware ceilings measured in the same run as a benchmark, and the FLOP-model ideal (docs/model.md).
 
 ideal time = dense FLOPs / bf16 GEMM ceiling + attention FLOPs / SDPA ceiling at the model's attention shape.
 """

@@ -4,7 +4,7 @@
   --mode extra : 4 noisy chunks + the extra clean chunk in the forward (K = 1..5, sum 15), as the
                  reference's stage-start step (its "steady window" row: 60,750 query tokens at 720x720)
   --mode cached: 4 noisy chunks, one clean chunk read from the KV cache (K = 2..5, sum 14): P1's shape
-Prints time, peak VRAM and achieved TFLOP/s from the FLOP model of magi1-dit.md §8.
+Prints time, peak VRAM and achieved TFLOP/s from the FLOP model of docs/model.md.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""fp8 (e4m3) activation quantization and GEMM for MAGI-1's two fp8 linear classes (magi1-dit.md §5).
+"""fp8 (e4m3) activation quantization and GEMM for MAGI-1's two fp8 linear classes
+(official `inference/model/dit/dit_module.py`; docs/model.md).
 
 The reference runs flashinfer `bmm_fp8` (cuBLASLt, fp32 accumulation with FAST_ACCUM, per-tensor scales read
 from element 0 of the scale tensors). Backends of `fp8_matmul`:

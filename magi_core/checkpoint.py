@@ -1,6 +1,6 @@
 """MAGI-1 DiT weights in every layout -> VideoDiT, with size/variant detection and strict checks.
 
-Layouts (magi1-dit.md §5.4), all read the same way:
+Layouts (official `inference/infra/checkpoint/checkpointing.py`; docs/model.md), all read the same way:
 
 - official: `<dir>/inference_weight[.fp8][.distill]/` holding `model.safetensors.index.json` + shards, or one
   `model.safetensors`; any shard may be stored as `<shard>.zst` (decompressed in memory, streamed);
@@ -10,7 +10,7 @@ Layouts (magi1-dit.md §5.4), all read the same way:
 
 Only headers are read to detect, inspect and validate; tensor data is read once, straight to the target
 device where safetensors allows, and assigned to a meta-built model (stored dtype wins, then the fp32
-promotion list, §2.3). Unlike the reference, loading is strict: every key must be present with the right shape.
+promotion list, docs/model.md). Unlike the reference, loading is strict: every key must exist with the right shape.
 """
 from __future__ import annotations
 

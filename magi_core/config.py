@@ -52,7 +52,7 @@ class DiTConfig:
         if self.kv_channels % 8:
             raise ValueError("kv_channels must be a multiple of 8 (3-axis RoPE uses 6/8 of the head dims)")
 
-    # derived sizes, named as in magi1-dit.md
+    # derived sizes (docs/model.md, notation)
     @property
     def cond_dim(self) -> int:  # c
         return int(self.hidden_size * self.cond_hidden_ratio)

@@ -1,4 +1,5 @@
-"""Images and videos <-> tensors for MAGI-1 (magi1-pipeline.md §6), without ffmpeg binaries (PyAV).
+"""Images and videos <-> tensors for MAGI-1
+(official `inference/pipeline/video_process.py`), without ffmpeg binaries (PyAV).
 
 Frames are float32 tensors (T, H, W, 3) in [0, 1] (ComfyUI's IMAGE layout). The reference
 (`inference/pipeline/video_process.py`, which runs the ffmpeg command line):

@@ -1,4 +1,4 @@
-"""Combo options of the MAGI nodes and their validation (V3 combos are not checked by ComfyUI, comfyui.md §1.4)."""
+"""Combo options of the MAGI nodes and their validation (ComfyUI's `execution.py` checks V1 list combos only)."""
 from __future__ import annotations
 
 ATTENTION = ["auto", "sdpa", "cudnn", "flex", "flash", "magi"]

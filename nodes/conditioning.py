@@ -95,7 +95,8 @@ def schedule_info(text: str, num_frames: int, fps: int, prefix_frames: int = 0) 
 
 # ----------------------------------------------------------------------------- native CLIP bridge
 def clip_encode(clip, text: str, max_length: int = MAX_LENGTH) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode one prompt with ComfyUI's T5-XXL CLIP the way MAGI-1's own T5 path does (comfyui.md §3.4).
+    """Encode one prompt with ComfyUI's T5-XXL CLIP the way MAGI-1's own T5 path does
+    (official `inference/model/t5/t5_model.py`).
 
     Caption cleaning, no prompt weights, no padding tokens; more than `max_length` tokens are cut to
     max_length - 1 plus the end token before encoding (HF truncation). -> (emb (L, C) fp32, mask (L,))."""

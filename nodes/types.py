@@ -19,7 +19,7 @@ PACK_ASSET_TOKENS = Path(__file__).resolve().parents[1] / "magi_core" / "assets"
 
 
 def register_folders() -> None:
-    """models/magi as a ComfyUI model folder (keeps extra_model_paths.yaml `magi:` entries, comfyui.md §3.1)."""
+    """models/magi as a ComfyUI model folder (keeps extra_model_paths.yaml `magi:` entries; folder_paths.py)."""
     default = os.path.join(folder_paths.models_dir, "magi")
     folder_paths.add_model_folder_path("magi", default)
     paths, _ = folder_paths.folder_names_and_paths["magi"]

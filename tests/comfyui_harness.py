@@ -258,7 +258,7 @@ def make_models(root: Path) -> dict:
     return {"dit": dit, "dit_24b": big, "vae": tiny["vae"], "t5": t5, "special_tokens": tiny["special_tokens"]}
 
 
-# ---------------------------------------------------------------------- workflow formats (comfyui.md §6)
+# ---------------------------------------------------------------------- workflow formats (frontend graphToPrompt)
 def widget_inputs(info: dict) -> list[tuple[str, tuple]]:
     """(name, spec) of a node's widget inputs in declaration order, from its /object_info entry."""
     out = []
@@ -589,7 +589,7 @@ def clip_bridge_check() -> dict:
     pixart and sd3, encoded through the bridge, against magi_core's own T5 path on the same weights and the same
     tokenizer. -> {type: {prompt: (max abs diff at valid tokens, valid tokens bridge, valid tokens magi)}}."""
     sys.path[:0] = [str(comfyui_path()), str(ROOT)]
-    sys.argv = [sys.argv[0], "--cpu"]  # comfy parses the command line on import (comfyui.md §7.2)
+    sys.argv = [sys.argv[0], "--cpu"]  # comfy parses the command line on import (ComfyUI `comfy/options.py`)
     import comfy.options
 
     comfy.options.enable_args_parsing()

@@ -1,4 +1,4 @@
-"""An independent float64 MAGI-1 DiT forward written from magi1-dit.md §3, for tests.
+"""An independent float64 MAGI-1 DiT forward written from the official `inference/model/dit/dit_module.py`, for tests.
 
 It reads only the state dict and the config numbers; it calls none of magi_core's modules or helpers.
 """
@@ -16,7 +16,7 @@ def _ln(x, w, b, eps):
 
 
 def _rope_table(T_total, H, W, bands, t_first):
-    """sin/cos (tokens, 3*nb) for frames t_first..T_total-1, columns axis*nb + k (§3.5)."""
+    """sin/cos (tokens, 3*nb) for frames t_first..T_total-1, columns axis*nb + k."""
     r = math.sqrt(H * W / 256.0)
     refs = [T_total, H / r, W / r]
     axes = []

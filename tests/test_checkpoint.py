@@ -1,4 +1,4 @@
-"""Checkpoint layouts, detection, strict errors, inspect/convert CLI (magi1-dit.md §2, §5.4, §9.18)."""
+"""Checkpoint layouts, detection, strict errors, inspect/convert CLI (docs/model.md)."""
 import json
 import os
 import struct
@@ -24,7 +24,7 @@ F32, BF16, F8 = "float32", "bfloat16", "float8_e4m3fn"
 
 
 def spec_table(size: str, fp8: bool) -> dict:
-    """name -> (shape, in-memory dtype), written from the formulas of magi1-dit.md §2.2-2.4."""
+    """name -> (shape, in-memory dtype), written from the module shapes of `inference/model/dit/dit_module.py`."""
     h, L, F, nh, glu, cin = {"4.5B": (3072, 34, 12288, 24, False, 16), "24B": (6144, 48, 16384, 48, True, 32)}[size]
     g, d, p, cc, lc = 8, 128, 2, 4096, 800
     c, Q, K = h // 4, nh * d, g * d
@@ -83,7 +83,7 @@ def numel(shape):
     return n
 
 
-TOTALS = {  # magi1-dit.md §2.2 / §2.4
+TOTALS = {  # docs/model.md, tensors and parameters
     "4.5B": (898, 4_459_898_128), "24B": (1262, 23_899_281_936),
     "4.5B-distill-fp8": (1410, 4_460_979_760), "24B-distill-fp8": (1998, 23_902_014_382),
 }

@@ -1,6 +1,6 @@
 """Sampling planner: t grid, staircase, kv ranges, extra clean chunk, prefix handling, CFG bins, distill.
 
-Expected values come from magi1-pipeline.md (§1.3, §1.10, §1.14 worked example) and from independent
+Expected values come from the reference (`inference/pipeline/video_generate.py`; docs/sampling.md) and from independent
 recomputations (float64 formulas, a torch re-derivation of the reference's float32 grid, simulations)."""
 import math
 
@@ -113,7 +113,7 @@ def test_cfg_bins():
         cfg_scales(0.05, [0.1, 0.5], [1, 1], [1, 1])
 
 
-# ---------------------------------------------------------------- §1.14 worked example
+# ---------------------------------------------------------------- worked example (docs/sampling.md)
 
 # (g range, chunks in the forward (c = extra clean), slice_point, step indices as f(d), key ranges)
 TABLE = [

@@ -25,7 +25,8 @@ def captions(model, n, seed=0):
 
 
 def reference_loop(model, n, N, text, null, noise, cfg_number, prefix=None, P=0, w=4, kvr=(5, 4, 3, 2)):
-    """magi1-pipeline.md §1.4-1.9 written out directly: full-video KV cache written by every forward."""
+    """Official `inference/pipeline/video_generate.py` and `inference/model/dit/dit_model.py` `forward_dispatcher`
+    written out directly: full-video KV cache written by every forward."""
     S, ts = N // w, t_grid(N)
     ts_t = torch.tensor(ts, dtype=torch.float32)
     offset = P // CW

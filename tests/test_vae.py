@@ -205,7 +205,7 @@ def test_shapes_and_single_frame_rules(vae):
 # ---------------------------------------------------------------- tiling
 
 def test_reference_tile_plans():
-    """Counts from magi1-pipeline.md §5.5/§6 at 720x720, fps 24."""
+    """Tile counts of the reference (`tile_parallel.py`, `video_process.py`) at 720x720, fps 24."""
     sp = plan_axis(90, 32, 24, lambda n: 8 * n, 64)  # decode, latent units
     assert [t.start for t in sp.tiles] == [0, 24, 48, 72] and sp.total == 720
     assert [t.keep for t in sp.tiles] == [192, 192, 192, 144]
@@ -234,7 +234,8 @@ def blend_rows(a, b, dim, extent):
 
 
 def spec_tiles(fn, x, tile, stride, t_tile):
-    """All tiles of magi1-pipeline.md §5.5: (f, i, j) -> fn(x[f*t_tile.., i*stride.., j*stride..])."""
+    """All tiles of official `inference/infra/parallelism/tile_parallel.py`:
+    (f, i, j) -> fn(x[f*t_tile.., i*stride.., j*stride..])."""
     nt, nh, nw = (math.ceil(x.shape[2] / t_tile), math.ceil(x.shape[3] / stride), math.ceil(x.shape[4] / stride))
     return {(f, i, j): fn(x[:, :, f * t_tile:(f + 1) * t_tile, i * stride:i * stride + tile, j * stride:j * stride + tile])
             for f in range(nt) for i in range(nh) for j in range(nw)}

@@ -1,4 +1,4 @@
-"""Bounded KV cache for clean chunks (magi1-dit.md §4).
+"""Bounded KV cache for clean chunks (official `inference/model/dit/dit_module.py`, the attention's KV memory).
 
 Per layer and per clean chunk it keeps `[K | V]` as (tokens, g, 2d): K after k_layernorm and RoPE, V raw.
 Chunks are addressed by their absolute index in the video. Only the last `max_chunks` chunks are kept,

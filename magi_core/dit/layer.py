@@ -1,4 +1,5 @@
-"""MAGI-1 transformer layer: parallel self/cross attention, one linear_proj, gated sandwich norms (§3.7)."""
+"""MAGI-1 transformer layer: parallel self/cross attention, one linear_proj, gated sandwich norms
+(official `inference/model/dit/dit_module.py`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

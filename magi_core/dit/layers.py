@@ -1,4 +1,4 @@
-"""Building blocks of the MAGI-1 DiT: norms, fp8 linears, embedders (magi1-dit.md §2, §3, §5)."""
+"""Building blocks of the MAGI-1 DiT: norms, fp8 linears, embedders (official `inference/model/dit/dit_module.py`)."""
 from __future__ import annotations
 
 import math

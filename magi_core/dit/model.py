@@ -1,4 +1,5 @@
-"""VideoDiT: MAGI-1's diffusion transformer (magi1-dit.md). Output is the flow velocity dx/dt."""
+"""VideoDiT: MAGI-1's diffusion transformer (official `inference/model/dit/dit_model.py`; docs/model.md).
+Output is the flow velocity dx/dt."""
 from __future__ import annotations
 
 import torch
@@ -174,7 +175,7 @@ class VideoDiT(nn.Module):
 
 
 def promote_high_precision(model: VideoDiT) -> VideoDiT:
-    """The reference's promotion list: these modules are cast to fp32 after loading (magi1-dit.md §2.3)."""
+    """The reference's promotion list: these modules are cast to fp32 after loading (`dit_model.py`; docs/model.md)."""
     for mod in (model.x_embedder, model.t_embedder, model.y_embedder, model.final_linear, model.rope):
         mod.float()
     for name, mod in model.named_modules():

@@ -1,4 +1,4 @@
-"""MAGI-1's 3-axis rotary embedding with learnable frequency bands (magi1-dit.md §3.5)."""
+"""MAGI-1's 3-axis rotary embedding with learnable frequency bands (official `inference/model/dit/dit_module.py`)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
-"""Ulysses context parallel for the VideoDiT (magi1-dit.md §7.2), on torch.distributed.
+"""Ulysses context parallel for the VideoDiT
+(official `inference/infra/parallelism/context_parallel.py`), on torch.distributed.
 
 The flattened token sequence (batch-major, N*S tokens) is cut into cp contiguous pieces, the first
 (N*S) % cp ranks holding one extra token. Everything per token (norms, projections, RoPE, gates, MLP,

@@ -1,4 +1,5 @@
-"""Sampling plan: the exact sequence of DiT calls made by MAGI-1's chunk-wise sampler (magi1-pipeline.md §1.4–1.10).
+"""Sampling plan: the exact sequence of DiT calls made by MAGI-1's chunk-wise sampler
+(official `inference/pipeline/video_generate.py`; docs/sampling.md).
 
 Pure Python, no tensors. `make_plan` lists every `forward_dispatcher` call of the reference (`video_generate.py`)
 with everything an executor needs: the chunks in the forward with their step index, t and key ranges, the Euler
@@ -177,13 +178,13 @@ def make_plan(
 ) -> Plan:
     """Every DiT call of the reference sampler for a latent video of `n_chunks` chunks.
 
-    Staircase (§1.4): S = N / window_size steps per stage, total = S·(n_chunks + window_size − 1 − chunk_offset)
+    Staircase: S = N / window_size steps per stage, total = S·(n_chunks + window_size − 1 − chunk_offset)
     sampler calls; at stage s chunk c is at step k = (s − (c − chunk_offset))·S + d.
-    Extra clean chunk (§1.5): at d == 0 once a chunk has finished, that chunk is prepended at t = clean_t; it is
-    the source of its cached K/V. Prefix (§1.8): chunk_offset = prefix_latents // chunk_width whole prefix chunks
+    Extra clean chunk: at d == 0 once a chunk has finished, that chunk is prepended at t = clean_t; it is
+    the source of its cached K/V. Prefix: chunk_offset = prefix_latents // chunk_width whole prefix chunks
     are run once at t = clean_t (extraction call, output discarded) to fill the cache; leftover prefix frames
     overwrite the forward input before every call that covers them.
-    Distill copy (§1.9, cfg_number 1): when `nearly_clean`, the first noisy chunk is appended once more after the
+    Distill copy (cfg_number 1): when `nearly_clean`, the first noisy chunk is appended once more after the
     last chunk (key position slice_point + R, attending only to itself, own text caption, not cached); its output
     o_iso is mixed into that chunk's output as prev_chunks_scale·o + (1 − prev_chunks_scale)·o_iso.
     """
@@ -201,7 +202,7 @@ def make_plan(
         clean_chunk_kvrange = noise2clean_kvrange[-1] if noise2clean_kvrange else 8
 
     def visible(a: int, k: int) -> tuple[int, int]:
-        """Key chunks seen by the chunk at absolute position a and step k (§1.7)."""
+        """Key chunks seen by the chunk at absolute position a and step k."""
         if not noise2clean_kvrange:
             return 0, a + 1
         r = clean_chunk_kvrange if k == N else noise2clean_kvrange[k // (N // len(noise2clean_kvrange))]

@@ -1,4 +1,5 @@
-"""MAGI-1 sampler schedule arithmetic (magi1-pipeline.md §1.2, §1.3, §1.9, §1.10). Pure Python + numpy.
+"""MAGI-1 sampler schedule arithmetic (official `inference/pipeline/video_generate.py`,
+`inference/model/dit/dit_model.py` `get_cfg_scale`). Pure Python + numpy.
 
 Time runs from 0 (pure noise) to 1 (clean). Values that the reference keeps in float32 tensors are computed
 here in float32 with the same operation order, and returned as Python floats holding those float32 values.

@@ -1,4 +1,4 @@
-"""Caption cleaning applied to every prompt before T5 (magi1-pipeline.md §4, step 1), and `check_caption`,
+"""Caption cleaning applied to every prompt before T5 (official `inference/model/t5/t5_model.py`), and `check_caption`,
 which tells users what it removes.
 
 MAGI-1 was trained with the DeepFloyd-IF / PixArt caption cleaner, run twice. `clean_caption` reproduces

@@ -1,4 +1,4 @@
-"""Per-chunk prompt schedule (magi1-pipeline.md §2): which prompt each chunk of the video uses.
+"""Per-chunk prompt schedule (not in the reference, which has one prompt): which prompt each chunk uses.
 
 Text format, one range per line:
 

@@ -1,4 +1,5 @@
-"""MAGI-1 special tokens: learned 4096-d vectors prepended to a chunk's caption (magi1-pipeline.md §3).
+"""MAGI-1 special tokens: learned 4096-d vectors prepended to a chunk's caption
+(official `inference/pipeline/prompt_process.py`).
 
 `special_tokens.npz` holds `caption_token` (1, C), `logo_token` (1, C) and `other_tokens` (100, C) in
 float64. The reference rounds them through float16; they are then used in the caption dtype (fp32).

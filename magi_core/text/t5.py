@@ -1,4 +1,4 @@
-"""T5 v1.1 XXL text encoder for MAGI-1 (magi1-pipeline.md §4; comfyui.md §3.3-3.4).
+"""T5 v1.1 XXL text encoder for MAGI-1 (official `inference/model/t5/t5_model.py`, `prompt_process.py`).
 
 The encoder is transformers' `T5EncoderModel`; the output is `last_hidden_state` (after the final RMS norm).
 Weights load strictly from:

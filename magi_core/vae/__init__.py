@@ -1,4 +1,5 @@
-"""MAGI-1 transformer VAE: network, tiled encode/decode, official-checkpoint loader (magi1-pipeline.md §5)."""
+"""MAGI-1 transformer VAE: network, tiled encode/decode, official-checkpoint loader
+(official `inference/model/vae/`)."""
 from .loader import load_vae, read_vae_config, save_vae
 from .model import VAE_PRESETS, VAEConfig, ViTVAE
 from .tiling import SCALE_FACTOR, tiled_decode, tiled_encode

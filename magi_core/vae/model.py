@@ -1,4 +1,5 @@
-"""MAGI-1 transformer VAE (magi1-pipeline.md §5): ViT encoder/decoder, 8x spatial, 4x temporal, 16 channels.
+"""MAGI-1 transformer VAE (official `inference/model/vae/vae_model.py`, `vae_module.py`):
+ViT encoder/decoder, 8x spatial, 4x temporal, 16 channels.
 
 State-dict names and shapes follow the official `ViTVAE` checkpoint (`ckpt/vae`). Latents here are
 VAE-native (NOT multiplied by the 0.18215 scale factor; `tiling.tiled_encode/tiled_decode` do that).

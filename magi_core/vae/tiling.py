@@ -1,4 +1,5 @@
-"""Tiled VAE encode/decode with linear-ramp blending (magi1-pipeline.md §5.5), one tile at a time.
+"""Tiled VAE encode/decode with linear-ramp blending
+(official `inference/infra/parallelism/tile_parallel.py`), one tile at a time.
 
 Latents in and out of this module are DiT-space: `tiled_encode` returns mean * scale_factor and
 `tiled_decode` divides by scale_factor first, exactly where the reference pipeline applies 0.18215.
