@@ -38,3 +38,14 @@ def test_readme_main_command_writes_a_playable_video(tmp_path):
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 48 and frames[0].shape == (128, 128, 3)
     assert len({f.tobytes() for f in frames}) > 1  # a real video, not one repeated frame
+
+
+def test_tests_run_in_a_clone_whose_folder_name_is_no_module_name(tmp_path):
+    """Users clone into e.g. `ComfyUI-MAGI-1`; pytest then imports the root __init__.py outside any package."""
+    import shutil
+
+    clone = tmp_path / "ComfyUI-MAGI-1"
+    shutil.copytree(ROOT, clone, ignore=shutil.ignore_patterns(".git", ".venv", ".gpu", "__pycache__", "*.mp4"))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_config.py",
+                        "-k", "presets_and_errors"], cwd=clone, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "1 passed" in r.stdout, r.stdout[-3000:]
