@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from magi_core.pipeline import CHUNK_WIDTH, Settings, chunk_count, prefix_latent_count
-from magi_core.text import PromptSchedule, clean_caption, parse_schedule
+from magi_core.text import PromptSchedule, check_caption, clean_caption, parse_schedule
 from magi_core.text.schedule import FRAMES_PER_CHUNK
 
 MAX_LENGTH = 800  # caption_max_length
@@ -58,6 +58,21 @@ def check_schedule(text: str) -> PromptSchedule:
     if problems:
         raise ValueError("prompt schedule: " + "; ".join(problems))
     return schedule
+
+
+def check_prompt(text: str) -> tuple[PromptSchedule, list[str]]:
+    """check_schedule, then what MAGI-1's caption cleaner does to each prompt (magi_core.text.check_caption):
+    -> (schedule, warnings naming the line when there are several ranges). ValueError for a prompt the cleaner
+    empties (the video would run with no prompt)."""
+    schedule = check_schedule(text)
+    warnings = []
+    for r in schedule.ranges:
+        where = f"{r.describe()}: " if len(schedule.ranges) > 1 else ""
+        try:
+            warnings += [where + w for w in check_caption(r.prompt)]
+        except ValueError as e:
+            raise ValueError(where + str(e)) from None
+    return schedule, warnings
 
 
 # ----------------------------------------------------------------------------- chunk / timeline info
