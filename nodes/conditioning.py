@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from magi_core.pipeline import CHUNK_WIDTH, Settings, chunk_count, prefix_latent_count
-from magi_core.text import PromptSchedule, check_caption, clean_caption, parse_schedule
+from magi_core.text import PromptSchedule, clean_caption, parse_schedule
 from magi_core.text.schedule import FRAMES_PER_CHUNK
 
 MAX_LENGTH = 800  # caption_max_length
@@ -62,17 +62,9 @@ def check_schedule(text: str) -> PromptSchedule:
 
 def check_prompt(text: str) -> tuple[PromptSchedule, list[str]]:
     """check_schedule, then what MAGI-1's caption cleaner does to each prompt (magi_core.text.check_caption):
-    -> (schedule, warnings naming the line when there are several ranges). ValueError for a prompt the cleaner
-    empties (the video would run with no prompt)."""
+    -> (schedule, warnings). ValueError for a prompt the cleaner empties (the video would run with no prompt)."""
     schedule = check_schedule(text)
-    warnings = []
-    for r in schedule.ranges:
-        where = f"{r.describe()}: " if len(schedule.ranges) > 1 else ""
-        try:
-            warnings += [where + w for w in check_caption(r.prompt)]
-        except ValueError as e:
-            raise ValueError(where + str(e)) from None
-    return schedule, warnings
+    return schedule, schedule.check_captions()
 
 
 # ----------------------------------------------------------------------------- chunk / timeline info
@@ -90,11 +82,12 @@ def chunk_info(num_frames: int, fps: int, prefix_frames: int = 0) -> dict:
 
 
 def schedule_info(text: str, num_frames: int, fps: int, prefix_frames: int = 0) -> dict:
-    """Timeline of a schedule for a video: each range's chunks and seconds, or the error the sampler would raise."""
-    out = dict(ok=True, error=None, ranges=[], **chunk_info(num_frames, fps, prefix_frames))
+    """Timeline of a schedule for a video: each range's chunks and seconds, or the error a run would raise; and
+    the caption cleaner's warnings."""
+    out = dict(ok=True, error=None, ranges=[], warnings=[], **chunk_info(num_frames, fps, prefix_frames))
     n = out["schedule_chunks"]
     try:
-        schedule = check_schedule(text)
+        schedule, out["warnings"] = check_prompt(text)
         per_chunk = schedule.resolve(n, fps)
     except ValueError as e:
         out.update(ok=False, error=str(e))

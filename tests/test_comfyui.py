@@ -518,6 +518,10 @@ def test_routes(server):
     assert status == 200 and r["ok"] and [g["last_chunk"] for g in r["ranges"]] == [1, 3]
     status, r = server.post("/api/magi/schedule", {"text": "0-1: a\n1-: b", "frames": 96, "fps": 24})
     assert status == 200 and not r["ok"] and "overlap" in r["error"]
+    status, r = server.post("/api/magi/schedule", {"text": "0-1: a fox 在雪地里\n2-: b", "frames": 96, "fps": 24})
+    assert status == 200 and r["ok"] and "在雪地里" in r["warnings"][0] and "line 1" in r["warnings"][0], r
+    status, r = server.post("/api/magi/schedule", {"text": "0-1: a fox\n2- b", "frames": 96, "fps": 24})
+    assert status == 200 and not r["ok"] and "line 2" in r["error"], r
     status, r = server.post("/api/magi/schedule", {"text": "x", "frames": "many"})
     assert status == 400 and "integers" in r["error"]
 
