@@ -16,8 +16,8 @@ ComfyUI unloads a swapped DiT, the swap's prefetched layer is dropped too, so no
 
 The multi-GPU worker pool (its processes hold their own DiT replicas) is listed among ComfyUI's loaded models as
 `MagiWorkerPool` on ComfyUI's device, with size 0 (its memory is in the workers): when ComfyUI unloads it (/free
-with unload_models, `unload_all_models`, memory pressure on that device), the workers stop and the GPUs are free;
-the next multi-GPU run starts them again. Server exit closes them too (magi_core/parallel/pool.py).
+with unload_models, `unload_all_models`, memory pressure on that device: being size 0 it goes first, even when its
+workers use other GPUs), the workers stop and the GPUs are free; the next multi-GPU run starts them again. Server exit closes them too (magi_core/parallel/pool.py).
 """
 from __future__ import annotations
 
