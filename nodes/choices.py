@@ -1,4 +1,11 @@
-"""Combo options of the MAGI nodes and their validation (ComfyUI's `execution.py` checks V1 list combos only)."""
+"""Combo options of the MAGI nodes and their validation (ComfyUI's `execution.py` checks V1 list combos only).
+
+ComfyUI (`execution.py`, validate_inputs) attaches whatever a node's `validate_inputs` returns to every input the
+method takes as a parameter (and skips its own min/max check for those): a method taking eight inputs shows one
+problem eight times. So a node's `validate_inputs` takes one input, the one worth rejecting at queue time (a model
+file that is not there); its other combos are checked with `require_all` first thing in `execute`, before
+anything loads, and reported once.
+"""
 from __future__ import annotations
 
 ATTENTION = ["auto", "sdpa", "cudnn", "flex", "flash", "magi"]
@@ -37,6 +44,13 @@ def check_all(pairs) -> bool | str:
     errors = [check(*p) for p in pairs if p[1] is not None]
     errors = [e for e in errors if e]
     return "; ".join(errors) if errors else True
+
+
+def require_all(pairs) -> None:
+    """check_all, raising ValueError with the errors (the start of a node's execute)."""
+    result = check_all(pairs)
+    if result is not True:
+        raise ValueError(result)
 
 
 def torch_dtype(name: str):

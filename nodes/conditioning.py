@@ -60,6 +60,13 @@ def check_schedule(text: str) -> PromptSchedule:
     return schedule
 
 
+def check_prompt(text: str) -> tuple[PromptSchedule, list[str]]:
+    """check_schedule, then what MAGI-1's caption cleaner does to each prompt (magi_core.text.check_caption):
+    -> (schedule, warnings). ValueError for a prompt the cleaner empties (the video would run with no prompt)."""
+    schedule = check_schedule(text)
+    return schedule, schedule.check_captions()
+
+
 # ----------------------------------------------------------------------------- chunk / timeline info
 def chunk_info(num_frames: int, fps: int, prefix_frames: int = 0) -> dict:
     """What the sampler will make of (frames, fps, prefix): chunk counts and the output length."""
@@ -75,11 +82,12 @@ def chunk_info(num_frames: int, fps: int, prefix_frames: int = 0) -> dict:
 
 
 def schedule_info(text: str, num_frames: int, fps: int, prefix_frames: int = 0) -> dict:
-    """Timeline of a schedule for a video: each range's chunks and seconds, or the error the sampler would raise."""
-    out = dict(ok=True, error=None, ranges=[], **chunk_info(num_frames, fps, prefix_frames))
+    """Timeline of a schedule for a video: each range's chunks and seconds, or the error a run would raise; and
+    the caption cleaner's warnings."""
+    out = dict(ok=True, error=None, ranges=[], warnings=[], **chunk_info(num_frames, fps, prefix_frames))
     n = out["schedule_chunks"]
     try:
-        schedule = check_schedule(text)
+        schedule, out["warnings"] = check_prompt(text)
         per_chunk = schedule.resolve(n, fps)
     except ValueError as e:
         out.update(ok=False, error=str(e))

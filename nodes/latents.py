@@ -6,10 +6,14 @@ LATENT = {"samples": (1, 16, T, H/8, W/8) fp32 CPU, ...} plus MAGI keys that nat
 - "magi_chunks": latent frames of each finished chunk, in order (MAGI Sampler); decoding chunk by chunk
   gives the reference's frame counts (a chunk's last VAE tile may be short);
 - "magi_fps": the sampler's fps (temporal VAE tiles are fps // 2 frames);
-- "magi_decoded": {"key": ..., "frames": (N, H, W, 3)} frames the sampler already decoded for its previews,
-  reused by MAGI VAE Decode when its VAE and tile settings are the same.
+- "magi_decoded": {"key": ..., "frames": (N, H, W, 3), "of": fingerprint of the samples} frames the sampler
+  already decoded for its previews, reused by MAGI VAE Decode only for a latent with the same fingerprint (the
+  same values) and the same VAE and tile settings. Native nodes copy these keys into the LATENT they make
+  (LatentMultiply keeps them beside its new "samples"), so the keys alone prove nothing about the samples.
 """
 from __future__ import annotations
+
+import hashlib
 
 import torch
 
@@ -32,6 +36,15 @@ def decode_key(vae_key, tiling: dict, fps: int) -> tuple:
     return (vae_key, tuple(sorted(tiling_kwargs(tiling, fps).items())), fps)
 
 
+def fingerprint(x: torch.Tensor) -> tuple:
+    """What decides a decode: shape, dtype and every byte of the latent (blake2b: 58 ms for the 12 MB latent of 96
+    frames at 720x720 on a busy 2-core CPU). An identity check would not do: ComfyUI runs nodes in inference
+    mode, where torch does not count in-place changes, and an equal latent (LatentMultiply x1) may reuse them."""
+    t = x.detach().cpu().contiguous()
+    digest = hashlib.blake2b(t.view(torch.uint8).reshape(-1).numpy(), digest_size=16).hexdigest()
+    return tuple(t.shape), str(t.dtype), digest
+
+
 def prefix_from_latent(latent: dict | None, width: int, height: int, channels: int, fps: int = 24):
     """-> (prefix latents (1, C, P, h, w) or None, prefix pixel frames). Clear errors for a wrong prefix."""
     if latent is None:
@@ -41,6 +54,11 @@ def prefix_from_latent(latent: dict | None, width: int, height: int, channels: i
         shape = None if x is None else tuple(getattr(x, "shape", ()))
         raise ValueError(f"prefix must be a MAGI video latent (1, {channels}, frames, h, w) from MAGI VAE Encode, "
                          f"got {shape}")
+    if "magi_prefix_frames" not in latent and "magi_chunks" not in latent:
+        raise ValueError(f"the prefix latent {tuple(x.shape)} was not made by MAGI VAE Encode (nor by a MAGI "
+                         "sampler): a latent from another node (e.g. EmptyHunyuanLatentVideo, another model's VAE) "
+                         "is not a MAGI-1 video. Encode the start image or video with MAGI VAE Encode and connect "
+                         "its output to the prefix input")
     if x.shape[0] != 1:
         raise ValueError(f"prefix latent has batch {x.shape[0]}; MAGI-1 continues one video at a time (batch 1)")
     if x.shape[1] != channels:
@@ -69,7 +87,7 @@ def video_latent(chunks: list, fps: int, decoded: dict | None = None) -> dict:
     out = {"samples": torch.cat([c.float().cpu() for c in chunks], dim=2),
            "magi_chunks": [int(c.shape[2]) for c in chunks], "magi_fps": int(fps)}
     if decoded is not None:
-        out["magi_decoded"] = decoded
+        out["magi_decoded"] = dict(decoded, of=fingerprint(out["samples"]))
     return out
 
 
@@ -85,14 +103,17 @@ def split_chunks(latent: dict) -> list[torch.Tensor]:
 def decode_video(vae, latent: dict, tiling: dict, vae_key=None, progress=None) -> torch.Tensor:
     """LATENT -> IMAGE frames (N, H, W, 3) float32 [0, 1] on the CPU, chunk by chunk.
 
-    Reuses frames the sampler decoded with the same VAE and tiling. progress(done, total) after each chunk."""
+    Reuses the frames the sampler decoded for its previews only for the latent they came from (same values, see
+    `fingerprint`), the same VAE and tiling; anything else is decoded. progress(done, total) after each chunk."""
     x = latent.get("samples") if isinstance(latent, dict) else None
-    if not torch.is_tensor(x) or x.dim() != 5 or x.shape[0] != 1:
-        raise ValueError(f"MAGI VAE Decode needs a MAGI video latent (1, 16, frames, h, w), got "
+    channels = getattr(getattr(vae, "cfg", None), "z_chans", 16)
+    if not torch.is_tensor(x) or x.dim() != 5 or x.shape[0] != 1 or x.shape[1] != channels:
+        raise ValueError(f"MAGI VAE Decode needs a MAGI video latent (1, {channels}, frames, h, w), got "
                          f"{None if x is None else tuple(x.shape)}: connect the MAGI sampler's LATENT output")
     fps = int(latent.get("magi_fps", 24))
     cached = latent.get("magi_decoded")
-    if vae_key is not None and cached and cached.get("key") == decode_key(vae_key, tiling, fps):
+    if (vae_key is not None and cached and cached.get("key") == decode_key(vae_key, tiling, fps)
+            and cached.get("of") == fingerprint(x)):
         return cached["frames"]
     pieces = split_chunks(latent)
     frames = []

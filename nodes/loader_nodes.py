@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from . import choices, memory
-from .loading import block_swap_error, dit_layers, load_t5, load_vae, open_dit
+from .loading import load_t5, load_vae, open_dit
 from .model_files import default_special_tokens, identity, resolve, scan, size_on_disk, special_token_files
 from .types import CATEGORY, PACK_ASSET_TOKENS, MagiModel, MagiT5, MagiVAE, comfy_t5_tokenizer, roots
 
@@ -14,25 +14,6 @@ NO_DIT = "put MAGI-1 weights in models/magi (python install.py --download 4.5B-d
 
 def _device_input(tooltip: str):
     return io.Combo.Input("device", options=choices.devices(memory.cuda_count()), default="auto", tooltip=tooltip)
-
-
-def _block_swap_problem(model, variant, device, block_swap) -> str | None:
-    """Queue-time check of block_swap (ComfyUI skips its min/max check for inputs validate_inputs takes): the
-    range, the model's layer count (read from the checkpoint headers, only when block_swap > 0) and the device.
-    Header errors are left to execute, which reports them with the model's name."""
-    if block_swap is None or block_swap == 0:
-        return None
-    if not 0 <= block_swap <= BLOCK_SWAP_MAX:
-        return f"block_swap must be in 0..{BLOCK_SWAP_MAX}, got {block_swap}"
-    layers = None
-    if model is not None:
-        try:
-            layers = dit_layers(resolve(model, roots("dit")), None if variant in (None, "auto") else variant)
-        except Exception:
-            pass
-    dev = memory.resolve_device(device, "dit") if device is not None else None
-    err = block_swap_error(block_swap, layers, dev)
-    return f"block_swap: {err}" if err else None
 
 
 def _fingerprint(name: str, kind: str):
@@ -88,18 +69,8 @@ class MagiDiTLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model=None, variant=None, weight_dtype=None, attention=None, precision=None,
-                        device=None, special_tokens=None, block_swap=None):
-        result = choices.check_all([
-            ("model", model, scan(roots("dit"), "dit"), NO_DIT),
-            ("variant", variant, choices.VARIANT), ("weight_dtype", weight_dtype, choices.DIT_WEIGHT_DTYPE),
-            ("attention", attention, choices.ATTENTION), ("precision", precision, choices.PRECISION),
-            ("device", device, choices.devices(memory.cuda_count()), "GPU numbers follow CUDA_VISIBLE_DEVICES"),
-            ("special_tokens", special_tokens, choices.SPECIAL_TOKENS_FIXED + special_token_files(roots("tokens")),
-             "put special_tokens.npz in models/magi or run install.py"),
-        ])
-        swap = _block_swap_problem(model, variant, device, block_swap) if result is True else None
-        return swap or result
+    def validate_inputs(cls, model=None):  # one input: see choices.py on validate_inputs
+        return choices.check_all([("model", model, scan(roots("dit"), "dit"), NO_DIT)])
 
     @classmethod
     def fingerprint_inputs(cls, model, **kwargs):
@@ -108,6 +79,13 @@ class MagiDiTLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model, variant, weight_dtype, attention, precision, device, special_tokens, compile=False,
                 block_swap=0):
+        choices.require_all([
+            ("variant", variant, choices.VARIANT), ("weight_dtype", weight_dtype, choices.DIT_WEIGHT_DTYPE),
+            ("attention", attention, choices.ATTENTION), ("precision", precision, choices.PRECISION),
+            ("device", device, choices.devices(memory.cuda_count()), "GPU numbers follow CUDA_VISIBLE_DEVICES"),
+            ("special_tokens", special_tokens, choices.SPECIAL_TOKENS_FIXED + special_token_files(roots("tokens")),
+             "put special_tokens.npz in models/magi or run install.py"),
+        ])
         path = resolve(model, roots("dit"), "DiT")
         if special_tokens == "auto":
             tokens = default_special_tokens(PACK_ASSET_TOKENS, roots("tokens"))
@@ -137,11 +115,8 @@ class MagiVAELoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, vae=None, dtype=None, device=None):
-        return choices.check_all([
-            ("vae", vae, scan(roots("vae"), "vae"), "put the MAGI-1 VAE (ckpt/vae) in models/magi"),
-            ("dtype", dtype, choices.VAE_DTYPE), ("device", device, choices.devices(memory.cuda_count())),
-        ])
+    def validate_inputs(cls, vae=None):  # one input: see choices.py on validate_inputs
+        return choices.check_all([("vae", vae, scan(roots("vae"), "vae"), "put the MAGI-1 VAE (ckpt/vae) in models/magi")])
 
     @classmethod
     def fingerprint_inputs(cls, vae, **kwargs):
@@ -149,6 +124,7 @@ class MagiVAELoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae, dtype, device):
+        choices.require_all([("dtype", dtype, choices.VAE_DTYPE), ("device", device, choices.devices(memory.cuda_count()))])
         path = resolve(vae, roots("vae"), "VAE")
         dev = memory.resolve_device(device, "vae")
         handle = load_vae(vae, path, dtype, dev, before_load=lambda: memory.free_for(size_on_disk(path), dev))
@@ -174,11 +150,8 @@ class MagiT5Loader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, t5=None, dtype=None, device=None):
-        return choices.check_all([
-            ("t5", t5, scan(roots("t5"), "t5"), "put t5xxl_fp16.safetensors in models/text_encoders"),
-            ("dtype", dtype, choices.T5_DTYPE), ("device", device, choices.devices(memory.cuda_count())),
-        ])
+    def validate_inputs(cls, t5=None):  # one input: see choices.py on validate_inputs
+        return choices.check_all([("t5", t5, scan(roots("t5"), "t5"), "put t5xxl_fp16.safetensors in models/text_encoders")])
 
     @classmethod
     def fingerprint_inputs(cls, t5, **kwargs):
@@ -186,6 +159,7 @@ class MagiT5Loader(io.ComfyNode):
 
     @classmethod
     def execute(cls, t5, dtype, device):
+        choices.require_all([("dtype", dtype, choices.T5_DTYPE), ("device", device, choices.devices(memory.cuda_count()))])
         path = resolve(t5, roots("t5"), "T5")
         dev = memory.resolve_device(device, "t5")
         handle = load_t5(t5, path, dtype, dev, tokenizer=comfy_t5_tokenizer(),

@@ -37,13 +37,6 @@ def block_swap_error(block_swap: int, num_layers: int | None, device=None) -> st
     return None
 
 
-def dit_layers(path: Path, variant: str | None = None) -> int:
-    """Transformer layers of a DiT checkpoint, from its headers."""
-    from magi_core.checkpoint import detect, open_checkpoint
-
-    return detect(open_checkpoint(path, variant), variant).cfg.num_layers
-
-
 def open_dit(name: str, path: Path, variant: str, weight_dtype: str, device: str, attention: str,
              precision: str, special_tokens: Path | None, compile: bool = False, block_swap: int = 0) -> DiTHandle:
     """A DiT handle from the checkpoint's headers: size and variant detected (variant 'auto') or checked.

@@ -13,6 +13,11 @@ patcher: they stay in pinned host memory and `magi_core.dit.offload` streams the
 for the two swapped layers in flight (the running one and the prefetched one) is asked for with
 `use(memory_required=...)`, and before loading `free_for` frees the resident bytes plus those two layers. When
 ComfyUI unloads a swapped DiT, the swap's prefetched layer is dropped too, so nothing of it stays on the GPU.
+
+The multi-GPU worker pool (its processes hold their own DiT replicas) is listed among ComfyUI's loaded models as
+`MagiWorkerPool` on ComfyUI's device, with size 0 (its memory is in the workers): when ComfyUI unloads it (/free
+with unload_models, `unload_all_models`, memory pressure on that device: being size 0 it goes first, even when its
+workers use other GPUs), the workers stop and the GPUs are free; the next multi-GPU run starts them again. Server exit closes them too (magi_core/parallel/pool.py).
 """
 from __future__ import annotations
 
@@ -52,6 +57,10 @@ class MagiVAE(Holder):
 
 class MagiT5(Holder):
     pass
+
+
+class MagiWorkerPool(torch.nn.Module):
+    """Stands for the multi-GPU worker pool in ComfyUI's loaded-model list (no weights here)."""
 
 
 _HOLDERS = {"dit": MagiDiT, "vae": MagiVAE, "t5": MagiT5}  # class names show in ComfyUI's memory log
@@ -109,6 +118,29 @@ def keep(kind: str, loaded: Loaded) -> None:
     a loader's output when any of its inputs change, e.g. only the attention backend): the next run reuses it.
     Released when ComfyUI unloads it."""
     _recent[kind] = loaded
+
+
+_pool_patcher = None
+
+
+def track_pool(release) -> None:
+    """Let ComfyUI free the worker pool like a model (module doc): `release()` runs when ComfyUI unloads it."""
+    global _pool_patcher
+    if _pool_patcher is None:
+        device = mm.get_torch_device()
+        holder = MagiWorkerPool()
+        holder.device = device
+        patcher = comfy.model_patcher.ModelPatcher(holder, load_device=device, offload_device=device)
+
+        def detached(*_):
+            global _pool_patcher
+            if _pool_patcher is patcher:  # (a patcher also detaches when garbage collected)
+                _pool_patcher = None
+                release()
+
+        patcher.add_callback(CallbacksMP.ON_DETACH, detached)
+        _pool_patcher = patcher
+    mm.load_models_gpu([_pool_patcher], force_full_load=True)
 
 
 def use(*loaded: Loaded, memory_required: int = 0) -> None:

@@ -69,3 +69,12 @@ def pool_generate(**kwargs):
     if generate is None:
         raise RuntimeError(NOT_AVAILABLE.format(why=" with a generate() entry point"))
     return generate(**kwargs)
+
+
+def release_pool() -> None:
+    """Stop the worker pool if one runs (its processes and GPU memory); the next multi-GPU run starts a new one."""
+    try:
+        from magi_core.parallel import pool
+    except ImportError:
+        return
+    pool.shutdown_pool()

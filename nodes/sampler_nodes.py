@@ -8,23 +8,14 @@ from comfy_execution.utils import get_executing_context
 
 from magi_core.sampling.executor import SamplingCancelled
 
-from . import choices, memory, previews
+from . import choices, memory, messages, previews
 from .generation import Hooks, run
 from .loading import load_dit_weights
-from .multigpu import make_settings
+from .multigpu import make_settings, release_pool
 from .sampler_settings import build_settings, sampler_options
 from .types import CATEGORY, MagiConditioning, MagiModel, MagiMultiGPU, MagiSamplerOptions, MagiVAE
 
 CHUNK_EVENT = "magi.chunk"  # websocket event the frontend extension shows as live chunk previews
-
-
-def _server():
-    try:
-        from server import PromptServer
-
-        return PromptServer.instance
-    except Exception:  # no server (e.g. ComfyUI imported as a library)
-        return None
 
 
 class ComfyHooks(Hooks):
@@ -35,7 +26,7 @@ class ComfyHooks(Hooks):
         self.pbar = comfy.utils.ProgressBar(1)
         self.step = (0, 1)
         self.images, self.loaded = [], None
-        self.server = _server()
+        self.server = messages.server()
         ctx = get_executing_context()
         self.prompt_id = ctx.prompt_id if ctx is not None else None
 
@@ -129,6 +120,8 @@ class MagiSampler(io.ComfyNode):
         show = preview != "off"
         one_gpu = multigpu.devices[0] if multigpu is not None and not multigpu.wants_pool else None
         hooks = ComfyHooks(str(cls.hidden.unique_id), fps, device=one_gpu)
+        if multigpu is not None and multigpu.wants_pool:
+            memory.track_pool(release_pool)  # ComfyUI frees the workers with its models (memory.py)
         try:
             latent = run(model, conditioning, s, hooks, prefix=prefix, vae=vae, preview=show, multigpu=multigpu)
         except SamplingCancelled:

@@ -5,8 +5,8 @@ from comfy_api.latest import io
 
 from magi_core.pipeline import encode_prompts
 
-from . import memory
-from .conditioning import ClipT5, check_schedule
+from . import memory, messages
+from .conditioning import ClipT5, check_prompt
 from .types import CATEGORY, MagiConditioning, MagiT5
 
 PROMPT_HELP = ("one prompt for the whole video, or one range per line: '0-1: ...' (chunk indices, 1 chunk = 24 "
@@ -27,13 +27,15 @@ class MagiTextEncode(io.ComfyNode):
                 io.String.Input("prompt", multiline=True, default="", tooltip=PROMPT_HELP),
             ],
             outputs=[MagiConditioning.Output(display_name="conditioning")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, t5, prompt):
-        schedule = check_schedule(prompt)
+        schedule, warnings = check_prompt(prompt)
+        ui = messages.warn("MAGI-1 Text Encode", cls.hidden.unique_id, warnings)
         memory.use(t5.loaded)
-        return io.NodeOutput(encode_prompts(t5.encoder, schedule))
+        return io.NodeOutput(encode_prompts(t5.encoder, schedule), ui=ui)
 
 
 class MagiPromptSchedule(io.ComfyNode):
@@ -47,12 +49,13 @@ class MagiPromptSchedule(io.ComfyNode):
                 io.String.Input("schedule", multiline=True, default=SCHEDULE_EXAMPLE, tooltip=PROMPT_HELP),
             ],
             outputs=[io.String.Output(display_name="prompt")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, schedule):
-        check_schedule(schedule)
-        return io.NodeOutput(schedule)
+        _, warnings = check_prompt(schedule)
+        return io.NodeOutput(schedule, ui=messages.warn("MAGI-1 Prompt Schedule", cls.hidden.unique_id, warnings))
 
 
 class MagiCLIPTextEncode(io.ComfyNode):
@@ -68,11 +71,14 @@ class MagiCLIPTextEncode(io.ComfyNode):
                 io.String.Input("prompt", multiline=True, default="", tooltip=PROMPT_HELP),
             ],
             outputs=[MagiConditioning.Output(display_name="conditioning")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, clip, prompt):
-        return io.NodeOutput(encode_prompts(ClipT5(clip), check_schedule(prompt)))
+        schedule, warnings = check_prompt(prompt)
+        ui = messages.warn("MAGI-1 Text Encode (ComfyUI T5 CLIP)", cls.hidden.unique_id, warnings)
+        return io.NodeOutput(encode_prompts(ClipT5(clip), schedule), ui=ui)
 
 
 NODES = [MagiTextEncode, MagiPromptSchedule, MagiCLIPTextEncode]

@@ -52,11 +52,8 @@ class MagiVAEEncode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, resize=None, take=None):
-        return choices.check_all([("resize", resize, choices.RESIZE), ("take", take, choices.TAKE)])
-
-    @classmethod
     def execute(cls, vae, image, width, height, fps, resize, max_frames, take, tile_size, tile_overlap, tile_frames):
+        choices.require_all([("resize", resize, choices.RESIZE), ("take", take, choices.TAKE)])  # choices.py
         frames = select_prefix_frames(image[..., :3].float().cpu(), max_frames or None, take)
         try:  # a frame count the VAE cannot encode: say so before it loads
             encoded_frames(frames.shape[0], tile_frames or fps // 2)

@@ -81,15 +81,61 @@ def error_of(history: dict) -> dict:
     raise AssertionError(f"no execution_error in {history['status']}")
 
 
-def saved_video(server, history: dict, prompt: dict):
+def video_file_frames(path):
+    """(N, H, W, 3) uint8 frames of a video file, as ffmpeg (PyAV) decodes them."""
     import av
+    import numpy as np
 
-    out = history["outputs"][node_of(prompt, "SaveVideo")]
-    f = out["images"][0]
-    path = server.workdir / "output" / f["subfolder"] / f["filename"]
     with av.open(str(path)) as c:
-        frames = [fr for fr in c.decode(video=0)]
-    return len(frames), frames[0].width, frames[0].height
+        return np.stack([fr.to_ndarray(format="rgb24") for fr in c.decode(video=0)])
+
+
+def saved_frames(server, history: dict, prompt: dict):
+    f = history["outputs"][node_of(prompt, "SaveVideo")]["images"][0]
+    return video_file_frames(server.workdir / "output" / f["subfolder"] / f["filename"])
+
+
+def saved_video(server, history: dict, prompt: dict):
+    frames = saved_frames(server, history, prompt)
+    return frames.shape[0], frames.shape[2], frames.shape[1]
+
+
+def between(prompt: dict, node: dict, src: str, dst: str, dst_input: str) -> dict:
+    """A copy of `prompt` with `node` (whose first input is named in node["link"]) between src's output 0 and
+    dst's `dst_input`."""
+    p = copy.deepcopy(prompt)
+    nid = str(max(int(k) for k in p) + 1)
+    inputs = dict(node["inputs"], **{node["link"]: [node_of(p, src), 0]})
+    p[nid] = {"class_type": node["class_type"], "inputs": inputs}
+    p[node_of(p, dst)]["inputs"][dst_input] = [nid, 0]
+    return p
+
+
+def magi_children(pid: int) -> dict:
+    """The server's multi-GPU workers and multiprocessing's resource tracker (processes it started)."""
+    import psutil
+
+    out = {"workers": [], "tracker": []}
+    for c in psutil.Process(pid).children(recursive=True):
+        try:
+            cmd = " ".join(c.cmdline())
+        except psutil.Error:
+            continue
+        if "resource_tracker" in cmd:
+            out["tracker"].append(c.pid)
+        elif "multiprocessing" in cmd:
+            out["workers"].append(c.pid)
+    return out
+
+
+def wait_for(pred, timeout: float = 60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.25)
+    return pred()
 
 
 # ----------------------------------------------------------------------------- schemas and workflows
@@ -246,6 +292,59 @@ def test_early_first_chunk_option_runs(server):
     assert len(h["outputs"][node_of(prompt, "MagiSampler")]["images"]) == 2
 
 
+def test_vae_decode_is_a_function_of_its_latent(server):
+    """The sampler's preview frames are reused only for the latent they were decoded from: a native node in
+    between (LatentMultiply, LatentUpscaleBy) changes what MAGI VAE Decode gives."""
+    import numpy as np
+
+    prompt = tiny(api_twin("magi1_t2v"), seed=11)
+    h = run(server, prompt)
+    assert h["status"]["status_str"] == "success", error_of(h)
+    plain = saved_frames(server, h, prompt).astype(np.int16)
+
+    def with_node(node):
+        p = between(prompt, node, "MagiSampler", "MagiVAEDecode", "samples")
+        h = run(server, p)
+        assert h["status"]["status_str"] == "success", error_of(h)
+        return saved_frames(server, h, p).astype(np.int16)
+
+    zero = with_node({"class_type": "LatentMultiply", "link": "samples", "inputs": {"multiplier": 0.0}})
+    one = with_node({"class_type": "LatentMultiply", "link": "samples", "inputs": {"multiplier": 1.0}})
+    big = with_node({"class_type": "LatentUpscaleBy", "link": "samples",
+                     "inputs": {"upscale_method": "nearest-exact", "scale_by": 2.0}})
+    assert zero.shape == plain.shape and np.abs(zero - plain).mean() > 10, np.abs(zero - plain).mean()
+    assert np.abs(zero - zero.mean(axis=(0, 1, 2))).mean() < np.abs(plain - plain.mean(axis=(0, 1, 2))).mean()
+    assert np.abs(one - plain).mean() < 1.0  # the same latent, the same video (the H.264 of equal frames once differed locally)
+    assert big.shape == (plain.shape[0], 128, 128, 3)
+
+
+def test_foreign_latent_is_not_taken_as_prefix(server):
+    prompt = tiny(api_twin("magi1_t2v"))
+    prompt["90"] = {"class_type": "EmptyHunyuanLatentVideo",
+                    "inputs": {"width": 64, "height": 64, "length": 25, "batch_size": 1}}
+    prompt[node_of(prompt, "MagiSampler")]["inputs"]["prefix"] = ["90", 0]
+    h = run(server, prompt)
+    assert h["status"]["status_str"] == "error"
+    err = error_of(h)
+    assert err["node_id"] == node_of(prompt, "MagiSampler")
+    assert "not made by MAGI VAE Encode" in err["exception_message"], err["exception_message"]
+
+
+def test_caption_cleaner_warnings_are_shown(server):
+    """What MAGI-1's caption cleaner removes is said in the node's output (ui text) and in the console."""
+    prompt = tiny(api_twin("magi1_prompt_schedule"), num_frames=48)
+    prompt[node_of(prompt, "MagiPromptSchedule")]["inputs"]["schedule"] = (
+        "0: a red fox runs 在雪地里\n1-: the fox sleeps, see https://example.com/fox.jpg")
+    h = run(server, prompt)
+    assert h["status"]["status_str"] == "success", error_of(h)
+    for node in ("MagiPromptSchedule", "MagiTextEncode"):
+        text = " | ".join(h["outputs"][node_of(prompt, node)]["text"])
+        assert "在雪地里" in text and "caption cleaner" in text and "line 1" in text, text
+        assert "example.com" in text and "line 2" in text, text
+    assert "在雪地里" in server.log()
+
+
+
 BLOCK_SWAP_PATCHER = """
 import json, sys
 sys.path[:0] = [{comfy!r}, {root!r}, {tests!r}]
@@ -361,21 +460,24 @@ def test_encode_node_gives_the_command_line_inputs():
 
 # ----------------------------------------------------------------------------- bad inputs
 @pytest.mark.parametrize("node, field, value, needle", [
-    ("MagiDiTLoader", "variant", "fp16", "variant: 'fp16' is not one of the choices"),
     ("MagiDiTLoader", "model", "nope", "put MAGI-1 weights in models/magi"),
-    ("MagiDiTLoader", "block_swap", 4, "block_swap 4 is more than this model's 3 transformer layers: the maximum is 3"),
-    ("MagiDiTLoader", "block_swap", 65, "block_swap must be in 0..64"),
-    ("MagiDiTLoader", "block_swap", 2, "set block_swap to 0"),  # the test server runs on the CPU
-    ("MagiVAELoader", "dtype", "int8", "dtype: 'int8' is not one of the choices"),
+    ("MagiDiTLoader", "block_swap", 65, "Value 65 bigger than max of 64"),  # ComfyUI's own check
+    ("MagiVAELoader", "vae", "nope", "put the MAGI-1 VAE"),
+    ("MagiT5Loader", "t5", "nope", "put t5xxl_fp16.safetensors"),
     ("MagiSampler", "preview", "sometimes", "preview: 'sometimes'"),
 ])
-def test_bad_combo_values_are_rejected_at_queue_time(server, node, field, value, needle):
+def test_bad_values_are_rejected_at_queue_time_once_on_their_input(server, node, field, value, needle):
+    """One error, attached to the input it is about (ComfyUI attaches validate_inputs' answer to every input the
+    method takes: the DiT loader's used to show the same error 8 times)."""
     prompt = tiny(api_twin("magi1_t2v"))
-    prompt[node_of(prompt, node)]["inputs"][field] = value
+    nid = node_of(prompt, node)
+    prompt[nid]["inputs"][field] = value
     status, r = server.queue(prompt)
     assert status == 400
-    details = json.dumps(r["node_errors"])
-    assert needle in details, details
+    errors = r["node_errors"][nid]["errors"]
+    assert len(errors) == 1 and errors[0]["extra_info"]["input_name"] == field, errors
+    assert needle in errors[0]["details"] + errors[0]["message"], errors
+    assert set(r["node_errors"]) == {nid}
 
 
 @pytest.mark.parametrize("workflow, node, changes, needle", [
@@ -387,6 +489,16 @@ def test_bad_combo_values_are_rejected_at_queue_time(server, node, field, value,
     ("magi1_v2v", "MagiVAEEncode", dict(max_frames=26), "last temporal VAE tile of 2 frames"),
     ("magi1_v2v", "MagiVAEEncode", dict(fps=25), "set the same fps on MAGI VAE Encode and on the sampler"),
     ("magi1_prompt_schedule", "MagiPromptSchedule", dict(schedule="0: a\n2-: b"), "nothing covers chunk(s) 1"),
+    # combos checked first thing in execute (nodes/choices.py), before any model loads
+    ("magi1_t2v", "MagiDiTLoader", dict(variant="fp16"), "variant: 'fp16' is not one of the choices"),
+    ("magi1_t2v", "MagiVAELoader", dict(dtype="int8"), "dtype: 'int8' is not one of the choices"),
+    ("magi1_i2v", "MagiVAEEncode", dict(take="middle"), "take: 'middle' is not one of the choices"),
+    ("magi1_t2v", "MagiDiTLoader", dict(block_swap=4), "block_swap 4 is more than this model's 3 transformer layers"),
+    ("magi1_t2v", "MagiDiTLoader", dict(block_swap=2), "set block_swap to 0"),  # the test server runs on the CPU
+    # prompt text is never dropped: a malformed schedule line, a prompt the caption cleaner empties
+    ("magi1_t2v", "MagiTextEncode", dict(prompt="0-1 a fox\n2-: a bird"), "line 1"),
+    ("magi1_prompt_schedule", "MagiPromptSchedule", dict(schedule="0-1: a fox\n2- a bird"), "line 2"),
+    ("magi1_t2v", "MagiTextEncode", dict(prompt="一只红狐狸在雪地里奔跑"), "caption cleaner"),
 ])
 def test_bad_values_give_clear_errors(server, workflow, node, changes, needle):
     prompt = tiny(api_twin(workflow))
@@ -395,6 +507,7 @@ def test_bad_values_give_clear_errors(server, workflow, node, changes, needle):
     assert h["status"]["status_str"] == "error"
     err = error_of(h)
     assert needle in err["exception_message"], err["exception_message"]
+    assert err["exception_message"].count(needle) == 1
 
 
 # ----------------------------------------------------------------------------- routes, CLIP bridge
@@ -405,6 +518,10 @@ def test_routes(server):
     assert status == 200 and r["ok"] and [g["last_chunk"] for g in r["ranges"]] == [1, 3]
     status, r = server.post("/api/magi/schedule", {"text": "0-1: a\n1-: b", "frames": 96, "fps": 24})
     assert status == 200 and not r["ok"] and "overlap" in r["error"]
+    status, r = server.post("/api/magi/schedule", {"text": "0-1: a fox 在雪地里\n2-: b", "frames": 96, "fps": 24})
+    assert status == 200 and r["ok"] and "在雪地里" in r["warnings"][0] and "line 1" in r["warnings"][0], r
+    status, r = server.post("/api/magi/schedule", {"text": "0-1: a fox\n2- b", "frames": 96, "fps": 24})
+    assert status == 200 and not r["ok"] and "line 2" in r["error"], r
     status, r = server.post("/api/magi/schedule", {"text": "x", "frames": "many"})
     assert status == 400 and "integers" in r["error"]
 
@@ -415,3 +532,61 @@ def test_clip_bridge_matches_magi_t5():
             assert n_bridge == n_magi, (clip_type, prompt)
             assert diff < 1e-4 * max(1.0, scale), (clip_type, prompt, diff)
         assert res["long"][1] == 800  # truncated like the reference: 799 tokens + </s>
+
+
+# ----------------------------------------------------------------------------- multi-GPU pool lifetime
+def test_free_releases_the_worker_pool_and_the_next_run_restarts_it(tmp_path):
+    """POST /free {unload_models, free_memory} stops the multi-GPU workers and the resource tracker (like ComfyUI's
+    own models); the next run starts them again; server exit ends them too. Own server: it is stopped here."""
+    srv = running_server(tmp_path)
+    try:
+        prompt = tiny(api_twin("magi1_t2v_multigpu"))
+        h = run(srv, prompt)
+        assert h["status"]["status_str"] == "success", error_of(h)
+        first = magi_children(srv.proc.pid)
+        assert len(first["workers"]) == 2 and first["tracker"], first
+        status, _ = srv.post("/free", {"unload_models": True, "free_memory": True})
+        assert status == 200
+        gone = wait_for(lambda: magi_children(srv.proc.pid) == {"workers": [], "tracker": []}, 60)
+        assert gone, magi_children(srv.proc.pid)
+        assert "MagiWorkerPool" in srv.log()  # listed among ComfyUI's loaded models
+        h = run(srv, prompt)
+        assert h["status"]["status_str"] == "success", error_of(h)
+        again = magi_children(srv.proc.pid)
+        assert len(again["workers"]) == 2 and not set(again["workers"]) & set(first["workers"]), again
+    finally:
+        pids = magi_children(srv.proc.pid)["workers"] if srv.proc.poll() is None else []
+        srv.stop()
+    import psutil
+
+    assert wait_for(lambda: not [p for p in pids if psutil.pid_exists(p) and
+                                 psutil.Process(p).status() != psutil.STATUS_ZOMBIE], 30), pids
+
+
+# ----------------------------------------------------------------------------- headless use
+def test_headless_example_queues_a_shipped_workflow(server, tmp_path):
+    """docs/queue_workflow.py (README, "Headless use") against the real server: prompt, seed and size set,
+    progress followed on the websocket, the video downloaded."""
+    script = ROOT / "docs" / "queue_workflow.py"
+    tiny_widgets = ["MagiSampler.steps=4", "MagiT5Loader.dtype=\"fp32\"", "MagiVAELoader.dtype=\"fp32\""]
+    args = [sys.executable, str(script), "--server", server.url, "--workflow", "magi1_t2v", "--prompt",
+            "a small grey cat naps on a warm windowsill", "--seed", "4242", "--width", "64", "--height", "48",
+            "--frames", "24", "--out", str(tmp_path)]
+    for w in tiny_widgets:
+        args += ["--set", w]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "chunk 1/1 done" in r.stdout and "step 1/" in r.stdout, r.stdout
+    saved = [line.removeprefix("saved ") for line in r.stdout.splitlines() if line.startswith("saved ")]
+    assert len(saved) == 1 and saved[0].startswith(str(tmp_path)), r.stdout
+    frames = video_file_frames(saved[0])
+    assert frames.shape == (24, 48, 64, 3)
+    prompt_id = next(line.split()[1] for line in r.stdout.splitlines() if line.startswith("queued "))
+    sent = server.history(prompt_id)["prompt"][2]
+    assert sent[node_of(sent, "MagiTextEncode")]["inputs"]["prompt"] == "a small grey cat naps on a warm windowsill"
+    assert sent[node_of(sent, "MagiSampler")]["inputs"]["seed"] == 4242
+
+    r = subprocess.run(args[:-2 * len(tiny_widgets)] + ["--set", "MagiDiTLoader.model=\"nope\""],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "the server refused the workflow" in r.stderr and "model" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

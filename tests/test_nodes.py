@@ -279,8 +279,8 @@ def test_sampler_option_errors(kw, needle):
 def test_prefix_latent_checks():
     assert latents.prefix_from_latent(None, 64, 64, 16) == (None, 0)
     x = torch.zeros(1, 16, 2, 8, 8)
-    assert latents.prefix_from_latent({"samples": x}, 64, 64, 16)[1] == 8  # 2 latents = 8 frames
-    assert latents.prefix_from_latent({"samples": x[:, :, :1]}, 64, 64, 16)[1] == 1  # image
+    assert latents.prefix_from_latent({"samples": x, "magi_chunks": [2]}, 64, 64, 16)[1] == 8  # 2 latents = 8 frames
+    assert latents.prefix_from_latent({"samples": x[:, :, :1], "magi_prefix_frames": 1}, 64, 64, 16)[1] == 1  # image
     assert latents.prefix_from_latent({"samples": x, "magi_prefix_frames": 11}, 64, 64, 16)[1] == 11
     seven = torch.zeros(1, 16, 7, 8, 8)  # 25 frames at 24 fps: VAE tiles of 12 + 12 + 1 frames
     assert latents.prefix_from_latent({"samples": seven, "magi_prefix_frames": 25, "magi_fps": 24}, 64, 64, 16, 24)[1] == 25
@@ -288,10 +288,13 @@ def test_prefix_latent_checks():
         latents.prefix_from_latent({"samples": seven, "magi_prefix_frames": 25, "magi_fps": 24}, 64, 64, 16, 30)
     with pytest.raises(ValueError, match="stands for 25 pixel frames, which give 5 at 30 fps"):
         latents.prefix_from_latent({"samples": seven, "magi_prefix_frames": 25}, 64, 64, 16, 30)
-    for lat, needle in [({"samples": torch.zeros(2, 16, 1, 8, 8)}, "batch 2"),
-                        ({"samples": torch.zeros(1, 4, 1, 8, 8)}, "4 channels"),
-                        ({"samples": torch.zeros(1, 16, 1, 8, 10)}, "prefix latent is 80x64 but the sampler makes 64x64"),
+    mark = {"magi_prefix_frames": 1}
+    for lat, needle in [({"samples": torch.zeros(2, 16, 1, 8, 8), **mark}, "batch 2"),
+                        ({"samples": torch.zeros(1, 4, 1, 8, 8), **mark}, "4 channels"),
+                        ({"samples": torch.zeros(1, 16, 1, 8, 10), **mark},
+                         "prefix latent is 80x64 but the sampler makes 64x64"),
                         ({"samples": torch.zeros(1, 16, 8, 8)}, "MAGI video latent"),
+                        ({"samples": x}, "not made by MAGI VAE Encode"),  # e.g. EmptyHunyuanLatentVideo
                         ({"samples": x, "magi_prefix_frames": 20}, "stands for 20")]:
         with pytest.raises(ValueError, match=None) as e:
             latents.prefix_from_latent(lat, 64, 64, 16)
@@ -454,12 +457,17 @@ def test_generation_streams_chunks_and_reuses_preview_frames(tiny, t5, vae):
     assert [p[1] for p in progress] == list(range(1, progress[0][2] + 1))  # every DiT call, in order
     frames = latents.decode_video(vae.model, lat, latents.DEFAULT_TILING, vae_key=vae.key)
     assert frames is lat["magi_decoded"]["frames"]  # reused, not decoded again
+    scaled = latents.decode_video(vae.model, {**lat, "samples": lat["samples"] * 0},  # LatentMultiply x0 keeps keys
+                                  latents.DEFAULT_TILING, vae_key=vae.key)
+    assert scaled is not frames and not torch.allclose(scaled, frames, atol=1e-3)
     fresh = latents.decode_video(vae.model, {k: v for k, v in lat.items() if k != "magi_decoded"},
                                  latents.DEFAULT_TILING, vae_key=vae.key)
     assert torch.allclose(fresh, frames, atol=1e-5)
     other = latents.decode_video(vae.model, lat, dict(latents.DEFAULT_TILING, tile_size=16, tile_overlap=0.5),
                                   vae_key=vae.key)
     assert other is not frames and other.shape == frames.shape
+    lat["samples"].mul_(0)  # the sampler's own tensor, changed in place since: decoded again
+    assert latents.decode_video(vae.model, lat, latents.DEFAULT_TILING, vae_key=vae.key) is not frames
 
 
 def test_generation_image_prefix_and_no_preview(tiny, t5, vae):
@@ -548,7 +556,6 @@ def test_block_swap_limits_are_checked_before_loading(tiny):
     assert loading.block_swap_error(0, layers, "cpu") is None
     assert loading.block_swap_error(layers, layers, "cuda:0") is None  # all layers streamed is allowed
     assert loading.block_swap_error(2, None, None) is None  # nothing known yet: nothing to say
-    assert loading.dit_layers(tiny["dit"]) == layers
 
     h = dit_handle(tiny, device="cuda:0", block_swap=layers)  # headers only: no CUDA needed
     plain = dit_handle(tiny, device="cuda:0")

@@ -179,6 +179,10 @@ class WorkerPool:
         store = getattr(self, "_store", None)
         if store and os.path.exists(store):
             os.unlink(store)
+        for q in [getattr(self, "_results", None), *getattr(self, "_commands", [])]:
+            if q is not None:  # their feeder threads end; their semaphores go with them (see shutdown_pool)
+                q.close()
+        self._results, self._commands, self._cancel = None, [], None
 
     def __enter__(self):
         return self.start()
@@ -349,11 +353,18 @@ def generate(model, prompts, settings, prefix_latents=None, prefix_frames: int =
 
 
 def shutdown_pool():
-    """Stop the process-wide pool (frees the GPUs)."""
+    """Stop the process-wide pool (frees the GPUs), and the resource tracker process that multiprocessing
+    started for the pool's queues (a new one starts with the next pool)."""
     global _pool
     if _pool is not None:
         _pool.close()
         _pool = None
+    if not multiprocessing.active_children():  # no worker left that shares the tracker (else _stop would wait)
+        import gc
+        from multiprocessing import resource_tracker
+
+        gc.collect()  # the closed queues' semaphores unregister from the tracker as they are freed
+        resource_tracker._resource_tracker._stop()
 
 
 def _close_all():
