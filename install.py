@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-t5", action="store_true", help="do not add T5 (e.g. you use t5xxl_fp16.safetensors)")
     ap.add_argument("--special-tokens", default=None, help="a local special_tokens.npz (or URL) instead of GitHub")
     ap.add_argument("--skip-special-tokens", action="store_true")
-    ap.add_argument("--dry-run", action="store_true", help="print the plan, download nothing")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan offline, download nothing")
     ap.add_argument("--list", action="store_true", help="list what can be downloaded")
     a = ap.parse_args(argv)
     if a.list:
@@ -209,6 +209,15 @@ def main(argv=None) -> int:
     if models is None:
         raise SystemExit("cannot tell where ComfyUI's models folder is: pass --models-dir")
     items = items_for(a.download, not a.no_vae, not a.no_t5)
+    if a.dry_run:  # offline: what would go where, and what is there already (file names and sizes: the hub's)
+        for item in items:
+            src, dst = ITEMS[item]
+            dest = models / dst
+            have = [p for p in dest.rglob("*") if p.is_file()] if dest.is_dir() else []
+            state = f"{len(have)} files, {sum(p.stat().st_size for p in have) / 1e9:.2f} GB there" if have else "absent"
+            print(f"{item:18s} {REPO_ID}/{src} -> {dest} ({state})")
+        print("dry run: nothing downloaded; the download lists the hub's files and fetches the missing ones")
+        return 0
     hub = ensure_hub()
     try:
         remote = hub_listing(hub, items)
@@ -220,8 +229,6 @@ def main(argv=None) -> int:
     for act in actions:
         print(f"{act.state:8s} {act.size / 1e9:7.2f} GB  {act.dest}")
     print(f"{need / 1e9:.1f} GB to download into {models}")
-    if a.dry_run:
-        return 0
 
     def download(repo_path, staging):
         return hub.hf_hub_download(REPO_ID, repo_path, local_dir=staging)

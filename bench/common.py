@@ -22,6 +22,15 @@ def model_args(ap, variant: str = "base"):
     ap.add_argument("--backend", default=None, help="attention backend (default auto)")
 
 
+def runtime(a, dev):
+    """The DiTRuntime of a benchmark's options (compile, block swap, fp8 storage where the script has them)."""
+    from magi_core.settings import DiTRuntime
+
+    return DiTRuntime(device=str(dev), precision=getattr(a, "precision", "fast"), attention=a.backend,
+                      compile=getattr(a, "compile", False), block_swap=getattr(a, "block_swap", 0),
+                      weight_dtype="fp8_e4m3fn" if getattr(a, "weight_fp8", False) else None)
+
+
 def device_info(dev) -> dict:
     cuda = torch.device(dev).type == "cuda"
     return dict(gpu=torch.cuda.get_device_name(dev) if cuda else "cpu", torch=torch.__version__)

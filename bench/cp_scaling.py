@@ -25,11 +25,12 @@ from magi_core.dit import build_dit, init_random_  # noqa: E402
 from magi_core.parallel.run import init_distributed  # noqa: E402
 from magi_core.parallel.ulysses import check_cp_size, enable_context_parallel  # noqa: E402
 from magi_core.sampling import make_plan  # noqa: E402
+from magi_core.settings import SamplingSettings  # noqa: E402
 from magi_core.sampling.executor import Caption, generate_chunks, make_noise  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ceilings import dense_and_attention_flops  # noqa: E402
-from common import device_info, emit, sync, window_inputs  # noqa: E402
+from common import device_info, emit, runtime, sync, window_inputs  # noqa: E402
 
 
 def timed(fn, dev, iters):
@@ -77,27 +78,20 @@ def main():
             raise SystemExit(f"--cp {c} needs {c} ranks, torchrun started {world}")
     groups = {c: dist.new_group(list(range(c))) for c in sizes if c > 1}  # every rank creates every group
     t0 = time.perf_counter()
-    model = init_random_(build_dit(cfg, "cpu" if dev.type == "cpu" else "meta"), seed=0, device=dev)
-    if a.weight_fp8:
-        from magi_core.dit.weight_fp8 import store_weights_fp8_
-
-        store_weights_fp8_(model)
-    if a.block_swap:
-        from magi_core.dit.offload import enable_block_swap
-
-        enable_block_swap(model, dev, cfg.num_layers - a.block_swap)
+    rt = runtime(a, dev)
+    model = rt.apply(init_random_(build_dit(cfg, "cpu" if dev.type == "cpu" else "meta"), seed=0,
+                                  device=rt.load_device))
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         if a.mem_cap_gib:
             total = torch.cuda.get_device_properties(dev).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, a.mem_cap_gib * 2**30 / total), dev)
-    model.attn_backend, model.compile_ops = a.backend, a.compile
     build_s = time.perf_counter() - t0
     H, W = a.height // 8, a.width // 8
     w = window_inputs(cfg, a.height, a.width, dev, "extra", a.cap_tokens)
     args, ctn = w.args, w.ctn
     C = cfg.caption_channels
-    plan = make_plan(a.gen_chunks, a.gen_steps, 4, 6, 0, 1 if cfg.distill else 3)
+    plan = make_plan(SamplingSettings(steps=a.gen_steps).for_model(cfg), a.gen_chunks)
     g = torch.Generator().manual_seed(1)
     text = [Caption(torch.randn(a.cap_tokens, C, generator=g) * 0.1) for _ in range(a.gen_chunks)]
     null = Caption(model.y_embedder.null_caption_embedding[:a.cap_tokens].float())

@@ -21,12 +21,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import magi_core  # noqa: E402,F401
 from magi_core.config import preset  # noqa: E402
 from magi_core.dit import build_dit, init_random_  # noqa: E402
-from magi_core.pipeline import PromptEmbeds, Settings, chunk_count, decode_chunk, sample  # noqa: E402
+from magi_core.pipeline import PromptEmbeds, chunk_count, decode_chunk, sample  # noqa: E402
+from magi_core.settings import SamplingSettings  # noqa: E402
 from magi_core.text import PromptSchedule  # noqa: E402
 from magi_core.text.special_tokens import special_tokens_from_arrays  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, emit, model_args, sync  # noqa: E402
+from common import device_info, emit, model_args, runtime, sync  # noqa: E402
 
 
 def random_t5_encode(dev, n_tokens=100):
@@ -82,18 +83,10 @@ def main():
         emb = torch.randn(800, 4096) * 0.1
         mask = torch.zeros(800, dtype=torch.long)
         mask[:100] = 1
-    low_vram = a.block_swap > 0
-    dit = init_random_(build_dit(cfg), seed=0, device=dev).set_precision(a.precision)
-    if a.weight_fp8:
-        from magi_core.dit.weight_fp8 import store_weights_fp8_
-
-        store_weights_fp8_(dit)
-    if low_vram:
-        from magi_core.dit.offload import enable_block_swap
-
-        enable_block_swap(dit, dev, cfg.num_layers - a.block_swap)
+    rt = runtime(a, dev)
+    dit = rt.apply(init_random_(build_dit(cfg), seed=0, device=rt.load_device))
+    if rt.block_swap:
         torch.cuda.empty_cache()
-    dit.attn_backend, dit.compile_ops = a.backend, a.compile
     vae = None
     if a.decode:
         from magi_core.vae import VAE_PRESETS, ViTVAE
@@ -108,14 +101,14 @@ def main():
         emb, tokens = emb[:, :C], special_tokens_from_arrays(rng.normal(size=(1, C)), rng.normal(size=(1, C)),
                                                              rng.normal(size=(100, C)))
     prompts = PromptEmbeds(PromptSchedule.single("p"), {"p": (emb, mask)})
-    s = Settings(width=a.width, height=a.height, num_frames=a.frames, steps=a.steps, window_size=a.window,
+    s = SamplingSettings(width=a.width, height=a.height, num_frames=a.frames, steps=a.steps, window_size=a.window,
                  kv_offload=a.kv_offload, early_first_chunk=a.early_first_chunk)
     calls = {"n": 0}
     warmup_s = None
     if a.warmup:
         sync()
         t0 = time.perf_counter()
-        w = Settings(**{**s.__dict__, "num_frames": min(a.frames, 48), "steps": math.lcm(a.window, 4), "early_first_chunk": False})
+        w = s.replace(num_frames=min(a.frames, 48), steps=math.lcm(a.window, 4), early_first_chunk=False)
         for ch in sample(dit, prompts, w, special_tokens=tokens):
             if vae is not None:
                 decode_chunk(vae, ch.latents, s.fps)

@@ -22,6 +22,7 @@ import magi_core  # noqa: E402,F401
 from magi_core.checkpoint import load_dit, save_official  # noqa: E402
 from magi_core.config import preset  # noqa: E402
 from magi_core.dit import build_dit, init_random_  # noqa: E402
+from magi_core.settings import DiTRuntime  # noqa: E402
 
 from common import device_info, emit, sync  # noqa: E402
 
@@ -58,7 +59,7 @@ def main():
             continue
         sync(dev)
         t0 = time.perf_counter()
-        m, _ = load_dit(a.dir, device=dev, variant=a.variant)
+        m, _ = load_dit(a.dir, DiTRuntime(device=str(dev)), variant=a.variant)
         sync(dev)
         res[f"load_dit_{label}_s"] = round(time.perf_counter() - t0, 2)
         del m

@@ -22,7 +22,7 @@ import magi_core  # noqa: E402,F401
 from magi_core.config import preset  # noqa: E402
 from magi_core.dit import build_dit, init_random_  # noqa: E402
 
-from common import device_info, emit, model_args, window_inputs  # noqa: E402
+from common import device_info, emit, model_args, runtime, window_inputs  # noqa: E402
 
 KINDS = (  # first match wins; matched on the lower-cased kernel name
     ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn", "sm90_flash")),
@@ -48,8 +48,7 @@ def main():
     dev = torch.device("cuda")
     name = a.size if a.variant == "base" else f"{a.size}-{a.variant}"
     cfg = preset(name)
-    model = init_random_(build_dit(cfg), seed=0, device=dev).set_precision(a.precision)
-    model.attn_backend, model.compile_ops = a.backend, a.compile
+    model = runtime(a, dev).apply(init_random_(build_dit(cfg), seed=0, device=dev))
     w = window_inputs(cfg, a.height, a.width, dev, "cached")
     dt = 8.0 if cfg.distill else None
     cache = w.prefill(model, dt)

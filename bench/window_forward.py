@@ -22,7 +22,7 @@ from magi_core.config import preset
 from magi_core.dit import build_dit, init_random_
 
 from ceilings import ceilings, dense_and_attention_flops, ideal_seconds
-from common import device_info, emit, model_args, window_inputs
+from common import device_info, emit, model_args, runtime, window_inputs
 
 
 def main():
@@ -39,8 +39,7 @@ def main():
     name = a.size if a.variant == "base" else f"{a.size}-{a.variant}"
     cfg = preset(name)
     t0 = time.perf_counter()
-    model = init_random_(build_dit(cfg), seed=0, device=dev).set_precision(a.precision)
-    model.attn_backend, model.compile_ops = a.backend, a.compile
+    model = runtime(a, dev).apply(init_random_(build_dit(cfg), seed=0, device=dev))
     torch.cuda.synchronize()
     build_s = time.perf_counter() - t0
 

@@ -1,14 +1,15 @@
-"""Command line: `python -m magi_core <command> ...` (inspect, convert; generate when magi_core.cli_generate exists).
+"""Command line: `python -m magi_core <command> ...` (inspect, convert, generate).
 
-Each command is a `Command(help, add_arguments, run)`. Commands owned by other parts live in their own module
-(listed in LAZY_COMMANDS) exposing `HELP: str`, `add_arguments(parser)` and `run(args) -> int`; the module is
-imported only when its command is invoked.
+Each command is a `Command(help, add_arguments, run)`. Commands with a module of their own (LAZY_COMMANDS) expose
+`HELP: str`, `add_arguments(parser)` and `run(args) -> int`; the module is imported only when its command runs.
+
+A user mistake (ValueError, a missing or unreadable file) ends with one paragraph `error: ...` on stderr and exit
+code 2, without a traceback; `--debug` shows the traceback.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import json
 import sys
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ LAZY_COMMANDS = {"generate": "magi_core.cli_generate"}
 def _inspect_args(p: argparse.ArgumentParser):
     p.add_argument("source", help="checkpoint folder/file, or a preset such as 4.5B, 24B-distill, 4.5B-distill-fp8, tiny")
     p.add_argument("--variant", help="base | distill | distill-fp8 (distill cannot be seen in the weights)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--json", action="store_true", help="print the report as (indented) JSON instead of text")
     p.add_argument("--brief", action="store_true", help="omit the parameter table")
 
 
@@ -72,7 +73,7 @@ def _inspect_run(args) -> int:
 
     r = inspect(args.source, variant=args.variant)
     if args.json:
-        print(json.dumps(r))
+        print(json.dumps(r, indent=2))
     else:
         _print_report(r, args.brief)
     return 0 if r["ok"] else 1
@@ -108,25 +109,20 @@ def _lazy(module: str) -> Command:
     return Command(mod.HELP, mod.add_arguments, mod.run)
 
 
-def _available_lazy() -> dict:
-    return {name: mod for name, mod in LAZY_COMMANDS.items() if importlib.util.find_spec(mod) is not None}
-
-
 def main(argv=None) -> int:
-    from .checkpoint import CheckpointError
-
     argv = sys.argv[1:] if argv is None else list(argv)
     commands = dict(COMMANDS)
-    lazy = _available_lazy()
     chosen = argv[0] if argv else None
     parser = argparse.ArgumentParser(prog="python -m magi_core", description="MAGI-1 tools")
     sub = parser.add_subparsers(dest="command", metavar="command")
-    for name, mod in lazy.items():
+    for name, module in LAZY_COMMANDS.items():
         if name == chosen:
-            commands[name] = _lazy(mod)
+            commands[name] = _lazy(module)
     for name, cmd in commands.items():
-        cmd.add_arguments(sub.add_parser(name, help=cmd.help, description=cmd.help))
-    for name in lazy.keys() - commands.keys():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        cmd.add_arguments(p)
+        p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    for name in LAZY_COMMANDS.keys() - commands.keys():
         sub.add_parser(name, help=f"(see: python -m magi_core {name} -h)")
     args = parser.parse_args(argv)
     if args.command is None:
@@ -134,8 +130,11 @@ def main(argv=None) -> int:
         return 2
     try:
         return commands[args.command].run(args)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # CheckpointError is a ValueError
+        if args.debug:
+            raise
+        text = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.strerror}: {e.filename}"
+        print(f"error: {text}", file=sys.stderr)
         return 2
 
 

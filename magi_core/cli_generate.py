@@ -1,167 +1,410 @@
-"""`python -m magi_core generate`: text-to-video, image-to-video and video continuation from the command line."""
+"""`python -m magi_core generate`: text-to-video, image-to-video and video continuation from the command line.
+
+A run has three phases. `prepare` checks every setting and path and reads what is cheap to read (the DiT's
+headers, the VAE and T5 configs, the special tokens, the prompt, the prefix pixels): every user mistake ends
+there, before any model weight is read. Then the models load, and each finished chunk is decoded and appended
+to the output file at once (`magi_core.video.VideoWriter`: a temporary file renamed at the end), so memory does
+not grow with the video's length and Ctrl-C keeps a playable file of the finished chunks. The torchrun entry
+(`parallel/run.py`) uses the same phases.
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .settings import DiTRuntime, SamplingSettings
+
 HELP = "generate a video (t2v / i2v / v2v, per-chunk prompts); --demo runs a tiny random model offline"
 DEFAULT_TOKENS = Path(__file__).resolve().parent / "assets" / "special_tokens.npz"
+DEMO_PROMPT = "0: a red fox runs through the snowy forest\n1-: a cat sleeps on a sunny windowsill"
+_D = SamplingSettings()
 
 
 def add_arguments(p: argparse.ArgumentParser):
-    p.add_argument("--dit", help="DiT checkpoint: official folder (…/4.5B_distill) or one .safetensors file")
-    p.add_argument("--variant", help="base | distill | distill-fp8 (when the path does not say it)")
-    p.add_argument("--vae", help="VAE folder (ckpt/vae) or .safetensors")
-    p.add_argument("--t5", help="T5 folder (ckpt/t5) or a t5xxl .safetensors file")
-    p.add_argument("--t5-tokenizer", help="spiece.model / tokenizer.json when --t5 is a single file")
-    p.add_argument("--special-tokens", default=None, help=f"special_tokens.npz (default {DEFAULT_TOKENS})")
-    p.add_argument("--config", help="an official MAGI-1 config JSON: its sampler settings are the defaults")
-    p.add_argument("--prompt", default="", help='a prompt, or a per-chunk schedule: "0-1: a fox\\n2-: a bird"')
-    p.add_argument("--prompt-file", help="read the prompt / schedule from this file")
-    p.add_argument("--image", help="image-to-video: the first frame")
-    p.add_argument("--video", help="video continuation: the prefix video")
-    p.add_argument("--prefix-frames", type=int, default=None, help="v2v: prefix frames to use (default: all)")
-    p.add_argument("--prefix-from", default="end", choices=["end", "start"], help="v2v: take the prefix from")
-    p.add_argument("--resize", default="stretch", choices=["stretch", "crop", "pad"], help="prefix resize policy")
-    p.add_argument("--width", type=int, default=None)
-    p.add_argument("--height", type=int, default=None)
-    p.add_argument("--frames", type=int, default=None, help="new frames to generate (rounded up to 24-frame chunks)")
-    p.add_argument("--fps", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--window", type=int, default=None, help="chunks denoised at once (4; 1 = lowest memory)")
-    p.add_argument("--per-chunk-noise", action="store_true", help="noise that does not change with video length")
-    p.add_argument("--no-hq", action="store_true", help="do not prepend the HQ special token")
-    p.add_argument("--no-duration", action="store_true", help="do not prepend the DURATION countdown token")
-    p.add_argument("--kv-offload", action="store_true", help="keep the KV cache in host memory")
-    p.add_argument("--precision", default="fast", choices=["fast", "exact"])
-    p.add_argument("--weight-dtype", default=None, choices=["bf16", "fp8_e4m3fn"],
-                   help="fp8_e4m3fn: keep the DiT block weights in fp8 (half the VRAM)")
-    p.add_argument("--block-swap", type=int, default=0, metavar="N",
-                   help="N transformer layers stay in host memory and stream to the GPU during each forward")
-    p.add_argument("--attention", default=None,
-                   help="attention backend: sdpa | cudnn | flex | flash | magi (default auto)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the element-wise ops (CUDA; ~9%% faster)")
-    p.add_argument("--early-first-chunk", action="store_true",
+    m = p.add_argument_group("models")
+    m.add_argument("--dit", help="DiT checkpoint: official folder (…/4.5B_distill) or one .safetensors file")
+    m.add_argument("--variant", help="base | distill | distill-fp8 (when the path does not say it)")
+    m.add_argument("--vae", help="VAE folder (ckpt/vae) or .safetensors")
+    m.add_argument("--t5", help="T5 folder (ckpt/t5) or a t5xxl .safetensors file")
+    m.add_argument("--t5-tokenizer", help="spiece.model / tokenizer.json when --t5 is a single file")
+    m.add_argument("--special-tokens", default=None, help=f"special_tokens.npz (default: {DEFAULT_TOKENS})")
+    m.add_argument("--config", help="an official MAGI-1 config JSON: its sampler settings become the defaults")
+    g = p.add_argument_group("what to generate")
+    g.add_argument("--prompt", default="", help='a prompt, or a per-chunk schedule: "0-1: a fox\\n2-: a bird"')
+    g.add_argument("--prompt-file", help="read the prompt / schedule from this file")
+    g.add_argument("--image", help="image-to-video: the first frame")
+    g.add_argument("--video", help="video continuation: the prefix video (at least 4 frames)")
+    g.add_argument("--prefix-frames", type=int, default=None, help="v2v: prefix frames to use (default: all)")
+    g.add_argument("--prefix-from", default="end", choices=["end", "start"],
+                   help="v2v: take the prefix from the end or the start of the video (default: end)")
+    g.add_argument("--resize", default="stretch", choices=["stretch", "crop", "pad"],
+                   help="how the prefix is fitted to width x height (default: stretch, as the reference)")
+    g.add_argument("--width", type=int, default=None, help=f"pixels, a multiple of 16 (default: {_D.width})")
+    g.add_argument("--height", type=int, default=None, help=f"pixels, a multiple of 16 (default: {_D.height})")
+    g.add_argument("--frames", type=int, default=None,
+                   help=f"new frames (default: {_D.num_frames}). The video is made of chunks of 24 frames: "
+                        "frames // 4 latent frames, rounded up to whole chunks of 6, so 4-27 give 24 frames, "
+                        "28-51 give 48, and so on")
+    g.add_argument("--fps", type=int, default=None, help=f"frames per second, at least 8 (default: {_D.fps})")
+    g.add_argument("--steps", type=int, default=None,
+                   help="denoising steps per chunk, a multiple of 4 and of --window (default: 16 for distill "
+                        "models, 64 for 4.5B base, 32 for 24B base)")
+    g.add_argument("--seed", type=int, default=None, help=f"noise seed (default: {_D.seed})")
+    g.add_argument("--window", type=int, default=None,
+                   help=f"chunks denoised at once (default: {_D.window_size}, the reference; 1 = least memory)")
+    g.add_argument("--per-chunk-noise", action="store_true", help="noise that does not change with video length")
+    g.add_argument("--no-hq", action="store_true", help="do not prepend the HQ special token")
+    g.add_argument("--no-duration", action="store_true", help="do not prepend the DURATION countdown token")
+    g.add_argument("--early-first-chunk", action="store_true",
                    help="finish the first chunk before the others start (same result; more memory)")
-    p.add_argument("--temporal-overlap", type=int, default=0, help="VAE decode: latent frames shared by tiles")
-    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
-    p.add_argument("--output", "-o", default="magi_output.mp4")
-    p.add_argument("--demo", action="store_true", help="tiny random models, CPU, offline (writes a real mp4)")
+    r = p.add_argument_group("how to run")
+    r.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if there is a GPU, else cpu)")
+    r.add_argument("--precision", default="fast", choices=["fast", "exact"],
+                   help="exact: the reference's op order and dtypes (default: fast)")
+    r.add_argument("--weight-dtype", default=None, choices=["bf16", "fp8_e4m3fn"],
+                   help="bf16: cast fp16/fp32 conversions back to the reference dtypes; fp8_e4m3fn: keep the DiT "
+                        "block weights in fp8, half the memory (default: as stored)")
+    r.add_argument("--block-swap", type=int, default=0, metavar="N",
+                   help="N transformer layers stay in host memory and stream to the GPU at each forward; CUDA "
+                        "only (default: 0)")
+    r.add_argument("--attention", default=None,
+                   help="attention backend: sdpa | cudnn | flex | flash | magi (default: the fastest installed)")
+    r.add_argument("--compile", action="store_true", help="torch.compile the element-wise ops (CUDA; ~9%% faster)")
+    r.add_argument("--kv-offload", action="store_true", help="keep the KV cache in host memory")
+    r.add_argument("--temporal-overlap", type=int, default=0,
+                   help="VAE decode: latent frames shared by neighbouring tiles (default: 0)")
+    o = p.add_argument_group("output")
+    o.add_argument("--output", "-o", default="magi_output.mp4",
+                   help="video file: .mp4, .mov or .mkv, H.264 (default: magi_output.mp4); written to a temporary "
+                        "file next to it and renamed when done")
+    o.add_argument("--demo", action="store_true", help="tiny random models, CPU, offline (writes a real video)")
 
 
-def _settings(a, dit_cfg):
+# ----------------------------------------------------------------------------- phase 1: checks
+
+_FLAGS = {"width": "--width", "height": "--height", "num_frames": "--frames", "fps": "--fps", "steps": "--steps",
+          "seed": "--seed", "window_size": "--window", "block_swap": "--block-swap", "block swap": "--block-swap",
+          "precision": "--precision", "weight_dtype": "--weight-dtype", "attention backend": "--attention"}
+
+
+def _flags(msg: str) -> str:
+    """A settings error in command-line words (--frames for num_frames, ...)."""
+    import re
+
+    return re.sub(r"\b(" + "|".join(sorted(map(re.escape, _FLAGS), key=len, reverse=True)) + r")\b",
+                  lambda m: _FLAGS[m.group(1)], msg, count=1)
+
+
+@dataclass
+class Job:
+    """Everything a run needs, checked; no model weight read yet."""
+
+    settings: SamplingSettings  # resolved for the model
+    runtime: DiTRuntime
+    dit_cfg: object
+    dit: str
+    variant: str | None
+    vae: str
+    t5: str
+    t5_tokenizer: str | None
+    prompt: str
+    tokens: object = None  # SpecialTokens or None
+    frames: torch.Tensor | None = None  # the prefix pixels (T, H, W, 3)
+    prefix_frames: int = 0  # prefix frames (1 for an image), all of them encoded
+    resize: str = "stretch"
+    temporal_overlap: int = 0
+    warnings: list = field(default_factory=list)
+
+
+def settings_from_args(a) -> SamplingSettings:
+    """--config's sampler settings (or the defaults) with the command line's on top; checked."""
     from .config import load_official_config
-    from .pipeline import Settings
 
-    s = Settings()
-    if a.config:
-        sc = load_official_config(a.config).sampler
-        s = Settings(width=sc.video_size_w, height=sc.video_size_h, num_frames=sc.num_frames, fps=sc.fps,
-                     steps=sc.num_steps, seed=sc.seed, window_size=sc.window_size, cfg_number=sc.cfg_number,
-                     cfg_t_range=tuple(sc.cfg_t_range), prev_chunk_scales=tuple(sc.prev_chunk_scales),
-                     text_scales=tuple(sc.text_scales), noise2clean_kvrange=tuple(sc.noise2clean_kvrange),
-                     clean_chunk_kvrange=sc.clean_chunk_kvrange, clean_t=sc.clean_t, shortcut_mode=sc.shortcut_mode,
-                     distill_nearly_clean_threshold=sc.distill_nearly_clean_chunk_threshold)
-    elif dit_cfg.distill and dit_cfg.name == "24B":
-        s.steps = 16
-    for field, value in (("width", a.width), ("height", a.height), ("num_frames", a.frames), ("fps", a.fps),
-                         ("steps", a.steps), ("seed", a.seed), ("window_size", a.window)):
-        if value is not None:
-            setattr(s, field, value)
-    s.use_hq, s.use_duration = not a.no_hq, not a.no_duration
-    s.per_chunk_noise, s.kv_offload = a.per_chunk_noise, a.kv_offload
-    s.early_first_chunk = a.early_first_chunk
-    return s
+    base = load_official_config(a.config).sampler if a.config else SamplingSettings()
+    given = {k: v for k, v in (("width", a.width), ("height", a.height), ("num_frames", a.frames), ("fps", a.fps),
+                               ("steps", a.steps), ("seed", a.seed), ("window_size", a.window)) if v is not None}
+    try:
+        return base.replace(**given, use_hq=not a.no_hq, use_duration=not a.no_duration,
+                            per_chunk_noise=a.per_chunk_noise, kv_offload=a.kv_offload,
+                            early_first_chunk=a.early_first_chunk)
+    except ValueError as e:
+        raise ValueError(_flags(str(e))) from None
+
+
+def runtime_from_args(a) -> DiTRuntime:
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return DiTRuntime(device=device, precision=a.precision, attention=a.attention, compile=a.compile,
+                          block_swap=a.block_swap, weight_dtype=a.weight_dtype)
+    except ValueError as e:
+        raise ValueError(_flags(str(e)) + ("" if a.device else " (--device was not given)")) from None
+
+
+def _exists(flag: str, path) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ValueError(f"{flag} {path}: no such file or folder; check the path")
+    return p
+
+
+def _read(flag: str, path, what: str, reader):
+    """reader(path), with any failure reported as a user error naming the file."""
+    _exists(flag, path)
+    try:
+        return reader(path)
+    except Exception as e:
+        raise ValueError(f"{flag} {path}: cannot read it as {what} ({e})") from None
+
+
+def prepare(a) -> Job:
+    """Every check of a run; reads headers, configs, the prompt and the prefix pixels, never model weights.
+    Raises ValueError (OSError for unreadable files) with what to change."""
+    from .checkpoint import check, detect, open_checkpoint
+    from .pipeline import chunk_count, prefix_latent_count, validate
+    from .text import load_special_tokens, parse_schedule
+    from .text.t5 import load_tokenizer, t5_width
+    from .vae import find_vae
+    from .video import read_image, read_video
+
+    if Path(a.output).is_dir():
+        raise ValueError(f"--output {a.output} is a folder: give a file name such as {Path(a.output) / 'out.mp4'}")
+    s = settings_from_args(a)
+    runtime = runtime_from_args(a)
+    missing = [n for n in ("dit", "vae", "t5") if not getattr(a, n)]
+    if missing:
+        raise ValueError(f"pass --{' --'.join(missing)} (the model paths), or --demo for tiny random models")
+    if a.image and a.video:
+        raise ValueError("pass --image (image-to-video) or --video (continuation), not both")
+    if a.temporal_overlap < 0:
+        raise ValueError(f"--temporal-overlap must be 0 or more, got {a.temporal_overlap}")
+    if a.prefix_frames is not None and a.prefix_frames < 1:
+        raise ValueError(f"--prefix-frames must be at least 1, got {a.prefix_frames}")
+    prompt = _read("--prompt-file", a.prompt_file, "text", lambda p: Path(p).read_text()) if a.prompt_file else a.prompt
+    if not prompt.strip():
+        raise ValueError("pass --prompt \"what the video shows\" (or --prompt-file)")
+    for flag in ("dit", "vae", "t5", "t5_tokenizer", "image", "video"):
+        if getattr(a, flag):
+            _exists("--" + flag.replace("_", "-"), getattr(a, flag))
+
+    # the DiT: headers only
+    ckpt = open_checkpoint(a.dit, a.variant)
+    det = detect(ckpt, a.variant)
+    check(ckpt, det.cfg, det)
+    cfg = det.cfg
+    try:
+        runtime.check_model(cfg, det.fp8)
+    except ValueError as e:
+        raise ValueError(f"{_flags(str(e))} ({a.dit})") from None
+    vae_cfg = _read("--vae", a.vae, "a MAGI-1 VAE (config.json + diffusion_pytorch_model.safetensors)",
+                    lambda p: find_vae(Path(p))[1])
+    width = _read("--t5", a.t5, "a T5 encoder", t5_width)
+    if width is not None and width != cfg.caption_channels:
+        raise ValueError(f"--t5 {a.t5} gives {width}-d embeddings, the DiT expects {cfg.caption_channels}: use the "
+                         "T5-XXL encoder that ships with MAGI-1")
+    if a.t5_tokenizer:
+        _read("--t5-tokenizer", a.t5_tokenizer, "a T5 tokenizer", load_tokenizer)
+    elif Path(a.t5).is_dir():
+        _read("--t5", a.t5, "a T5 folder with its tokenizer (spiece.model)", load_tokenizer)
+    tokens_path = Path(a.special_tokens) if a.special_tokens else DEFAULT_TOKENS
+    tokens = None
+    if a.special_tokens or tokens_path.exists():
+        tokens = _read("--special-tokens", tokens_path, "a MAGI-1 special_tokens.npz", load_special_tokens)
+    elif s.use_hq or s.use_duration:
+        raise ValueError(f"special tokens not found at {tokens_path}: run `python install.py`, or pass "
+                         "--special-tokens PATH, or --no-hq --no-duration")
+
+    # the prefix pixels, scaled from the decoded pixels to the output size (as the reference's ffmpeg read)
+    frames, n_prefix, size = None, 0, (s.height, s.width)
+    if a.image:
+        frames = _read("--image", a.image, "an image", lambda p: read_image(p, size=size, policy=a.resize))
+    elif a.video:
+        frames = _read("--video", a.video, "a video", lambda p: read_video(
+            p, fps=s.fps, max_frames=a.prefix_frames, take=a.prefix_from, size=size, policy=a.resize))
+    if frames is not None:
+        n_prefix = frames.shape[0]  # every prefix frame goes to the VAE
+        try:
+            prefix_latent_count(n_prefix, s.fps)
+        except ValueError as e:
+            raise ValueError(f"--{'image' if a.image else 'video'} {a.image or a.video} gives {n_prefix} frame(s) "
+                             f"at {s.fps} fps: {e}") from None
+
+    # the settings against the models, the prompt and the prefix
+    try:
+        schedule = parse_schedule(prompt)
+        warnings = schedule.check_captions()
+    except ValueError as e:
+        raise ValueError(f"--prompt: {e}") from None
+    s = s.for_model(cfg)
+    try:
+        validate(s, cfg, None, vae_cfg, n_prefix, tokens)
+        schedule.resolve(chunk_count(s, n_prefix)[1], s.fps)
+    except ValueError as e:
+        raise ValueError(_flags(str(e))) from None
+    job = Job(settings=s, runtime=runtime, dit_cfg=cfg, dit=str(a.dit), variant=a.variant, vae=str(a.vae),
+              t5=str(a.t5), t5_tokenizer=a.t5_tokenizer, prompt=prompt, tokens=tokens, frames=frames,
+              prefix_frames=n_prefix, resize=a.resize, temporal_overlap=a.temporal_overlap, warnings=warnings)
+    check_memory(job)
+    return job
+
+
+def estimate_bytes(job: Job) -> tuple[int, str]:
+    """(bytes, where) a run needs at its peak on its device ('GPU' or 'host'): DiT weights there, the largest
+    forward's activations and KV cache (parallel/memory.py, measured), the latent video (noise and state, fp32)
+    and one decoded chunk."""
+    from .parallel.memory import GIB, OVERHEAD_GIB, run_bytes, weights_gib
+    from .pipeline import chunk_count
+    from .video import CHUNK_WIDTH
+
+    s, cfg, rt = job.settings, job.dit_cfg, job.runtime
+    n = chunk_count(s, job.prefix_frames)[0]
+    need = weights_gib(cfg, rt.weight_dtype == "fp8_e4m3fn", rt.block_swap) * GIB
+    need += run_bytes(cfg, s.height, s.width, 1, min(n, s.window_size + 1))
+    need += 2 * n * CHUNK_WIDTH * cfg.vae_channels * (s.height // 8) * (s.width // 8) * 4
+    need += 4 * 24 * s.height * s.width * 3 * 4
+    gpu = torch.device(rt.device).type == "cuda"
+    return int(need + (OVERHEAD_GIB * GIB if gpu else 0)), "GPU" if gpu else "host"
+
+
+def _available(device: str) -> int:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.mem_get_info(dev)[1]
+    with open("/proc/meminfo") as f:
+        info = dict(line.split(":", 1) for line in f)
+    return int(info["MemAvailable"].split()[0]) * 1024
+
+
+def check_memory(job: Job):
+    need, where = estimate_bytes(job)
+    have = _available(job.runtime.device)
+    if need > 0.95 * have:
+        s = job.settings
+        raise ValueError(f"{s.width}x{s.height} needs about {need / 2**30:.1f} GiB of {where} memory, and "
+                         f"{have / 2**30:.1f} GiB are available on {job.runtime.device}: use a smaller --width/"
+                         "--height, --window 1, or (on a GPU) --weight-dtype fp8_e4m3fn / --block-swap N")
+
+
+# ----------------------------------------------------------------------------- phase 2: models, chunks
+
+
+def load_models(job: Job, device):
+    """VAE and T5 (T5 freed after encoding) -> (vae, PromptEmbeds, prefix latents or None)."""
+    from .pipeline import encode_prefix, encode_prompts
+    from .text import T5TextEncoder
+    from .vae import load_vae
+
+    device = torch.device(device)
+    vae = load_vae(job.vae, device=device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    t5 = T5TextEncoder.load(job.t5, tokenizer=job.t5_tokenizer, device="cpu")
+    prompts = encode_prompts(t5, job.prompt)
+    del t5
+    prefix = None
+    if job.frames is not None:
+        prefix = encode_prefix(vae, job.frames, job.settings, policy=job.resize).cpu()
+    return vae, prompts, prefix
+
+
+@contextlib.contextmanager
+def _whole():
+    """Ctrl-C during the block takes effect after it (a chunk is appended whole)."""
+    got = []
+    try:
+        old = signal.signal(signal.SIGINT, lambda *_: got.append(1))
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if got:
+            raise KeyboardInterrupt
+
+
+def write_chunks(job: Job, chunks, vae, writer, log=print):
+    """Decode each finished chunk and append it to the writer as it comes."""
+    from .pipeline import decode_chunk
+
+    t0 = time.perf_counter()
+    for ch in chunks:
+        frames = decode_chunk(vae, ch.latents, job.settings.fps, temporal_overlap=job.temporal_overlap)
+        with _whole():
+            writer.write(frames)
+        log(f"chunk {ch.index}: {frames.shape[0]} frames at {time.perf_counter() - t0:.1f}s "
+            f"({writer.frames_written} written)")
+        del frames
+
+
+def _progress(i, total, chunk):
+    if sys.stderr.isatty():
+        print(f"\rDiT call {i}/{total} (chunk {chunk})", end="", file=sys.stderr, flush=True)
+
+
+def describe(job: Job) -> str:
+    from .pipeline import chunk_count, prefix_latent_count
+    from .video import reference_output_frames
+
+    s = job.settings
+    out = reference_output_frames(s.num_frames, prefix_latent_count(job.prefix_frames, s.fps), s.fps)
+    return (f"{s.width}x{s.height}, {chunk_count(s, job.prefix_frames)[1]} chunk(s) -> {out} frames at {s.fps} fps"
+            + (f" ({s.num_frames} asked for: whole chunks of 24)" if out != s.num_frames and job.frames is None else "")
+            + f", {s.steps} steps, seed {s.seed}, {job.runtime.device}")
+
+
+def use_demo(a, tmp: str):
+    """--demo: tiny random models written to `tmp`, CPU, a short two-prompt video (unless given)."""
+    from .demo import make_tiny_assets
+
+    paths = make_tiny_assets(tmp)
+    a.dit, a.vae, a.t5, a.special_tokens = (str(paths[k]) for k in ("dit", "vae", "t5", "special_tokens"))
+    a.device = a.device or "cpu"
+    a.prompt = a.prompt or DEMO_PROMPT
+    a.width, a.height = a.width or 128, a.height or 128
+    a.frames, a.steps = a.frames or 48, a.steps or 8
 
 
 def run(a) -> int:
     from .checkpoint import load_dit
-    from .pipeline import decode_chunk, encode_prefix, encode_prompts, sample, validate
-    from .text import T5TextEncoder, load_special_tokens
-    from .vae import load_vae
-    from .video import read_image, read_video, write_mp4
+    from .pipeline import sample
+    from .video import VideoWriter
 
-    tmp = None
-    if a.demo:
-        from .demo import make_tiny_assets
-
-        tmp = tempfile.TemporaryDirectory()
-        paths = make_tiny_assets(tmp.name)
-        a.dit, a.vae, a.t5 = str(paths["dit"]), str(paths["vae"]), str(paths["t5"])
-        a.special_tokens = str(paths["special_tokens"])
-        a.device = a.device or "cpu"
-        a.prompt = a.prompt or "0: a red fox runs through the snowy forest\n1-: a cat sleeps on a sunny windowsill"
-        a.width, a.height = a.width or 128, a.height or 128
-        a.frames, a.steps = a.frames or 48, a.steps or 8
-    prompt = Path(a.prompt_file).read_text() if a.prompt_file else a.prompt
-    missing = [n for n in ("dit", "vae", "t5") if not getattr(a, n)]
-    if missing:
-        print(f"error: pass --{' --'.join(missing)} (model paths), or --demo", file=sys.stderr)
-        return 2
-    if not prompt.strip():
-        print("error: pass --prompt (or --prompt-file)", file=sys.stderr)
-        return 2
-    if a.image and a.video:
-        print("error: pass --image or --video, not both", file=sys.stderr)
-        return 2
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    tokens_path = Path(a.special_tokens) if a.special_tokens else DEFAULT_TOKENS
-    tokens = load_special_tokens(tokens_path) if tokens_path.exists() else None
-
-    t0 = time.perf_counter()
-    load_device = "cpu" if a.block_swap else device
-    dit, info = load_dit(a.dit, device=load_device, variant=a.variant, weight_dtype=a.weight_dtype)
-    if a.block_swap:
-        from .dit.offload import enable_block_swap
-
-        if not 0 < a.block_swap <= dit.cfg.num_layers:
-            print(f"error: --block-swap must be 0..{dit.cfg.num_layers} (this model's layers), got {a.block_swap}",
-                  file=sys.stderr)
-            return 2
-        enable_block_swap(dit, device, dit.cfg.num_layers - a.block_swap)
-    dit.set_precision(a.precision)
-    dit.attn_backend, dit.compile_ops = a.attention, a.compile
-    s = _settings(a, dit.cfg)
-    if tokens is None and (s.use_hq or s.use_duration):
-        print(f"error: special tokens not found at {tokens_path}: run `python install.py` or pass "
-              "--special-tokens PATH (or --no-hq --no-duration)", file=sys.stderr)
-        return 2
-    frames = None
-    size = (s.height, s.width)  # scaled from the decoded pixels, as the reference's ffmpeg read
-    if a.image:
-        frames = read_image(a.image, size=size, policy=a.resize)
-    elif a.video:
-        frames = read_video(a.video, fps=s.fps, max_frames=a.prefix_frames, take=a.prefix_from, size=size,
-                            policy=a.resize)
-    vae_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    vae = load_vae(a.vae, device=device, dtype=vae_dtype)
-    t5 = T5TextEncoder.load(a.t5, tokenizer=a.t5_tokenizer, device="cpu")
-    prompts = encode_prompts(t5, prompt)
-    n_prefix = 0 if frames is None else frames.shape[0]
-    validate(s, dit.cfg, prompts, vae, n_prefix, tokens)
-    print(f"loaded {info['size']} {info['variant']} DiT ({info['num_params']:,} params) in "
-          f"{time.perf_counter() - t0:.1f}s on {device}")
-    prefix = None
-    if frames is not None:
-        prefix = encode_prefix(vae, frames, s, policy=a.resize)
-
-    def progress(i, total, chunk):
-        print(f"\rDiT call {i}/{total} (chunk {chunk})", end="", flush=True)
-
-    out = []
-    t1 = time.perf_counter()
-    for ch in sample(dit, prompts, s, prefix, n_prefix, tokens, progress=progress):
-        out.append(decode_chunk(vae, ch.latents, s.fps, temporal_overlap=a.temporal_overlap))
-        print(f"\nchunk {ch.index}: {out[-1].shape[0]} frames at {time.perf_counter() - t1:.1f}s", flush=True)
-    video = torch.cat(out)
-    codec = write_mp4(a.output, video, s.fps)
-    print(f"wrote {a.output} ({codec}): {video.shape[0]} frames {video.shape[2]}x{video.shape[1]} at {s.fps} fps")
-    if tmp is not None:
-        tmp.cleanup()
+    with tempfile.TemporaryDirectory() as tmp:
+        if a.demo:
+            use_demo(a, tmp)
+        writer = VideoWriter(a.output, settings_from_args(a).fps)  # the output location first: a temporary file
+        try:
+            with writer:  # removed on an error before the first chunk; else renamed to a.output with what is done
+                job = prepare(a)
+                for w in job.warnings:
+                    print(f"warning: {w}", file=sys.stderr)
+                print(f"generating {describe(job)}", flush=True)
+                t0 = time.perf_counter()
+                dit, info = load_dit(job.dit, job.runtime, variant=job.variant)
+                vae, prompts, prefix = load_models(job, job.runtime.device)
+                print(f"loaded {info['size']} {info['variant']} DiT ({info['num_params']:,} params), VAE and T5 in "
+                      f"{time.perf_counter() - t0:.1f}s", flush=True)
+                chunks = sample(dit, prompts, job.settings, prefix, job.prefix_frames, job.tokens, progress=_progress)
+                write_chunks(job, chunks, vae, writer, lambda m: print(m, flush=True))
+        except KeyboardInterrupt:
+            if writer.frames_written:
+                print(f"\ninterrupted: kept the finished chunks ({writer.frames_written} frames) in {a.output}",
+                      file=sys.stderr)
+            else:
+                print(f"\ninterrupted before the first chunk finished: nothing written ({a.output} left as it was)",
+                      file=sys.stderr)
+            return 130
+        except Exception:
+            if writer.frames_written:
+                print(f"the finished chunks ({writer.frames_written} frames) are in {a.output}", file=sys.stderr)
+            raise
+    print(f"wrote {a.output} ({writer.codec}): {writer.frames_written} frames {writer.size[1]}x{writer.size[0]} at "
+          f"{job.settings.fps} fps")
     return 0

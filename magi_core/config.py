@@ -1,9 +1,9 @@
-"""MAGI-1 configs: DiT architecture, sampler (runtime) settings, presets, official JSON reader."""
+"""MAGI-1 configs: DiT architecture, presets, official JSON reader (its sampler part: settings.SamplingSettings)."""
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -126,37 +126,11 @@ def preset(name: str) -> DiTConfig:
 
 
 @dataclass
-class SamplerConfig:
-    """Official `runtime_config` + the sampling fields of `engine_config`."""
-
-    cfg_number: int = 3
-    cfg_t_range: list = field(default_factory=lambda: [0.0, 0.0217, 0.1, 0.3, 0.999])
-    prev_chunk_scales: list = field(default_factory=lambda: [1.5, 1.5, 1.5, 1.0, 1.0])
-    text_scales: list = field(default_factory=lambda: [7.5, 7.5, 7.5, 0.0, 0.0])
-    noise2clean_kvrange: list = field(default_factory=lambda: [5, 4, 3, 2])
-    clean_chunk_kvrange: int = 1
-    clean_t: float = 0.9999
-    seed: int = 1234
-    num_frames: int = 96
-    video_size_h: int = 720
-    video_size_w: int = 720
-    num_steps: int = 64
-    window_size: int = 4
-    fps: int = 24
-    chunk_width: int = 6
-    scale_factor: float = 0.18215
-    temporal_downsample_factor: int = 4
-    distill_nearly_clean_chunk_threshold: float = 0.3
-    shortcut_mode: str = "8,16,16"
-    prev_chunks_scale: float = 0.7  # reference: env var `prev_chunks_scale`
-
-
-@dataclass
 class OfficialConfig:
     """One of the six official JSON configs, mapped onto ours."""
 
     dit: DiTConfig
-    sampler: SamplerConfig
+    sampler: "SamplingSettings"  # magi_core.settings
     engine: dict
     paths: dict
 
@@ -185,15 +159,38 @@ def load_official_config(path: str | Path) -> OfficialConfig:
     kw["x_rescale_factor"] = float(kw["x_rescale_factor"])
     size = {3072: "4.5B", 6144: "24B"}.get(mc["hidden_size"], "custom")
     dit = DiTConfig(**kw, fp8_quant=bool(ec.get("fp8_quant")), distill=bool(ec.get("distill")), name=size)
-    fields = {f.name for f in dataclasses.fields(SamplerConfig)}
-    skw = {k: v for k, v in rc.items() if k in fields}
-    for k in ("distill_nearly_clean_chunk_threshold", "shortcut_mode"):
-        if k in ec:
-            skw[k] = ec[k]
-    sampler = SamplerConfig(**skw)
-    if (dit.fp8_quant or dit.distill) and sampler.cfg_number != 1:
-        raise ValueError(f"{path}: distill/fp8 models need cfg_number 1, got {sampler.cfg_number}")
-    if not (dit.fp8_quant or dit.distill) and sampler.cfg_number != 3:
-        raise ValueError(f"{path}: base models need cfg_number 3, got {sampler.cfg_number}")
+    sampler = _sampling_settings(path, rc, ec)
+    from .settings import default_cfg_number
+
+    if sampler.cfg_number != default_cfg_number(dit):
+        raise ValueError(f"{path}: a {dit.variant()} model needs cfg_number {default_cfg_number(dit)}, "
+                         f"got {sampler.cfg_number}")
     paths = {k: rc[k] for k in _PATH_KEYS if k in rc}
     return OfficialConfig(dit=dit, sampler=sampler, engine=dict(ec), paths=paths)
+
+
+# official runtime_config / engine_config key -> SamplingSettings field
+_SAMPLING_KEYS = {
+    "video_size_w": "width", "video_size_h": "height", "num_frames": "num_frames", "fps": "fps", "num_steps": "steps",
+    "seed": "seed", "window_size": "window_size", "cfg_number": "cfg_number", "cfg_t_range": "cfg_t_range",
+    "prev_chunk_scales": "prev_chunk_scales", "text_scales": "text_scales",
+    "noise2clean_kvrange": "noise2clean_kvrange", "clean_chunk_kvrange": "clean_chunk_kvrange", "clean_t": "clean_t",
+    "distill_nearly_clean_chunk_threshold": "distill_nearly_clean_threshold", "shortcut_mode": "shortcut_mode",
+}
+
+
+def _sampling_settings(path, rc: dict, ec: dict):
+    """The sampler part of an official config; its fixed geometry must be ours (chunks of 6 latents, 4x time)."""
+    from .settings import SamplingSettings
+    from .video import CHUNK_WIDTH, FRAMES_PER_LATENT
+
+    for key, ours in (("chunk_width", CHUNK_WIDTH), ("temporal_downsample_factor", FRAMES_PER_LATENT)):
+        if rc.get(key, ours) != ours:
+            raise ValueError(f"{path}: {key} {rc[key]} is not supported (MAGI-1 uses {ours})")
+    kw = {field: src[key] for src in (rc, ec) for key, field in _SAMPLING_KEYS.items() if key in src}
+    if "noise2clean_kvrange" in kw:
+        kw["noise2clean_kvrange"] = tuple(kw["noise2clean_kvrange"])
+    try:
+        return SamplingSettings(**kw)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None

@@ -5,7 +5,7 @@ handles, loading, generation, multigpu, previews); the *_nodes modules, memory, 
 ComfyUI side. Node ids and widget order are stable: new widgets are only ever appended.
 """
 try:
-    from comfy_api.latest import ComfyExtension
+    import comfy_api.latest  # noqa: F401  (only inside ComfyUI)
 except ImportError:  # imported outside ComfyUI (pytest imports the repo root package): no nodes
     NODE_CLASS_MAPPINGS: dict = {}
     NODE_DISPLAY_NAME_MAPPINGS: dict = {}
@@ -20,9 +20,3 @@ else:
     NODE_CLASS_MAPPINGS = {n.GET_SCHEMA().node_id: n for n in NODES}
     NODE_DISPLAY_NAME_MAPPINGS = {k: n.GET_SCHEMA().display_name for k, n in NODE_CLASS_MAPPINGS.items()}
 
-    class MagiExtension(ComfyExtension):
-        async def get_node_list(self):
-            return list(NODES)
-
-    async def comfy_entrypoint() -> MagiExtension:
-        return MagiExtension()

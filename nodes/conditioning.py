@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from magi_core.pipeline import CHUNK_WIDTH, Settings, chunk_count, prefix_latent_count
+from magi_core.pipeline import CHUNK_WIDTH, chunk_count, prefix_latent_count
+from magi_core.settings import SamplingSettings
 from magi_core.text import PromptSchedule, clean_caption, parse_schedule
 from magi_core.text.schedule import FRAMES_PER_CHUNK
 
@@ -72,7 +73,7 @@ def chunk_info(num_frames: int, fps: int, prefix_frames: int = 0) -> dict:
     """What the sampler will make of (frames, fps, prefix): chunk counts and the output length."""
     from magi_core.video import reference_output_frames
 
-    s = Settings(num_frames=num_frames, fps=fps)
+    s = SamplingSettings(num_frames=num_frames, fps=fps)
     n, generated = chunk_count(s, prefix_frames)
     P = prefix_latent_count(prefix_frames, fps)
     frames = reference_output_frames(num_frames, P, fps)

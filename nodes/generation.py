@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from magi_core.pipeline import Settings, chunk_count, decode_chunk, sample, validate
+from magi_core.pipeline import chunk_count, decode_chunk, sample, validate
+from magi_core.settings import SamplingSettings
 
 from .handles import DiTHandle, MultiGPUSettings, VAEHandle
 from .latents import DEFAULT_TILING, decode_key, prefix_from_latent, tiling_kwargs, video_latent
@@ -52,18 +53,18 @@ def special_tokens(path: Path | None):
     return _tokens(str(path), path.stat().st_mtime_ns)
 
 
-def check(model: DiTHandle, conditioning, s: Settings, prefix: dict | None, vae: VAEHandle | None,
+def check(model: DiTHandle, conditioning, s: SamplingSettings, prefix: dict | None, vae: VAEHandle | None,
           multigpu: MultiGPUSettings | None):
     """All input checks, before any weights load. -> (prefix latents, prefix frames, special tokens)."""
     prefix_latents, prefix_frames = prefix_from_latent(prefix, s.width, s.height, model.cfg.vae_channels, s.fps)
     tokens = special_tokens(model.special_tokens)
-    validate(s, model.cfg, conditioning, vae.model if vae is not None else None, prefix_frames, tokens)
+    validate(s, model.cfg, conditioning, vae.model.cfg if vae is not None else None, prefix_frames, tokens)
     if multigpu is not None:
         check_heads(multigpu, model.cfg.num_attention_heads)
     return prefix_latents, prefix_frames, tokens
 
 
-def run(model: DiTHandle, conditioning, s: Settings, hooks: Hooks, prefix: dict | None = None,
+def run(model: DiTHandle, conditioning, s: SamplingSettings, hooks: Hooks, prefix: dict | None = None,
         vae: VAEHandle | None = None, preview: bool = True, multigpu: MultiGPUSettings | None = None) -> dict:
     """Generate; returns the LATENT dict (with the decoded frames when every chunk was decoded for previews)."""
     prefix_latents, prefix_frames, tokens = check(model, conditioning, s, prefix, vae, multigpu)
@@ -73,10 +74,7 @@ def run(model: DiTHandle, conditioning, s: Settings, hooks: Hooks, prefix: dict 
     if multigpu is not None and multigpu.wants_pool:
         chunks = pool_generate(model=model.spec(), devices=multigpu.devices, cp_size=multigpu.cp_size, **args)
     else:
-        dit = hooks.load_dit(model, vae)
-        dit.set_precision(model.precision)
-        dit.attn_backend = model.attention
-        dit.compile_ops = model.compile
+        dit = hooks.load_dit(model, vae)  # set up as model.runtime says (nodes/loading.load_dit_weights)
         chunks = sample(dit, conditioning, s, prefix_latents, prefix_frames, tokens,
                         progress=hooks.progress, cancel=hooks.cancelled)
     latents, frames = [], []

@@ -4,7 +4,7 @@ No ComfyUI import. Loaded models are shared through `SharedModels`, a weak cache
 weights (file identity, variant, dtype, block swap, device): while any node output still holds a model
 (ComfyUI's own output cache does, for unchanged loader inputs), a loader asking for the same weights gets that
 model instead of reading the file again; once ComfyUI drops the outputs (/free, cache eviction), the memory goes.
-Run-time settings (attention backend, precision, compile) live on the handle, not in the key: changing them never
+Run-time settings (attention backend, precision, compile) live on the handle's DiTRuntime, not in the key: changing them never
 reloads. Block swap is in the key: it decides where the weights sit (a swapped model is a different object).
 """
 from __future__ import annotations
@@ -58,15 +58,10 @@ class DiTHandle:
     key: tuple  # weights: (file identity, variant, weight dtype, block swap); the device is added when loading
     detection: Any  # magi_core.checkpoint.Detection
     variant: str | None  # None: as detected
-    weight_dtype: str
-    device: str  # resolved: 'cuda:0', 'cpu'
-    attention: str | None
-    precision: str
+    runtime: Any  # magi_core.settings.DiTRuntime: device (resolved), precision, attention, compile, block swap, ...
     special_tokens: Path | None
     nbytes: int = 0  # weights in memory, from the headers
     layer_nbytes: int = 0  # the largest transformer layer's weights, from the headers (block swap sizing)
-    compile: bool = False  # run time: torch.compile the element-wise ops (VideoDiT.compile_ops)
-    block_swap: int = 0  # transformer layers kept in host memory and streamed to the device (0 = none)
     loaded: Loaded | None = None
 
     @property
@@ -76,29 +71,27 @@ class DiTHandle:
     @property
     def streamed_nbytes(self) -> int:
         """Device memory of the swapped layers in flight (the running one and the prefetched one)."""
-        return min(self.block_swap, 2) * self.layer_nbytes
+        return min(self.runtime.block_swap, 2) * self.layer_nbytes
 
     @property
     def resident_nbytes(self) -> int:
         """Weights on the device while the model runs: everything, less the swapped layers but two in flight."""
-        return self.nbytes - self.block_swap * self.layer_nbytes + self.streamed_nbytes
+        return self.nbytes - self.runtime.block_swap * self.layer_nbytes + self.streamed_nbytes
 
     def describe(self) -> str:
-        d = self.detection
+        d, r = self.detection, self.runtime
         notes = "".join(f"\n- {n}" for n in d.notes)
         tokens = self.special_tokens.name if self.special_tokens else "none"
-        perf = "".join([", compiled element-wise ops" if self.compile else "",
-                        f", block swap {self.block_swap} of {d.cfg.num_layers} layers" if self.block_swap else ""])
+        perf = "".join([", compiled element-wise ops" if r.compile else "",
+                        f", block swap {r.block_swap} of {d.cfg.num_layers} layers" if r.block_swap else ""])
         return (f"MAGI-1 {d.size} {d.variant} (variant from {d.distill_source})\n"
-                f"attention {self.attention or 'auto'}, precision {self.precision}, device {self.device}{perf}, "
+                f"attention {r.attention or 'auto'}, precision {r.precision}, device {r.device}{perf}, "
                 f"special tokens {tokens}{notes}")
 
     def spec(self) -> dict:
-        """What a worker process needs to load the same weights itself (multi-GPU): each worker streams the
-        same block_swap layers from its own host memory."""
-        return dict(path=str(self.path), variant=self.variant or self.detection.variant,
-                    weight_dtype=self.weight_dtype, attention=self.attention, precision=self.precision,
-                    compile=self.compile, block_swap=self.block_swap)
+        """What a worker process needs to load the same weights itself (multi-GPU): each worker applies the same
+        run-time settings on its own device (block swap: streaming from its own host memory)."""
+        return dict(path=str(self.path), variant=self.variant or self.detection.variant, runtime=self.runtime)
 
 
 @dataclass

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from magi_core.settings import DiTRuntime
+
 from . import choices, memory
 from .loading import load_t5, load_vae, open_dit
 from .model_files import default_special_tokens, identity, resolve, scan, size_on_disk, special_token_files
@@ -93,9 +95,9 @@ class MagiDiTLoader(io.ComfyNode):
             tokens = None
         else:
             tokens = resolve(special_tokens, roots("tokens"), "special tokens file")
-        dev = str(memory.resolve_device(device, "dit"))
-        handle = open_dit(model, path, variant, weight_dtype, dev, attention, precision, tokens, compile=compile,
-                          block_swap=block_swap)
+        runtime = DiTRuntime(device=str(memory.resolve_device(device, "dit")), precision=precision,
+                             attention=attention, compile=compile, block_swap=int(block_swap), weight_dtype=weight_dtype)
+        handle = open_dit(model, path, variant, runtime, tokens)
         info = handle.describe()
         return io.NodeOutput(handle, info, ui={"text": [info]})
 

@@ -107,7 +107,7 @@ def register(loaded: Loaded, module: torch.nn.Module, kind: str, device: torch.d
 
 def register_dit(loaded: Loaded, device: torch.device) -> None:
     """The DiT's ModelPatcher: the whole model, or only the resident part of a block-swapped one (module doc)."""
-    if getattr(loaded.model, "block_swap", None) is None:
+    if loaded.model.block_swap is None:
         register(loaded, loaded.model, "dit", device)
     else:
         register(loaded, resident_modules(loaded.model), "dit", device, holder=MagiDiTResident)

@@ -2,7 +2,7 @@
 
 The pool (magi_core/parallel/pool.py, the multi-GPU issue) is called as
 
-    pool.generate(model=<DiTHandle.spec()>, prompts=PromptEmbeds, settings=Settings, prefix_latents=...,
+    pool.generate(model=<DiTHandle.spec()>, prompts=PromptEmbeds, settings=SamplingSettings, prefix_latents=...,
                   prefix_frames=int, special_tokens=SpecialTokens | None, devices=[...], cp_size=int,
                   progress=cb(i, total, chunk), cancel=fn() -> bool) -> iterator of FinishedChunk
 
@@ -11,10 +11,6 @@ so the sampler node streams chunks, progress and interrupt the same way for one 
 from __future__ import annotations
 
 from .handles import MultiGPUSettings
-
-NOT_AVAILABLE = ("multi-GPU engine not available: this version of the pack has no magi_core.parallel.pool{why}. "
-                 "Remove the MAGI Multi-GPU Settings node (or set cp_size to 1) to run on one GPU")
-
 
 def parse_devices(text: str, cuda_count: int, leave_gpu0_free: bool = False, cp_size: int = 0) -> list[str]:
     """'all' | '0,1,3' | 'cpu' -> device names. 'cpu' gives cp_size CPU workers (gloo; for tests)."""
@@ -60,14 +56,9 @@ def check_heads(settings: MultiGPUSettings, num_heads: int):
 
 
 def pool_generate(**kwargs):
-    """Run one generation on the worker pool; RuntimeError saying so when the engine is not there."""
-    try:
-        from magi_core.parallel import pool
-    except ImportError as e:
-        raise RuntimeError(NOT_AVAILABLE.format(why=f" ({e})")) from None
-    generate = getattr(pool, "generate", None)
-    if generate is None:
-        raise RuntimeError(NOT_AVAILABLE.format(why=" with a generate() entry point"))
+    """Run one generation on the worker pool (magi_core.parallel.pool.generate)."""
+    from magi_core.parallel.pool import generate
+
     return generate(**kwargs)
 
 

@@ -1,4 +1,4 @@
-"""Sampler widget values -> magi_core Settings (no ComfyUI import).
+"""Sampler widget values -> magi_core SamplingSettings (no ComfyUI import).
 
 The sampler node shows one scale per guidance term; the reference uses a value per flow-time range
 (`cfg_t_range`, 5 entries): the scale applies to the three noisier ranges and the two nearly-clean ranges keep
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from magi_core.pipeline import Settings
+from magi_core.settings import SamplingSettings
 
 N_RANGES = 5  # len(cfg_t_range) in every official config
 _CLEAN_TEXT, _CLEAN_PREV = (0.0, 0.0), (1.0, 1.0)
@@ -39,52 +39,42 @@ def sampler_options(cfg_number: str = "auto", cfg_t_range: str = "", text_scales
                     distill_nearly_clean_threshold: float = 0.3, per_chunk_noise: bool = False,
                     kv_offload: bool = False, negative_special_tokens: bool = False,
                     early_first_chunk: bool = False) -> dict:
-    """MAGI Sampler Options widgets -> Settings field overrides (validated; empty text = the default)."""
+    """MAGI Sampler Options widgets -> SamplingSettings field overrides (empty text = the default), checked here
+    by building SamplingSettings with them, so a bad value is reported by this node."""
     opts = {}
     if cfg_number != "auto":
         if cfg_number not in ("1", "3"):
             raise ValueError(f"cfg_number must be auto, 1 or 3, got {cfg_number!r}")
         opts["cfg_number"] = int(cfg_number)
-    t_range = parse_numbers("cfg_t_range", cfg_t_range, N_RANGES)
-    if t_range is not None:
-        if list(t_range) != sorted(t_range) or not all(0 <= t <= 1 for t in t_range):
-            raise ValueError(f"cfg_t_range: values must increase within [0, 1], got {cfg_t_range!r}")
-        opts["cfg_t_range"] = t_range
-    for name, text in (("text_scales", text_scales), ("prev_chunk_scales", prev_chunk_scales)):
-        v = parse_numbers(name, text, N_RANGES)
+    for name, text, count, kind in (("cfg_t_range", cfg_t_range, N_RANGES, float),
+                                    ("text_scales", text_scales, N_RANGES, float),
+                                    ("prev_chunk_scales", prev_chunk_scales, N_RANGES, float),
+                                    ("noise2clean_kvrange", noise2clean_kvrange, None, int)):
+        v = parse_numbers(name, text, count, kind)
         if v is not None:
             opts[name] = v
-    kv = parse_numbers("noise2clean_kvrange", noise2clean_kvrange, kind=int)
-    if kv is not None:
-        if not kv or min(kv) < 1:
-            raise ValueError(f"noise2clean_kvrange: give positive chunk counts, e.g. '5,4,3,2', got {noise2clean_kvrange!r}")
-        opts["noise2clean_kvrange"] = kv
     parts = parse_numbers("shortcut_mode", shortcut_mode, 3, kind=int)
     if parts is not None:
         opts["shortcut_mode"] = ",".join(str(p) for p in parts)
-    if not 0 < clean_t <= 1:
-        raise ValueError(f"clean_t must be in (0, 1], got {clean_t}")
     opts.update(clean_chunk_kvrange=int(clean_chunk_kvrange), clean_t=float(clean_t),
                 distill_nearly_clean_threshold=float(distill_nearly_clean_threshold),
                 per_chunk_noise=bool(per_chunk_noise), kv_offload=bool(kv_offload),
                 negative_special_tokens=bool(negative_special_tokens), early_first_chunk=bool(early_first_chunk))
+    SamplingSettings(**opts)
     return opts
 
 
 def build_settings(width: int, height: int, num_frames: int, fps: int, steps: int, seed: int, window_size: int,
                    text_scale: float, prev_chunk_scale: float, prev_chunks_scale: float, use_hq: bool,
-                   use_duration: bool, options: dict | None = None) -> Settings:
+                   use_duration: bool, options: dict | None = None) -> SamplingSettings:
     """Settings for one generation; `options` (from sampler_options) overrides any field."""
-    s = Settings(width=int(width), height=int(height), num_frames=int(num_frames), fps=int(fps), steps=int(steps),
-                 seed=int(seed), window_size=int(window_size),
-                 text_scales=scale_vector(text_scale, _CLEAN_TEXT),
-                 prev_chunk_scales=scale_vector(prev_chunk_scale, _CLEAN_PREV),
-                 prev_chunks_scale=float(prev_chunks_scale), use_hq=bool(use_hq), use_duration=bool(use_duration))
-    if s.window_size < 1:
-        raise ValueError(f"window_size must be >= 1, got {s.window_size}")
-    known = {f.name for f in fields(Settings)}
-    for k, v in (options or {}).items():
-        if k not in known:
-            raise ValueError(f"unknown sampler option {k!r}")
-        setattr(s, k, v)
-    return s
+    options = dict(options or {})
+    known = {f.name for f in fields(SamplingSettings)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown sampler option(s) {unknown}")
+    base = dict(width=int(width), height=int(height), num_frames=int(num_frames), fps=int(fps), steps=int(steps),
+                seed=int(seed), window_size=int(window_size), text_scales=scale_vector(text_scale, _CLEAN_TEXT),
+                prev_chunk_scales=scale_vector(prev_chunk_scale, _CLEAN_PREV),
+                prev_chunks_scale=float(prev_chunks_scale), use_hq=bool(use_hq), use_duration=bool(use_duration))
+    return SamplingSettings(**{**base, **options})

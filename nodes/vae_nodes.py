@@ -4,7 +4,8 @@ from __future__ import annotations
 import comfy.utils
 from comfy_api.latest import io
 
-from magi_core.pipeline import Settings, encode_prefix
+from magi_core.pipeline import encode_prefix
+from magi_core.settings import SamplingSettings
 from magi_core.vae.tiling import encoded_frames
 from magi_core.video import select_prefix_frames
 
@@ -60,7 +61,7 @@ class MagiVAEEncode(io.ComfyNode):
         except ValueError as e:
             raise ValueError(f"{e} (max_frames)") from None
         memory.use(vae.loaded)
-        s = Settings(width=width, height=height, fps=fps)
+        s = SamplingSettings(width=width, height=height, fps=fps)
         latents = encode_prefix(vae.model, frames, s, policy=resize, tile_size=tile_size, tile_overlap=tile_overlap,
                                 tile_frames=tile_frames or None)
         return io.NodeOutput({"samples": latents.cpu(), "magi_prefix_frames": int(frames.shape[0]),

@@ -15,6 +15,7 @@ from magi_core import checkpoint as C
 from magi_core.__main__ import main as cli
 from magi_core.config import preset
 from magi_core.dit import build_dit, init_random_
+from magi_core.settings import DiTRuntime
 
 ROOT = Path(__file__).resolve().parents[1]
 F32, BF16, F8 = "float32", "bfloat16", "float8_e4m3fn"
@@ -168,8 +169,9 @@ def test_full_size_official_folders_inspect_from_headers_only(tmp_path, monkeypa
     def no_data(*a, **k):
         raise AssertionError("inspect must not read tensor data")
 
-    monkeypatch.setattr(C, "_read_shard", no_data)
-    monkeypatch.setattr(C, "_iter_bytes", no_data)
+    monkeypatch.setattr(C.load, "_read_shard", no_data)
+    monkeypatch.setattr(C.safetensors_io, "_iter_bytes", no_data)
+    monkeypatch.setattr(C.write, "_iter_bytes", no_data)
     spec = spec_table("4.5B", False)
     write_sparse_official(tmp_path / "4.5B_distill" / "inference_weight.distill", spec, 2, True)
     r = C.inspect(str(tmp_path / "4.5B_distill"))
@@ -442,6 +444,6 @@ def test_convert_records_variant_and_streams(tiny_models, tmp_path):
 def test_load_straight_to_cuda(tiny_models, tmp_path, zst):
     model, _ = tiny_models["tiny-distill-fp8"]
     folder = C.save_official(model, tmp_path, "distill-fp8", shards=2, zst=zst)
-    loaded, _ = C.load_dit(folder, device="cuda")
+    loaded, _ = C.load_dit(folder, DiTRuntime(device="cuda"))
     assert all(t.is_cuda for t in loaded.state_dict().values())
     assert_identical(model.state_dict(), {n: t.cpu() for n, t in loaded.state_dict().items()})

@@ -21,8 +21,31 @@ def test_official_config_equals_preset(name, shared_file):
     assert oc.dit == preset(want)
     assert oc.sampler.cfg_number == cfg_number
     raw = json.loads(path.read_text())
-    assert oc.sampler.num_steps == raw["runtime_config"]["num_steps"]
-    assert oc.sampler.noise2clean_kvrange == [5, 4, 3, 2] and oc.sampler.window_size == 4
+    rc = raw["runtime_config"]
+    assert (oc.sampler.steps, oc.sampler.width, oc.sampler.height, oc.sampler.num_frames, oc.sampler.seed) == (
+        rc["num_steps"], rc["video_size_w"], rc["video_size_h"], rc["num_frames"], rc["seed"])
+    assert oc.sampler.noise2clean_kvrange == tuple(rc["noise2clean_kvrange"]) and oc.sampler.window_size == 4
+    assert list(oc.sampler.cfg_t_range) == rc["cfg_t_range"] and list(oc.sampler.text_scales) == rc["text_scales"]
+    assert oc.sampler.shortcut_mode == raw["engine_config"].get("shortcut_mode", "8,16,16")
+
+
+def test_model_dependent_defaults_agree(shared_file):
+    """Steps when none is given: the official base configs' count; 16 for every distill model, as the README and
+    the sampler node say (the official 4.5B distill configs say 64: --config runs them that way)."""
+    import re
+    from pathlib import Path
+
+    from magi_core.settings import SamplingSettings, default_steps
+
+    for name in OFFICIAL:
+        oc = load_official_config(shared_file(name))
+        resolved = SamplingSettings().for_model(oc.dit)
+        assert resolved.cfg_number == oc.sampler.cfg_number
+        assert resolved.steps == (16 if oc.dit.distill else oc.sampler.steps) == default_steps(oc.dit)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert re.search(r"Distill models: 16 steps", readme)
+    node = (Path(__file__).resolve().parents[1] / "nodes" / "sampler_nodes.py").read_text()
+    assert re.search(r'io\.Int\.Input\("steps", default=16\b', node)
 
 
 def test_bad_official_configs(tmp_path, shared_file):

@@ -82,14 +82,14 @@ def test_fp8_scaled_mm_vs_dequantized_model():
 
 def _t2v_tiny_distill():
     """bf16 tiny distill model on CUDA, 3 captions, the null caption and a 3-chunk 8-step plan."""
-    from magi_core.sampling import make_plan
+    from plans import plan_for
     from magi_core.sampling.executor import Caption
 
     model, cfg = _model("tiny-distill", torch.bfloat16, "cuda")
     g = torch.Generator().manual_seed(0)
     text = [Caption(torch.randn(5, cfg.caption_channels, generator=g)) for _ in range(3)]
     null = Caption(model.y_embedder.null_caption_embedding[:50].float())
-    return model, text, null, make_plan(3, 8, cfg_number=1)
+    return model, text, null, plan_for(3, 8, cfg_number=1)
 
 
 def test_cuda_t2v_same_latents_twice():

@@ -26,7 +26,8 @@ from magi_core.dit import build_dit, init_random_
 from magi_core.parallel import (ModelSpec, WorkerError, WorkerPool, enable_context_parallel, select_devices,
                                 shutdown_pool)
 from magi_core.parallel import pool as pool_mod
-from magi_core.pipeline import PromptEmbeds, Settings, sample
+from magi_core.pipeline import PromptEmbeds, sample
+from magi_core.settings import DiTRuntime, SamplingSettings as Settings
 from magi_core.sampling.executor import SamplingCancelled
 from magi_core.text import PromptSchedule
 
@@ -179,7 +180,7 @@ def test_pool_block_swap_and_compile():
     the one-GPU result; the reference is built on the CPU like the swapped replicas (CPU and CUDA random
     streams differ)."""
     need_gpus(2)
-    spec = dataclasses.replace(SPEC, block_swap=1, compile_ops=True)
+    spec = dataclasses.replace(SPEC, runtime=DiTRuntime(device="cuda", block_swap=1, compile=True))
     one = init_random_(build_dit(SPEC.config(), "cpu"), seed=0, device="cpu").to("cuda:0")
     prompts = _prompts(one.cfg.caption_channels)
     s = Settings(width=8 * W, height=8 * H, num_frames=72, steps=8, seed=11, use_hq=False, use_duration=False)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from magi_core.settings import DiTRuntime
 from comfyui_harness import node_logic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,11 +45,19 @@ def vae(tiny):
     return handles.VAEHandle("vae", ("vae", "tiny"), handles.Loaded(load_vae(tiny["vae"], dtype=torch.float32)))
 
 
-def dit_handle(tiny, **kw):
-    args = dict(variant="auto", weight_dtype="auto", device="cpu", attention="sdpa", precision="fast",
-                special_tokens=tiny["special_tokens"])
-    args.update(kw)
-    return loading.open_dit("tiny", tiny["dit"], **args)
+def dit_handle(tiny, variant="auto", special_tokens="default", **runtime):
+    """open_dit as the loader node calls it; `runtime`: DiTRuntime fields (device cpu, sdpa, fast by default)."""
+    rt = DiTRuntime(**{**dict(device="cpu", attention="sdpa", precision="fast"), **runtime})
+    tokens = tiny["special_tokens"] if special_tokens == "default" else special_tokens
+    return loading.open_dit("tiny", tiny["dit"], variant, rt, tokens)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """Header-only checks for a CUDA device on a machine without one (nothing is loaded there)."""
+    import magi_core.settings
+
+    monkeypatch.setattr(magi_core.settings, "device_problem", lambda dev: None)
 
 
 # ----------------------------------------------------------------------------- model files
@@ -249,7 +258,7 @@ def test_build_settings_maps_scalars_to_ranges():
 
 
 def test_early_first_chunk_reaches_settings():
-    from magi_core.pipeline import Settings
+    from magi_core.settings import SamplingSettings as Settings
 
     plain = sampler_settings.build_settings(64, 64, 24, 24, 8, 0, 4, 7.5, 1.5, 0.7, True, True,
                                             sampler_settings.sampler_options())
@@ -262,7 +271,7 @@ def test_early_first_chunk_reaches_settings():
 
 @pytest.mark.parametrize("kw, needle", [
     (dict(text_scales="1,2,3"), "give 5 values"),
-    (dict(cfg_t_range="0, 0.5, 0.2, 0.3, 1"), "must increase"),
+    (dict(cfg_t_range="0, 0.5, 0.2, 0.3, 1"), "must be ascending"),
     (dict(prev_chunk_scales="a,b,c,d,e"), "not a comma-separated list"),
     (dict(noise2clean_kvrange="0,1"), "positive chunk counts"),
     (dict(shortcut_mode="8,16"), "give 3 values"),
@@ -336,15 +345,9 @@ def test_multigpu_devices():
         multigpu.check_heads(handles.MultiGPUSettings(["cpu"] * 5, 5), 24)
 
 
-def test_pool_missing_or_present(monkeypatch):
+def test_pool_generate_hands_over_to_the_pool(monkeypatch):
     import magi_core
 
-    empty = types.ModuleType("magi_core.parallel")  # the package without its pool (even if imported before)
-    monkeypatch.setitem(sys.modules, "magi_core.parallel", empty)
-    monkeypatch.setattr(magi_core, "parallel", empty, raising=False)
-    monkeypatch.setitem(sys.modules, "magi_core.parallel.pool", None)  # import fails
-    with pytest.raises(RuntimeError, match="multi-GPU engine not available"):
-        multigpu.pool_generate(devices=["cpu", "cpu"])
     fake = types.ModuleType("magi_core.parallel.pool")
     fake.generate = lambda **kw: iter([kw])
     parallel = types.ModuleType("magi_core.parallel")
@@ -394,10 +397,10 @@ def test_fp8_checkpoint_rejects_bf16_cast(tmp_path):
     dit = init_random_(build_dit(preset("tiny-distill-fp8")))
     f = tmp_path / "fp8.safetensors"
     save_file({k: v.contiguous() for k, v in dit.state_dict().items()}, str(f))
-    h = loading.open_dit("fp8", f, "auto", "auto", "cpu", "auto", "fast", None)
-    assert h.detection.fp8 and h.attention is None
+    h = loading.open_dit("fp8", f, "auto", DiTRuntime(attention="auto"), None)
+    assert h.detection.fp8 and h.runtime.attention is None
     with pytest.raises(ValueError, match="fp8 checkpoint"):
-        loading.open_dit("fp8", f, "auto", "bf16", "cpu", "auto", "fast", None)
+        loading.open_dit("fp8", f, "auto", DiTRuntime(weight_dtype="bf16"), None)
 
 
 def test_bf16_weight_dtype_restores_reference_dtypes(tiny, tmp_path):
@@ -407,12 +410,12 @@ def test_bf16_weight_dtype_restores_reference_dtypes(tiny, tmp_path):
     sd = load_file(str(tiny["dit"]))
     f = tmp_path / "magi1_tiny_distill_fp32.safetensors"
     save_file({k: v.float() for k, v in sd.items()}, str(f))
-    h = loading.open_dit("fp32", f, "auto", "bf16", "cpu", "auto", "fast", None)
+    h = loading.open_dit("fp32", f, "auto", DiTRuntime(weight_dtype="bf16"), None)
     loaded = loading.load_dit_weights(h, torch.device("cpu"))
     expected = expected_params(loaded.model.cfg)
     assert loaded.info["recast"] > 0
     assert all(p.dtype == expected[n][1] for n, p in loaded.model.named_parameters())
-    h2 = loading.open_dit("fp32", f, "auto", "bf16", "cpu", "sdpa", "exact", None)
+    h2 = loading.open_dit("fp32", f, "auto", DiTRuntime(weight_dtype="bf16", attention="sdpa", precision="exact"), None)
     assert h2.loaded is loaded  # same weights, other run-time settings: no reload
     assert loading.load_dit_weights(h2, torch.device("cpu")) is loaded
 
@@ -471,7 +474,8 @@ def test_generation_streams_chunks_and_reuses_preview_frames(tiny, t5, vae):
 
 
 def test_generation_image_prefix_and_no_preview(tiny, t5, vae):
-    from magi_core.pipeline import Settings, encode_prefix, encode_prompts
+    from magi_core.pipeline import encode_prefix, encode_prompts
+    from magi_core.settings import SamplingSettings as Settings
 
     cond = encode_prompts(t5, "a red fox")
     img = torch.rand(1, 40, 56, 3)
@@ -491,12 +495,13 @@ def test_generation_checks_before_loading_and_cancels(tiny, t5):
     from magi_core.sampling.executor import SamplingCancelled
 
     cond = encode_prompts(t5, conditioning.check_schedule("0-5: a fox"))
-    for settings, needle in [(run_settings(width=40), "multiples of 16"), (run_settings(steps=6), "divisible"),
-                             (run_settings(), "only 2 chunks")]:
-        hooks = RecordingHooks()
-        with pytest.raises(ValueError, match=None) as e:
-            generation.run(dit_handle(tiny), cond, settings, hooks)
-        assert needle in str(e.value) and hooks.loads == 0
+    for kw, needle in [(dict(width=40), "multiple of 16"), (dict(steps=6), "multiple of window_size")]:
+        with pytest.raises(ValueError, match=needle):  # the sampler node's settings are checked when built
+            run_settings(**kw)
+    hooks = RecordingHooks()
+    with pytest.raises(ValueError, match="only 2 chunks"):
+        generation.run(dit_handle(tiny), cond, run_settings(), hooks)
+    assert hooks.loads == 0
     hooks = RecordingHooks()
     with pytest.raises(ValueError, match="special tokens"):
         generation.run(dit_handle(tiny, special_tokens=None), encode_prompts(t5, "a fox"), run_settings(), hooks)
@@ -528,9 +533,8 @@ def test_compile_is_a_run_time_setting_that_reaches_the_dit_and_the_workers(tiny
     from magi_core.pipeline import encode_prompts
 
     on, off = dit_handle(tiny, compile=True), dit_handle(tiny)
-    assert on.compile and not off.compile and on.key == off.key  # not part of the weights
-    assert on.spec()["compile"] is True and off.spec()["compile"] is False
-    assert ModelSpec.from_dict(on.spec()).compile_ops and not ModelSpec.from_dict(off.spec()).compile_ops
+    assert on.runtime.compile and not off.runtime.compile and on.key == off.key  # not part of the weights
+    assert ModelSpec.from_dict(on.spec()).runtime.compile and not ModelSpec.from_dict(off.spec()).runtime.compile
     assert "compiled element-wise ops" in on.describe() and "compiled" not in off.describe()
     cond = encode_prompts(t5, "a red fox")
     runs = []
@@ -543,21 +547,18 @@ def test_compile_is_a_run_time_setting_that_reaches_the_dit_and_the_workers(tiny
     assert set(runs[1].compile_seen) == {False} and set(runs[2].compile_seen) == {True}
 
 
-def test_block_swap_limits_are_checked_before_loading(tiny):
+def test_block_swap_limits_are_checked_before_loading(tiny, fake_gpu):
     layers = 3  # the tiny model
     for n, needle in [(layers + 1, f"the maximum is {layers}"), (64, f"the maximum is {layers}"),
-                      (-1, "must be 0 or more")]:
+                      (-1, "must be at least 0")]:
         with pytest.raises(ValueError, match=None) as e:
             dit_handle(tiny, device="cuda:0", block_swap=n)
-        assert needle in str(e.value) and "block_swap" in str(e.value), str(e.value)
+        assert needle in str(e.value) and "block" in str(e.value), str(e.value)
     with pytest.raises(ValueError, match=None) as e:  # CPU: every layer is in host memory already
         dit_handle(tiny, device="cpu", block_swap=1)
-    assert "CUDA GPU" in str(e.value) and "set block_swap to 0" in str(e.value)
-    assert loading.block_swap_error(0, layers, "cpu") is None
-    assert loading.block_swap_error(layers, layers, "cuda:0") is None  # all layers streamed is allowed
-    assert loading.block_swap_error(2, None, None) is None  # nothing known yet: nothing to say
+    assert "CUDA GPU" in str(e.value) and "set block swap to 0" in str(e.value)
 
-    h = dit_handle(tiny, device="cuda:0", block_swap=layers)  # headers only: no CUDA needed
+    h = dit_handle(tiny, device="cuda:0", block_swap=layers)  # all layers streamed is allowed; headers only
     plain = dit_handle(tiny, device="cuda:0")
     assert h.key != plain.key  # part of how the weights sit in memory: a separate model
     assert h.layer_nbytes > 0 and h.layer_nbytes * layers < h.nbytes
@@ -565,27 +566,28 @@ def test_block_swap_limits_are_checked_before_loading(tiny):
     assert plain.resident_nbytes == plain.nbytes and plain.streamed_nbytes == 0
     assert f"block swap {layers} of {layers} layers" in h.describe()
     calls = []
-    with pytest.raises(ValueError, match="set block_swap to 0"):  # the sampler's device is the CPU after all
+    with pytest.raises(ValueError, match="set block swap to 0"):  # the sampler's device is the CPU after all
         loading.load_dit_weights(h, torch.device("cpu"), before_load=lambda: calls.append(1))
     assert not calls  # refused before anything was freed or read
 
 
-def test_block_swap_reaches_the_pool_workers(tiny):
+def test_block_swap_reaches_the_pool_workers(tiny, fake_gpu):
     """With Multi-GPU Settings every worker streams the same layers from its own host memory."""
     from magi_core.parallel.worker import ModelSpec
 
     h = dit_handle(tiny, device="cuda:0", block_swap=1)
-    assert h.spec()["block_swap"] == 1 and ModelSpec.from_dict(h.spec()).block_swap == 1
-    assert ModelSpec.from_dict(dit_handle(tiny).spec()).block_swap == 0
+    assert ModelSpec.from_dict(h.spec()).runtime.block_swap == 1
+    assert ModelSpec.from_dict(dit_handle(tiny).spec()).runtime.block_swap == 0
 
 
 def test_block_swap_loads_swapped_and_gives_the_same_video(tiny, t5, monkeypatch):
     """The loading path with block swap, on the CPU (the node refuses CPU; the check is bypassed here): the
     layers past the resident ones are swapped, the resident part (what ComfyUI's ModelPatcher manages) is the
     rest of the model, and the generated latents are those of the unswapped model."""
+    import magi_core.settings
     from magi_core.pipeline import encode_prompts
 
-    monkeypatch.setattr(loading, "block_swap_error", lambda *a: None)
+    monkeypatch.setattr(magi_core.settings, "block_swap_problem", lambda dev: None)
     cond = encode_prompts(t5, "a red fox")
     ref_hooks, swap_hooks = ModelHooks(), ModelHooks()
     ref = generation.run(dit_handle(tiny), cond, run_settings(num_frames=24), ref_hooks)

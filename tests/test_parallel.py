@@ -23,14 +23,17 @@ import torch.multiprocessing as mp
 import magi_core  # noqa: F401
 from magi_core.config import preset
 from magi_core.dit import KVCache, build_dit, init_random_
+from magi_core.dit.offload import enable_block_swap
 from magi_core.parallel import (ModelSpec, WorkerError, WorkerPool, check_cp_size, enable_context_parallel,
                                 select_devices)
 from magi_core.parallel._bootstrap import sanitize_env
 from magi_core.parallel.worker import build_replica
 from magi_core.parallel.ulysses import kv_repeat, split_sizes
-from magi_core.sampling import early_first_chunk, make_plan
+from magi_core.sampling import early_first_chunk
+from plans import plan_for
 from magi_core.sampling.executor import Caption, SamplingCancelled, generate_chunks, make_noise
-from magi_core.pipeline import PromptEmbeds, Settings, sample
+from magi_core.pipeline import PromptEmbeds, sample
+from magi_core.settings import SamplingSettings as Settings
 from magi_core.text import PromptSchedule
 from magi_core.video import read_video
 
@@ -71,7 +74,7 @@ def forward_suite(m):
 
 def generation_inputs(C, seed=3, n_chunks=2):
     g = torch.Generator().manual_seed(seed)
-    plan = make_plan(n_chunks, 4, cfg_number=3)
+    plan = plan_for(n_chunks, 4, cfg_number=3)
     text = [Caption(torch.randn(4 + i, C, generator=g)) for i in range(n_chunks)]
     null = Caption(torch.randn(6, C, generator=g) * 0.2)
     noise = make_noise((1, 16, 6 * n_chunks, H, W), seed, "cpu")
@@ -101,7 +104,8 @@ def _parity_rank(rank, world, store, out):
     enable_context_parallel(m, pairs[rank // 2])  # two independent cp = 2 groups side by side
     res["cp2"] = forward_suite(m) + generation(m)
     res["cp2_early"] = [None] * 3 + generation(m, early=True)  # kept K/V of chunk 0 per rank (its heads)
-    m = build_replica(ModelSpec(preset="tiny", overrides=TINY_OVERRIDES, dtype=torch.float32, block_swap=1), "cpu")
+    m = build_replica(ModelSpec(preset="tiny", overrides=TINY_OVERRIDES, dtype=torch.float32), "cpu")
+    enable_block_swap(m, "cpu", m.cfg.num_layers - 1)  # the streaming mechanics on the host (DiTRuntime: CUDA only)
     assert len(m.block_swap.swapped) == 1
     enable_context_parallel(m, pairs[rank // 2])
     res["cp2_swap"] = [None] * 3 + generation(m)  # the pool's replica with block swap, under CP
@@ -297,8 +301,8 @@ def test_pool_sample_matches_pipeline_and_bad_request(pool, pool_ref):
     got = [c.latents for c in pool.sample(prompts, s)]
     ref = [c.latents for c in sample(pool_ref[0], prompts, s)]
     assert len(got) == len(ref) == 2 and _maxdiff(got, ref) < TOL_GENERATION
-    with pytest.raises(ValueError, match="multiples of 16"):  # checked in the parent; the pool stays up
-        next(pool.sample(prompts, Settings(width=8 * W + 8, height=8 * H, steps=4, use_hq=False, use_duration=False)))
+    with pytest.raises(ValueError, match="multiple of window_size"):  # checked in the parent; the pool stays up
+        next(pool.sample(prompts, Settings(width=8 * W, height=8 * H, window_size=3, use_hq=False, use_duration=False)))
     plan, text, null, noise = _inputs(pool_ref, 5)
     with pytest.raises(ValueError, match="latent frames"):
         next(pool.generate(plan, text, null, noise[:, :, :6]))

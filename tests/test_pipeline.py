@@ -9,7 +9,8 @@ import torch
 import magi_core  # noqa: F401
 from magi_core.checkpoint import load_dit
 from magi_core.demo import make_tiny_assets
-from magi_core.pipeline import Settings, decode_chunk, encode_prefix, encode_prompts, sample, validate
+from magi_core.pipeline import decode_chunk, encode_prefix, encode_prompts, sample, validate
+from magi_core.settings import SamplingSettings as Settings
 from magi_core.text import T5TextEncoder, load_special_tokens
 from magi_core.vae import load_vae
 from magi_core.video import read_video, reference_output_frames
@@ -93,12 +94,14 @@ def test_short_prefix_keeps_every_frame(tiny):
 def test_validation_errors_before_work(tiny):
     cfg = tiny["dit"].cfg
     prompts = encode_prompts(tiny["t5"], "0: a\n2: b")
-    with pytest.raises(ValueError, match="multiples of 16"):
-        validate(Settings(width=60), cfg)
-    with pytest.raises(ValueError, match="divisible by window_size"):
-        validate(Settings(steps=10), cfg, special_tokens=tiny["tokens"])
+    with pytest.raises(ValueError, match="multiple of 16"):
+        Settings(width=60)
+    with pytest.raises(ValueError, match="multiple of window_size"):
+        Settings(steps=10)
     with pytest.raises(ValueError, match="fps"):
-        validate(Settings(fps=6), cfg, special_tokens=tiny["tokens"])
+        Settings(fps=6)
+    with pytest.raises(ValueError, match="multiple of window_size \\(3\\)"):  # the model's default: 16 steps
+        validate(Settings(window_size=3), cfg, special_tokens=tiny["tokens"])
     with pytest.raises(ValueError, match="special tokens"):
         validate(Settings(), cfg)
     with pytest.raises(ValueError, match="(?i)gap|missing|no prompt"):  # chunk 1 has no prompt
@@ -136,7 +139,7 @@ def test_v2v_schedule_counts_generated_chunks_only(tiny):
 def test_cli_low_vram_flags(tmp_path):
     out = tmp_path / "lowvram.mp4"
     r = subprocess.run([sys.executable, "-m", "magi_core", "generate", "--demo", "--output", str(out), "--frames", "24",
-                        "--prompt", "a fox", "--width", "64", "--height", "64", "--steps", "4", "--block-swap", "1",
+                        "--prompt", "a fox", "--width", "64", "--height", "64", "--steps", "4",
                         "--weight-dtype", "fp8_e4m3fn", "--compile", "--early-first-chunk"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert read_video(out).shape == (24, 64, 64, 3)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from magi_core.config import SamplerConfig
 from magi_core.sampling import (
-    cfg_scales, distill_dt_factor, latent_frames, make_plan, max_cached_chunks, num_chunks, plan_from_config,
-    step_intervals, t_grid,
+    cfg_scales, distill_dt_factor, latent_frames, make_plan, max_cached_chunks, num_chunks, step_intervals, t_grid,
 )
+from magi_core.settings import SamplingSettings
+from plans import plan_for
 
 
 def torch_init_t(n, device="cpu"):
@@ -95,7 +95,7 @@ def test_counts():
 
 
 def test_cfg_bins():
-    r, p, s = SamplerConfig().cfg_t_range, [1.5, 1.5, 1.5, 1.0, 1.0], [7.5, 7.5, 7.5, 0.0, 0.0]
+    r, p, s = SamplingSettings().cfg_t_range, [1.5, 1.5, 1.5, 1.0, 1.0], [7.5, 7.5, 7.5, 0.0, 0.0]
     assert cfg_scales(0.0, r, p, s) == (1.5, 7.5)
     assert cfg_scales(float(np.float32(0.3)), r, p, s) == (1.0, 0.0)
     assert cfg_scales(0.2999, r, p, s) == (1.5, 7.5)
@@ -107,8 +107,6 @@ def test_cfg_bins():
     for t in t_grid(64) + t_grid(16) + [0.0217, 0.02169999, 0.09999999, 0.1, 0.3, 0.2999999, 0.9989999, 0.999]:
         b = int(torch.searchsorted(edges, torch.tensor([t], dtype=torch.float32))[0]) - 1
         assert cfg_scales(t, r, p, s) == (p[b], s[b]), t
-    with pytest.raises(ValueError, match="same length"):
-        cfg_scales(0.1, r, p, s[:4])
     with pytest.raises(ValueError, match="below cfg_t_range"):
         cfg_scales(0.05, [0.1, 0.5], [1, 1], [1, 1])
 
@@ -132,11 +130,11 @@ TABLE = [
 
 @pytest.fixture(scope="module")
 def t2v():
-    return make_plan(4, 64)
+    return plan_for(4, 64)
 
 
 def test_worked_example_table(t2v):
-    assert len(t2v.calls) == len(t2v.steps) == 112 and t2v.n_passes == 336
+    assert len(t2v.calls) == len(t2v.sampler_calls) == 112 and t2v.n_passes == 336
     ts = t_grid(64)
     for g_range, chunks, sp, steps, kv in TABLE:
         for g in g_range:
@@ -176,9 +174,9 @@ def test_worked_example_cfg_bins(t2v):
 
 
 def test_distill_same_schedule():
-    p = make_plan(4, 64, cfg_number=1)
+    p = plan_for(4, 64, cfg_number=1)
     assert len(p.calls) == 112 and p.n_passes == 112 and p.passes == ("cond_pre_and_text",)
-    assert p.cache_pass == "cond_pre_and_text" and make_plan(1, 4).cache_pass == "cond_pre"
+    assert p.cache_pass == "cond_pre_and_text" and plan_for(1, 4).cache_pass == "cond_pre"
     assert all(c.dt_factor == 32.0 and c.distill_interval == 1 for c in p.calls)
     assert all(x.cfg is None for c in p.calls for x in c.chunks)
     for c in p.calls:
@@ -191,11 +189,11 @@ def test_distill_same_schedule():
         else:
             assert c.distill_copy is None
     assert sum(c.nearly_clean for c in p.calls) == 64  # 16 steps of chunk 0 ... chunk 3 as the first noisy chunk
-    assert all(c.distill_copy is None for c in make_plan(4, 64).calls)  # cfg 3 has no copy
+    assert all(c.distill_copy is None for c in plan_for(4, 64).calls)  # cfg 3 has no copy
 
 
 def test_distill_12_step_intervals():
-    p = make_plan(3, 12, cfg_number=1)
+    p = plan_for(3, 12, cfg_number=1)
     assert [c.distill_interval for c in p.calls[:3]] == [2, 1, 1]
     assert [c.dt_factor for c in p.calls[:3]] == [4.0, 8.0, 8.0]
     for c in p.calls:  # Euler steps follow the shortcut grid
@@ -207,7 +205,7 @@ def test_distill_12_step_intervals():
 
 
 def test_i2v():
-    p = plan_from_config(SamplerConfig(), prefix_latents=1)
+    p = plan_for(5, 64, prefix_latents=1)  # 96 frames: 24 latents + the image latent
     assert p.n_chunks == 5 and p.chunk_offset == 0
     assert len(p.calls) == 128 and p.n_passes == 384 and not any(c.extract_prefix for c in p.calls)
     for c in p.calls:  # frame 0 is forced to the image latent whenever chunk 0 is in the forward
@@ -217,9 +215,9 @@ def test_i2v():
 
 
 def test_v2v():
-    p = plan_from_config(SamplerConfig(), prefix_latents=8)
+    p = plan_for(6, 64, prefix_latents=8)  # 96 frames: 24 latents + 8 prefix latents
     assert p.n_chunks == 6 and p.chunk_offset == 1
-    ex, steps = p.calls[0], p.steps
+    ex, steps = p.calls[0], p.sampler_calls
     assert ex.extract_prefix and ex.g is None and ex.passes == 3
     assert [(x.index, x.t, x.kv_range, x.clean) for x in ex.chunks] == [(0, float(np.float32(0.9999)), (0, 1), True)]
     assert ex.cache_writes == (0,) and ex.slice_point == 0 and ex.emit is None
@@ -234,9 +232,9 @@ def test_v2v():
 
 
 def test_long_prefix_needs_more_cache():
-    p = make_plan(7, 16, prefix_latents=24)  # 4 whole prefix chunks, each attending only to itself
+    p = plan_for(7, 16, prefix_latents=24)  # 4 whole prefix chunks, each attending only to itself
     assert [x.kv_range for x in p.calls[0].chunks] == [(0, 1), (1, 2), (2, 3), (3, 4)]
-    assert p.steps[0].chunks[0].kv_range == (0, 5) and max_cached_chunks(p) == 4
+    assert p.sampler_calls[0].chunks[0].kv_range == (0, 5) and max_cached_chunks(p) == 4
 
 
 # ---------------------------------------------------------------- properties over many settings
@@ -253,12 +251,12 @@ COMBOS = [
 
 @pytest.mark.parametrize("n,N,w,P,cfg", COMBOS)
 def test_plan_properties(n, N, w, P, cfg):
-    p = make_plan(n, N, window_size=w, prefix_latents=P, cfg_number=cfg,
+    p = plan_for(n, N, window_size=w, prefix_latents=P, cfg_number=cfg,
                   noise2clean_kvrange=[5, 4, 3, 2] if N % 4 == 0 else [3, 2, 2])
     S, off = N // w, P // 6
-    assert p.chunk_offset == off and len(p.steps) == S * (n + w - 1 - off)
-    assert [c.g for c in p.steps] == list(range(len(p.steps)))
-    assert p.n_passes == (3 if cfg == 3 else 1) * (len(p.steps) + (1 if off else 0))
+    assert p.chunk_offset == off and len(p.sampler_calls) == S * (n + w - 1 - off)
+    assert [c.g for c in p.sampler_calls] == list(range(len(p.sampler_calls)))
+    assert p.n_passes == (3 if cfg == 3 else 1) * (len(p.sampler_calls) + (1 if off else 0))
     history = {c: [] for c in range(n)}
     written, ref_cache = set(), {}  # our cache writes; the reference's (all chunks of the forward)
     updated = {c: 0 for c in range(n)}
@@ -324,22 +322,29 @@ def test_plan_properties(n, N, w, P, cfg):
 
 
 @pytest.mark.parametrize("kw,msg", [
-    (dict(n_chunks=4, num_steps=30), "divisible by window_size"),
-    (dict(n_chunks=4, num_steps=6, window_size=2), r"len\(noise2clean_kvrange\)"),
-    (dict(n_chunks=0, num_steps=64), "n_chunks must be a positive"),
-    (dict(n_chunks=4, num_steps=0), "num_steps must be a positive"),
-    (dict(n_chunks=2, num_steps=64, prefix_latents=12), "nothing is left to generate"),
-    (dict(n_chunks=2, num_steps=64, prefix_latents=-1), "prefix_latents"),
-    (dict(n_chunks=2, num_steps=64, cfg_number=2), "cfg_number must be 3"),
-    (dict(n_chunks=2, num_steps=64, clean_chunk_kvrange=0), "clean_chunk_kvrange"),
-    (dict(n_chunks=2, num_steps=12, shortcut_mode="8,8,8"), "shortcut_mode"),
-    (dict(n_chunks=2, num_steps=64, cfg_t_range=[0, 0.3, 0.1, 0.5, 1]), "ascending"),
-    (dict(n_chunks=2, num_steps=64, cfg_t_range=[0.1, 0.5], prev_chunk_scales=[1, 1], text_scales=[1, 1]),
-     "below cfg_t_range"),
+    (dict(steps=30), "multiple of window_size"),
+    (dict(steps=6, window_size=2), r"noise2clean_kvrange stages"),
+    (dict(steps=0), "steps must be a positive"),
+    (dict(steps=64, cfg_number=2), "cfg_number must be 1"),
+    (dict(steps=64, clean_chunk_kvrange=0), "clean_chunk_kvrange"),
+    (dict(steps=12, shortcut_mode="8,8,8"), "shortcut_mode"),
+    (dict(steps=64, cfg_t_range=[0, 0.3, 0.1, 0.5, 1]), "ascending"),
+    (dict(steps=64, cfg_t_range=[0.1, 0.5], prev_chunk_scales=[1, 1], text_scales=[1, 1]), "start at 0"),
+    (dict(steps=64, cfg_t_range=[0, 0.5], prev_chunk_scales=[1, 1, 1], text_scales=[1, 1]), "needs 2 values"),
 ])
-def test_bad_input(kw, msg):
+def test_bad_settings(kw, msg):
     with pytest.raises(ValueError, match=msg):
-        make_plan(**kw)
+        SamplingSettings(**kw)
+
+
+@pytest.mark.parametrize("n,P,msg", [
+    (0, 0, "n_chunks must be a positive"), (2, 12, "nothing is left to generate"), (2, -1, "prefix_latents"),
+])
+def test_bad_plan_input(n, P, msg):
+    with pytest.raises(ValueError, match=msg):
+        plan_for(n, 64, prefix_latents=P)
+    with pytest.raises(ValueError, match="resolved for the model"):
+        make_plan(SamplingSettings(), 2)
 
 
 def test_official_configs(shared_file):
@@ -348,7 +353,7 @@ def test_official_configs(shared_file):
     for name in ["4.5B_base_config.json", "4.5B_distill_config.json", "24B_base_config.json",
                  "24B_distill_quant_config.json"]:
         sc = load_official_config(shared_file(name)).sampler
-        p = plan_from_config(sc)
         n = math.ceil(sc.num_frames // 4 / 6)
-        assert p.n_chunks == n and len(p.calls) == sc.num_steps // 4 * (n + 3)
+        p = make_plan(sc, n)
+        assert p.n_chunks == n and len(p.calls) == sc.steps // 4 * (n + 3)
         assert p.n_passes == len(p.calls) * sc.cfg_number and max_cached_chunks(p) <= 1

@@ -5,7 +5,8 @@ import torch
 import magi_core  # noqa: F401
 from magi_core.config import preset
 from magi_core.dit import KVCache, build_dit, init_random_
-from magi_core.sampling import early_first_chunk, make_plan, t_grid
+from magi_core.sampling import early_first_chunk, t_grid
+from plans import plan_for
 from magi_core.sampling.executor import Caption, SamplingCancelled, generate_chunks, make_noise
 
 CW = 6
@@ -113,7 +114,7 @@ def reference_loop(model, n, N, text, null, noise, cfg_number, prefix=None, P=0,
 
 
 def run_plan(model, n, N, text, null, noise, cfg, prefix=None, P=0, early=False, **kw):
-    plan = make_plan(n, N, prefix_latents=P, cfg_number=cfg)
+    plan = plan_for(n, N, prefix_latents=P, cfg_number=cfg)
     if early:
         plan = early_first_chunk(plan)
     return [c.latents for c in generate_chunks(model, plan, text, null, noise, prefix=prefix, **kw)], plan
@@ -206,7 +207,7 @@ def _work(plan):
                                             (2, 8, 1, 1, (5, 4, 3, 2)), (1, 8, 0, 1, (5, 4, 3, 2)),
                                             (4, 8, 0, 3, (1, 1, 1, 1)), (4, 8, 6, 1, (2, 1))])
 def test_early_first_chunk_plan_same_work_first_chunk_first(n, N, P, cfg, kvr):
-    ref = make_plan(n, N, prefix_latents=P, cfg_number=cfg, noise2clean_kvrange=kvr)
+    ref = plan_for(n, N, prefix_latents=P, cfg_number=cfg, noise2clean_kvrange=kvr)
     plan = early_first_chunk(ref)
     strip = lambda w: sorted((a, b, c) for a, b, c, _ in w)  # noqa: E731
     assert strip(_work(plan)) == strip(_work(ref))  # the same chunk-forwards, none added or dropped
@@ -237,7 +238,7 @@ def test_early_first_chunk_keeps_the_prefix_chunks_it_still_needs():
     text, null = captions(model, 3)
     noise = make_noise((1, 16, 18, 4, 4), seed=3, device="cpu")
     prefix = torch.randn(1, 16, 6, 4, 4)
-    plan = make_plan(3, 4, window_size=2, prefix_latents=6, cfg_number=1, noise2clean_kvrange=(2, 2, 2, 2),
+    plan = plan_for(3, 4, window_size=2, prefix_latents=6, cfg_number=1, noise2clean_kvrange=(2, 2, 2, 2),
                      clean_chunk_kvrange=-1)
     ref = [c.latents for c in generate_chunks(model, plan, text, null, noise, prefix=prefix)]
     got = [c.latents for c in generate_chunks(model, early_first_chunk(plan), text, null, noise, prefix=prefix)]
@@ -249,7 +250,7 @@ def test_streaming_order_and_equals_whole_run():
     model = tiny_model("tiny-distill", torch.bfloat16)
     text, null = captions(model, 3)
     noise = make_noise((1, 16, 18, 4, 4), seed=1, device="cpu")
-    plan = make_plan(3, 8, cfg_number=1)
+    plan = plan_for(3, 8, cfg_number=1)
     got, seen = [], []
     for ch in generate_chunks(model, plan, text, null, noise, progress=lambda i, n, c: seen.append(i)):
         got.append(ch)
@@ -267,7 +268,7 @@ def test_streaming_order_and_equals_whole_run():
 def test_cancel_stops_within_one_dit_call():
     model = tiny_model("tiny", torch.bfloat16)
     text, null = captions(model, 3)
-    plan = make_plan(3, 8, cfg_number=3)
+    plan = plan_for(3, 8, cfg_number=3)
     calls = {"n": 0}
     orig = model.forward
 
@@ -291,7 +292,7 @@ def test_per_chunk_prompts_reach_exactly_their_chunks():
     C = model.cfg.caption_channels
     text = [Caption(torch.full((2 + c, C), float(c + 1))) for c in range(n)]
     null = Caption(torch.zeros(50, C))
-    plan = make_plan(n, 8, cfg_number=1)
+    plan = plan_for(n, 8, cfg_number=1)
     record = []
     orig = model.forward
 
@@ -317,15 +318,13 @@ def test_kv_cache_memory_is_constant_in_video_length():
     peaks = []
     for n in (3, 7):
         text, null = captions(model, n)
-        plan = make_plan(n, 4, cfg_number=1)
+        plan = plan_for(n, 4, cfg_number=1)
         from magi_core.sampling import executor as ex_mod
 
         ex = ex_mod.Executor(model, plan, text, null, make_noise((1, 16, n * CW, 4, 4), 0, "cpu"))
         peak = 0
         for call in plan.calls:
-            v = ex.run_call(call)
-            if v is not None:
-                ex.integrate(call, v)
+            ex.step(call)
             peak = max(peak, ex.cache.nbytes())
         peaks.append(peak)
     assert peaks[0] == peaks[1] > 0
@@ -334,7 +333,7 @@ def test_kv_cache_memory_is_constant_in_video_length():
 def test_executor_input_errors():
     model = tiny_model("tiny", torch.bfloat16)
     text, null = captions(model, 3)
-    plan = make_plan(3, 8)
+    plan = plan_for(3, 8)
     with pytest.raises(ValueError, match="noise"):
         list(generate_chunks(model, plan, text, null, torch.zeros(1, 16, 12, 4, 4)))
     with pytest.raises(ValueError, match="caption per chunk"):

@@ -6,6 +6,7 @@ from magi_core.checkpoint import load_dit, save_official
 from magi_core.config import preset
 from magi_core.dit import build_dit, init_random_
 from magi_core.dit.weight_fp8 import Fp8WeightLinear, store_weights_fp8_
+from magi_core.settings import DiTRuntime
 
 from test_dit import causal_ranges, inputs
 
@@ -50,7 +51,7 @@ def test_load_dit_weight_dtype_option(tmp_path):
     cfg = preset("tiny-distill").replace(num_layers=3)
     model = init_random_(build_dit(cfg), seed=1)
     folder = save_official(model, tmp_path / "tiny_distill", "distill", single_file=True)
-    m8, info = load_dit(folder, weight_dtype="fp8_e4m3fn")
+    m8, info = load_dit(folder, DiTRuntime(weight_dtype="fp8_e4m3fn"))
     assert any("fp8" in n for n in info["notes"])
     assert isinstance(m8.videodit_blocks.layers[1].mlp.linear_fc1, Fp8WeightLinear)
     x, t, y, mask = inputs(cfg)
@@ -58,7 +59,7 @@ def test_load_dit_weight_dtype_option(tmp_path):
     b = m8(x, t, y, mask, causal_ranges(2, 24), dt_factor=8.0)
     assert ((a - b).norm() / a.norm()) < 0.1
     try:
-        load_dit(folder, weight_dtype="int4")
+        DiTRuntime(weight_dtype="int4")
     except ValueError as e:
         assert "weight_dtype" in str(e)
     else:

@@ -31,6 +31,7 @@ class VideoDiT(nn.Module):
         self.precision = "fast"
         self.attn_backend: str | None = None
         self.compile_ops = False  # torch.compile the element-wise islands (kernels/compiled.py); CUDA only
+        self.block_swap = None  # magi_core.dit.offload.BlockSwap when layers stream from host memory (DiTRuntime)
         self.cp = None  # context parallel group (magi_core.parallel.enable_context_parallel), None = one GPU
 
     # ------------------------------------------------------------------ forward
@@ -119,7 +120,7 @@ class VideoDiT(nn.Module):
             for layer in self.videodit_blocks.layers:
                 hs = layer(hs, condition, y_xattn, m)
         except BaseException:  # e.g. out of memory inside a streamed layer: its weights go back to the host
-            if getattr(self, "block_swap", None) is not None:
+            if self.block_swap is not None:
                 self.block_swap.release()
             raise
         hs = self.videodit_blocks.final_layernorm(hs.float())

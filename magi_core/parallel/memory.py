@@ -72,6 +72,12 @@ def need_gib(name: str, height: int, width: int, cp: int, chunks_per_forward: in
              block_swap: int = 0) -> float:
     """Estimated peak GiB on each of cp GPUs for the preset `name` at height x width."""
     cfg = preset(name)
+    return weights_gib(cfg, weight_fp8, block_swap) + run_bytes(cfg, height, width, cp, chunks_per_forward) / GIB \
+        + OVERHEAD_GIB
+
+
+def run_bytes(cfg, height: int, width: int, cp: int = 1, chunks_per_forward: int = 5) -> float:
+    """Bytes each rank needs besides the weights: activations of the largest DiT forward and the KV cache."""
     ctn = 6 * (height // 16) * (width // 16)
     per_token = cfg.hidden_size * ACT_PER_HIDDEN[cfg.gated_linear_unit]
     if cfg.fp8_quant:
@@ -81,7 +87,7 @@ def need_gib(name: str, height: int, width: int, cp: int, chunks_per_forward: in
 
     kv_heads = cfg.num_query_groups * kv_repeat(cfg.num_query_groups, cp) // cp  # KV heads held by each rank
     kv = cfg.num_layers * ctn * kv_heads * 2 * cfg.kv_channels * 2
-    return weights_gib(cfg, weight_fp8, block_swap) + (act + kv) / GIB + OVERHEAD_GIB
+    return act + kv
 
 
 def max_resident_layers(name: str, height: int, width: int, cp: int, card_gb: float, weight_fp8: bool = True) -> int:

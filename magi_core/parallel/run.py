@@ -26,6 +26,7 @@ rank 0 encodes the prompt and prefix (T5, VAE) and broadcasts them, then decodes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -60,102 +61,79 @@ def _broadcast(obj):
     return box[0]
 
 
-def _encode(a, s, dit_cfg, device):
-    """Rank 0: special tokens, T5 prompts, prefix latents (the same steps as `magi_core generate`)."""
-    from ..cli_generate import DEFAULT_TOKENS
-    from ..pipeline import encode_prefix, encode_prompts, validate
-    from ..text import T5TextEncoder, load_special_tokens
-    from ..vae import load_vae
-    from ..video import read_image, read_video
-
-    tokens_path = a.special_tokens or str(DEFAULT_TOKENS)
-    tokens = load_special_tokens(tokens_path) if os.path.exists(tokens_path) else None
-    size = (s.height, s.width)  # scaled from the decoded pixels, as the reference's ffmpeg read
-    frames = read_image(a.image, size=size, policy=a.resize) if a.image else (
-        read_video(a.video, fps=s.fps, max_frames=a.prefix_frames, take=a.prefix_from, size=size, policy=a.resize)
-        if a.video else None)
-    vae = load_vae(a.vae, device=device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
-    prompt = open(a.prompt_file).read() if a.prompt_file else a.prompt
-    prompts = encode_prompts(T5TextEncoder.load(a.t5, tokenizer=a.t5_tokenizer, device="cpu"), prompt)
-    n_prefix = 0 if frames is None else frames.shape[0]
-    validate(s, dit_cfg, prompts, vae, n_prefix, tokens)
-    prefix = None
-    if frames is not None:
-        prefix = encode_prefix(vae, frames, s, policy=a.resize).cpu()
-    return vae, dict(prompts=prompts, prefix=prefix, n_prefix=n_prefix, tokens=tokens)
-
-
 def main(argv=None) -> int:
+    """The checks, streaming output and Ctrl-C handling of `magi_core generate` (cli_generate), on every rank of
+    the group: rank 0 checks everything and opens the output before any rank loads a weight."""
     from ..checkpoint import load_dit
-    from ..cli_generate import _settings, add_arguments
-    from ..pipeline import decode_chunk, sample
-    from ..video import write_mp4
+    from ..cli_generate import add_arguments, describe, load_models, prepare, settings_from_args, use_demo, write_chunks
+    from ..pipeline import sample
+    from ..video import VideoWriter
 
     p = argparse.ArgumentParser(prog="torchrun ... -m magi_core.parallel.run", description=__doc__.split("\n")[0])
     add_arguments(p)
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     a = p.parse_args(argv)
     device = init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
-    tmp = None
-    if a.demo:  # tiny random models written by rank 0 (one machine: the others read the same files)
-        from ..demo import make_tiny_assets
-
+    tmp = tempfile.TemporaryDirectory() if rank == 0 else None
+    job = writer = None
+    try:
+        if rank == 0:  # one machine for --demo: the other ranks read the same files
+            if a.demo:
+                use_demo(a, tmp.name)
+            a.device = a.device or device.type  # each rank runs on its own device (below)
+            writer = VideoWriter(a.output, settings_from_args(a).fps)  # the output location first
+            job = prepare(a)
+            check_cp_size(job.dit_cfg, world)
+            for w in job.warnings:
+                print(f"warning: {w}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # every rank must learn it, or the others wait forever
+        if writer is not None:
+            writer.discard()
+        job = e
+    job = _broadcast(job if rank == 0 else None)
+    if isinstance(job, Exception):
         if rank == 0:
-            tmp = tempfile.TemporaryDirectory()
-            paths = {k: str(v) for k, v in make_tiny_assets(tmp.name).items()}
-        paths = _broadcast(paths if rank == 0 else None)
-        a.dit, a.vae, a.t5, a.special_tokens = paths["dit"], paths["vae"], paths["t5"], paths["special_tokens"]
-        a.prompt = a.prompt or "0: a red fox runs through the snowy forest\n1-: a cat sleeps on a sunny windowsill"
-        a.width, a.height, a.frames, a.steps = a.width or 128, a.height or 128, a.frames or 48, a.steps or 8
-    if not (a.dit and a.vae and a.t5) or not (a.prompt or a.prompt_file):
-        if rank == 0:
-            print("error: pass --dit, --vae, --t5 and --prompt (or --demo)", file=sys.stderr)
+            if a.debug:
+                raise job
+            print(f"error: {job}", file=sys.stderr)
+        dist.destroy_process_group()
         return 2
-    t0 = time.perf_counter()
-    dit, info = load_dit(a.dit, device="cpu" if a.block_swap else device, variant=a.variant,
-                         weight_dtype=a.weight_dtype)
-    check_cp_size(dit.cfg, world)
-    if a.block_swap:  # every rank streams the same layers from its own host memory
-        from ..dit.offload import enable_block_swap
-
-        if not 0 < a.block_swap <= dit.cfg.num_layers:
+    if rank == 0:
+        print(f"generating {describe(job)} on {world} ranks (cp={world})", flush=True)
+    try:
+        with writer if rank == 0 else contextlib.nullcontext():  # a failure or Ctrl-C keeps the finished chunks
+            t0 = time.perf_counter()
+            dit, info = load_dit(job.dit, job.runtime.replace(device=str(device)), variant=job.variant)
+            enable_context_parallel(dit)
+            cond = None
             if rank == 0:
-                print(f"error: --block-swap must be 0..{dit.cfg.num_layers}, got {a.block_swap}", file=sys.stderr)
-            return 2
-        enable_block_swap(dit, device, dit.cfg.num_layers - a.block_swap)
-    dit.set_precision(a.precision)
-    dit.attn_backend, dit.compile_ops = a.attention, a.compile
-    enable_context_parallel(dit)
-    s = _settings(a, dit.cfg)
-    vae, cond = None, None
-    if rank == 0:
-        try:
-            vae, cond = _encode(a, s, dit.cfg, device)
-        except Exception as e:  # every rank must learn it, or the others wait forever
-            cond = e
-    cond = _broadcast(cond)
-    if isinstance(cond, Exception):
+                try:
+                    vae, prompts, prefix = load_models(job, device)
+                    cond = dict(prompts=prompts, prefix=prefix)
+                except Exception as e:  # every rank must learn it, or the others wait forever
+                    cond = e
+            cond = _broadcast(cond)
+            if isinstance(cond, Exception):
+                raise cond
+            if rank == 0:
+                print(f"loaded {info['size']} {info['variant']} DiT on {world} ranks in "
+                      f"{time.perf_counter() - t0:.1f}s", flush=True)
+            prefix = None if cond["prefix"] is None else cond["prefix"].to(device)
+            chunks = sample(dit, cond["prompts"], job.settings, prefix, job.prefix_frames, job.tokens)
+            if rank == 0:
+                write_chunks(job, chunks, vae, writer, lambda m: print(m, flush=True))
+            else:
+                for _ in chunks:
+                    pass
+    except KeyboardInterrupt:  # torchrun passes SIGINT on to every rank
         if rank == 0:
-            print(f"error: {cond}", file=sys.stderr)
-        return 2
+            kept = f"kept the finished chunks ({writer.frames_written} frames) in {a.output}" if writer.frames_written \
+                else f"nothing written ({a.output} left as it was)"
+            print(f"\ninterrupted: {kept}", file=sys.stderr)
+        return 130
     if rank == 0:
-        print(f"loaded {info['size']} {info['variant']} DiT on {world} ranks (cp={world}) in "
-              f"{time.perf_counter() - t0:.1f}s")
-
-    def progress(i, total, chunk):
-        print(f"\rDiT call {i}/{total} (chunk {chunk})", end="", flush=True)
-
-    prefix = None if cond["prefix"] is None else cond["prefix"].to(device)
-    out, t1 = [], time.perf_counter()
-    for ch in sample(dit, cond["prompts"], s, prefix, cond["n_prefix"], cond["tokens"],
-                     progress=progress if rank == 0 else None):
-        if rank == 0:
-            out.append(decode_chunk(vae, ch.latents, s.fps, temporal_overlap=a.temporal_overlap))
-            print(f"\nchunk {ch.index}: {out[-1].shape[0]} frames at {time.perf_counter() - t1:.1f}s", flush=True)
-    if rank == 0:
-        video = torch.cat(out)
-        write_mp4(a.output, video, s.fps)
-        print(f"wrote {a.output}: {video.shape[0]} frames {video.shape[2]}x{video.shape[1]} at {s.fps} fps")
+        print(f"wrote {a.output}: {writer.frames_written} frames at {job.settings.fps} fps")
     dist.barrier()
     dist.destroy_process_group()
     if tmp is not None:

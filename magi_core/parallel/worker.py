@@ -17,28 +17,25 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ..sampling.executor import Executor, SamplingCancelled, generate_chunks
+from ..sampling.executor import SamplingCancelled, check_inputs, generate_chunks
+from ..settings import DiTRuntime
 from .ulysses import check_cp_size, enable_context_parallel
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How each rank gets its DiT replica: a checkpoint `path` (any layout `load_dit` reads; dtype=bf16 casts
-    float weights stored in an unusual dtype back to the reference dtypes), or random weights of a `preset`
-    (tests, benchmarks: `overrides` go to DiTConfig.replace, `dtype` sets params_dtype, `seed` feeds
-    init_random_, identical on every rank)."""
+    """How each rank gets its DiT replica: a checkpoint `path` (any layout `load_dit` reads), or random weights of
+    a `preset` (tests, benchmarks: `overrides` go to DiTConfig.replace, `dtype` sets params_dtype, `seed` feeds
+    init_random_, identical on every rank). `runtime`: the DiT run-time settings; each rank applies them on its
+    own device (runtime.device is replaced by the rank's)."""
 
     path: str | None = None
     variant: str | None = None
-    weight_dtype: str | None = None  # checkpoint.load_dit's weight_dtype
     preset: str | None = None
     overrides: dict = field(default_factory=dict)
     dtype: torch.dtype | None = None
     seed: int = 0
-    precision: str = "fast"
-    attn_backend: str | None = None
-    compile_ops: bool = False  # VideoDiT.compile_ops
-    block_swap: int = 0  # transformer layers streamed from host memory (magi_core.dit.offload), 0 = none
+    runtime: DiTRuntime = field(default_factory=DiTRuntime)
 
     def __post_init__(self):
         if (self.path is None) == (self.preset is None):
@@ -46,14 +43,8 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
-        """From the ComfyUI DiT handle's spec(): path, variant, weight_dtype, attention, precision."""
-        from ..checkpoint import WEIGHT_DTYPES
-
-        if d.get("weight_dtype") not in WEIGHT_DTYPES:
-            raise ValueError(f"weight_dtype must be one of {WEIGHT_DTYPES}, got {d.get('weight_dtype')!r}")
-        return cls(path=str(d["path"]), variant=d.get("variant"), weight_dtype=d.get("weight_dtype"),
-                   attn_backend=d.get("attention"), precision=d.get("precision") or "fast",
-                   compile_ops=bool(d.get("compile", False)), block_swap=int(d.get("block_swap", 0)))
+        """From the ComfyUI DiT handle's spec(): path, variant, runtime."""
+        return cls(path=str(d["path"]), variant=d.get("variant"), runtime=d["runtime"])
 
     def config(self):
         """The DiTConfig (checkpoints: detected from the file headers, no tensor data read)."""
@@ -68,27 +59,17 @@ class ModelSpec:
 
 
 def build_replica(spec: ModelSpec, device) -> torch.nn.Module:
-    """Load or build the VideoDiT on `device` as the spec says."""
-    from ..dit import build_dit, init_random_
-
-    device = torch.device(device)
-    home = torch.device("cpu") if spec.block_swap else device  # block swap: load on the host, then move
+    """Load or build the VideoDiT on `device`, set up as spec.runtime says."""
+    runtime = spec.runtime.replace(device=str(torch.device(device)))
     if spec.path is not None:
         from ..checkpoint import load_dit
 
-        model, _ = load_dit(spec.path, device=home, variant=spec.variant, weight_dtype=spec.weight_dtype)
-    else:  # CPU: build real tensors directly (meta-device ops pull in torch._dynamo, seconds per process)
-        model = init_random_(build_dit(spec.config(), "cpu" if home.type == "cpu" else "meta"), spec.seed, home)
-    if spec.block_swap:
-        from ..dit.offload import enable_block_swap
+        return load_dit(spec.path, runtime, variant=spec.variant)[0]
+    from ..dit import build_dit, init_random_
 
-        if not 0 < spec.block_swap <= model.cfg.num_layers:
-            raise ValueError(f"block_swap must be 0..{model.cfg.num_layers} for this model, got {spec.block_swap}")
-        enable_block_swap(model, device, model.cfg.num_layers - spec.block_swap)
-    model.set_precision(spec.precision)
-    model.attn_backend = spec.attn_backend
-    model.compile_ops = spec.compile_ops
-    return model
+    home = torch.device(runtime.load_device)  # CPU: real tensors at once (meta-device ops pull in torch._dynamo)
+    model = init_random_(build_dit(spec.config(), "cpu" if home.type == "cpu" else "meta"), spec.seed, home)
+    return runtime.apply(model)
 
 
 @dataclass
@@ -109,30 +90,23 @@ class SampleRequest:
     """One generation given as the arguments of `pipeline.sample` (plan, noise, captions made on every rank)."""
 
     prompts: object  # PromptEmbeds
-    settings: object  # pipeline.Settings
+    settings: object  # magi_core.settings.SamplingSettings
     prefix_latents: torch.Tensor | None = None
     prefix_frames: int = 0
     special_tokens: object = None
-
-
-class _Shape:  # just enough of a model for Executor's input checks
-    def __init__(self, cfg):
-        self.cfg = cfg
 
 
 def validate_request(req, cfg) -> None:
     """Raise the input errors the workers would raise, in the parent and without tensor work (a failing
     worker takes the pool down)."""
     if isinstance(req, SampleRequest):
-        from ..pipeline import prefix_latent_count, validate
+        from ..pipeline import check_prefix, validate
 
         validate(req.settings, cfg, req.prompts, None, req.prefix_frames, req.special_tokens)
-        P = prefix_latent_count(req.prefix_frames, req.settings.fps)
-        if P and (req.prefix_latents is None or req.prefix_latents.shape[2] < P):
-            raise ValueError(f"a {req.prefix_frames}-frame prefix needs {P} prefix latent frames")
+        check_prefix(req.prefix_latents, req.prefix_frames, req.settings.fps)
         return
     prefix = None if req.prefix is None else req.prefix.to("meta")
-    Executor(_Shape(cfg), req.plan, req.text, req.null, req.noise.to("meta"), prefix)
+    check_inputs(req.plan, req.text, req.noise.to("meta"), prefix)
 
 
 def run_request(model, req, device, progress=None, cancel=None):

@@ -1,8 +1,8 @@
 """Chunk-wise autoregressive sampling: schedule arithmetic and the DiT-call plan (pure Python)."""
-from .plan import ChunkInCall, DiTCall, Emission, Plan, early_first_chunk, make_plan, max_cached_chunks, plan_from_config
+from .plan import ChunkInCall, DiTCall, Emission, Plan, early_first_chunk, make_plan, max_cached_chunks
 from .schedule import cfg_scales, distill_dt_factor, latent_frames, num_chunks, step_intervals, t_grid
 
 __all__ = [
-    "ChunkInCall", "DiTCall", "Emission", "Plan", "early_first_chunk", "make_plan", "max_cached_chunks", "plan_from_config",
+    "ChunkInCall", "DiTCall", "Emission", "Plan", "early_first_chunk", "make_plan", "max_cached_chunks",
     "cfg_scales", "distill_dt_factor", "latent_frames", "num_chunks", "step_intervals", "t_grid",
 ]

@@ -63,18 +63,24 @@ def _pack(captions: list[Caption], device) -> tuple[torch.Tensor, torch.Tensor]:
     return y, mask
 
 
+def check_inputs(plan: Plan, text: list[Caption], noise: torch.Tensor, prefix: torch.Tensor | None = None):
+    """The inputs of one generation fit its plan (shapes only: no tensor data is read)."""
+    cw = plan.chunk_width
+    if noise.shape[2] != plan.n_chunks * cw:
+        raise ValueError(f"noise has {noise.shape[2]} latent frames, the plan needs {plan.n_chunks * cw}")
+    if len(text) != plan.n_chunks:
+        raise ValueError(f"need one caption per chunk ({plan.n_chunks}), got {len(text)}")
+    if plan.prefix_latents and (prefix is None or prefix.shape[2] < plan.prefix_latents):
+        raise ValueError(f"the plan needs {plan.prefix_latents} prefix latent frames")
+
+
 class Executor:
     """Holds the state of one generation: latents, KV cache, captions."""
 
     def __init__(self, model, plan: Plan, text: list[Caption], null: Caption, noise: torch.Tensor,
                  prefix: torch.Tensor | None = None, kv_offload: bool = False, prev_chunks_scale: float = 0.7):
+        check_inputs(plan, text, noise, prefix)
         cw = plan.chunk_width
-        if noise.shape[2] != plan.n_chunks * cw:
-            raise ValueError(f"noise has {noise.shape[2]} latent frames, the plan needs {plan.n_chunks * cw}")
-        if len(text) != plan.n_chunks:
-            raise ValueError(f"need one caption per chunk ({plan.n_chunks}), got {len(text)}")
-        if plan.prefix_latents and (prefix is None or prefix.shape[2] < plan.prefix_latents):
-            raise ValueError(f"the plan needs {plan.prefix_latents} prefix latent frames")
         self.model, self.plan, self.text, self.null = model, plan, text, null
         self.xs = noise.clone()
         self.prefix = None if prefix is None else prefix.to(noise.device, torch.float32)
@@ -86,7 +92,7 @@ class Executor:
         self.ctn = (cw // pt) * (h // p) * (w // p)
 
     # one DiT pass over the chunks of a call
-    def _dit(self, x, chunks, captions, kv_chunks, slice_point, uncond, call, cache=True, write=0, name="text"):
+    def _dit(self, x, chunks, captions, kv_chunks, slice_point, uncond, call, write=0, name="text"):
         y, mask = _pack(captions, x.device)
         t = torch.tensor([[c.t for c in chunks]], dtype=torch.float32, device=x.device)
         kv = [(a * self.ctn, b * self.ctn) for a, b in kv_chunks]
@@ -98,7 +104,7 @@ class Executor:
             self.cache.sink, write = {}, 1
         try:
             return self.model(x, t, y, mask, kv, slice_point=slice_point, uncond=uncond,
-                              cache=self.cache if cache else None, cache_write_chunks=write, dt_factor=dt)
+                              cache=self.cache, cache_write_chunks=write, dt_factor=dt)
         finally:
             if call.kv_keep:
                 self.kept[key], self.cache.sink = self.cache.sink, None
@@ -115,18 +121,29 @@ class Executor:
         out = self.model(xb, t, y, mask, kv, uncond=True, dt_factor=dt)
         return out.transpose(0, 1).reshape(1, x.shape[1], n * cw, *x.shape[3:])
 
-    def run_call(self, call: DiTCall, cancel: Callable[[], bool] | None = None) -> torch.Tensor | None:
-        """Execute one DiT call; returns the velocity of its noisy chunks (1, C, n*cw, h, w) or None."""
-        plan, cw, sp = self.plan, self.plan.chunk_width, call.slice_point
-        R = len(call.chunks)
-        x = self.xs[:, :, sp * cw:(sp + R) * cw].clone()
+    def step(self, call: DiTCall, cancel: Callable[[], bool] | None = None):
+        """Execute one DiT call and the Euler updates of its noisy chunks."""
+        x = self._input(call)
+        v = self._velocity(call, x, cancel)
+        if v is not None:
+            self._integrate(call, x, v)
+
+    def _input(self, call: DiTCall) -> torch.Tensor:
+        """The forward's latents (1, C, R*cw, h, w), prefix frames overwritten."""
+        cw, sp = self.plan.chunk_width, call.slice_point
+        x = self.xs[:, :, sp * cw:(sp + len(call.chunks)) * cw].clone()
         if call.prefix_frames:
             a, b = call.prefix_frames
             x[:, :, a - sp * cw:b - sp * cw] = self.prefix[:, :, a:b]
+        return x
+
+    def _velocity(self, call: DiTCall, x, cancel) -> torch.Tensor | None:
+        """The velocity of the call's noisy chunks (1, C, n*cw, h, w), or None for the prefix extraction."""
+        plan, cw, sp = self.plan, self.plan.chunk_width, call.slice_point
+        R = len(call.chunks)
         text_rows = [self.null if c.clean else self.text[c.index] for c in call.chunks]
         kv = [c.kv_range for c in call.chunks]
         writes = len(call.cache_writes)
-        self._x_in = x
 
         def check():
             if cancel is not None and cancel():
@@ -168,10 +185,9 @@ class Executor:
             out[:, :, first * cw:(first + 1) * cw] = o_ctx * a + o_iso * (1 - a)
         return out[:, :, -n * cw:]
 
-    def integrate(self, call: DiTCall, v: torch.Tensor):
+    def _integrate(self, call: DiTCall, x: torch.Tensor, v: torch.Tensor):
         """Euler per noisy chunk on the (prefix-overwritten) input: x <- x + v * dt."""
         cw = self.plan.chunk_width
-        x = self._x_in
         R, n = len(call.chunks), len(call.noisy)
         base = (R - n) * cw
         for i, c in enumerate(call.noisy):
@@ -192,9 +208,7 @@ def generate_chunks(model, plan: Plan, text: list[Caption], null: Caption, noise
     for i, call in enumerate(plan.calls):
         if cancel is not None and cancel():
             raise SamplingCancelled()
-        v = ex.run_call(call, cancel)
-        if v is not None:
-            ex.integrate(call, v)
+        ex.step(call, cancel)
         if progress is not None:
             progress(i + 1, total, call.chunk_end - 1)
         if call.emit is not None:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .schedule import cfg_scales, distill_dt_factor, num_chunks, step_intervals, t_grid
+from ..video import CHUNK_WIDTH
+from .schedule import cfg_scales, distill_dt_factor, step_intervals, t_grid
 
 CFG_PASSES = {3: ("cond_pre_and_text", "cond_pre", "uncond"), 1: ("cond_pre_and_text",)}
 CACHE_PASS = {3: "cond_pre", 1: "cond_pre_and_text"}  # the pass whose K/V the reference writes to the cache
@@ -84,7 +85,7 @@ class DiTCall:
 @dataclass(frozen=True)
 class Plan:
     n_chunks: int
-    num_steps: int
+    steps: int  # Euler steps per chunk (N)
     window_size: int
     chunk_width: int
     prefix_latents: int
@@ -95,11 +96,11 @@ class Plan:
 
     @property
     def steps_per_stage(self) -> int:
-        return self.num_steps // self.window_size
+        return self.steps // self.window_size
 
     @property
-    def steps(self) -> tuple[DiTCall, ...]:
-        """The sampler calls, steps[g].g == g (for a plan in the reference's order)."""
+    def sampler_calls(self) -> tuple[DiTCall, ...]:
+        """The sampler calls, sampler_calls[g].g == g (for a plan in the reference's order)."""
         return tuple(c for c in self.calls if c.g is not None)
 
     @property
@@ -130,27 +131,9 @@ def max_cached_chunks(plan: Plan) -> int:
     return max((c.slice_point - c.cache_reads[0] for c in plan.calls if c.cache_reads), default=0)
 
 
-def _validate(n_chunks, num_steps, window_size, chunk_width, prefix_latents, cfg_number, noise2clean_kvrange,
-              clean_chunk_kvrange):
-    for name, v in (("n_chunks", n_chunks), ("num_steps", num_steps), ("window_size", window_size),
-                    ("chunk_width", chunk_width)):
-        if not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if cfg_number not in CFG_PASSES:
-        raise ValueError(f"cfg_number must be 3 (base models) or 1 (distill/fp8 models), got {cfg_number!r}")
-    if num_steps % window_size:
-        raise ValueError(
-            f"num_steps ({num_steps}) must be divisible by window_size ({window_size}); otherwise no chunk ever "
-            "finishes. Change num_steps or window_size."
-        )
-    if noise2clean_kvrange and num_steps % len(noise2clean_kvrange):
-        raise ValueError(
-            f"num_steps ({num_steps}) must be divisible by len(noise2clean_kvrange) ({len(noise2clean_kvrange)})"
-        )
-    if any(r < 1 for r in noise2clean_kvrange):
-        raise ValueError(f"noise2clean_kvrange entries must be >= 1, got {list(noise2clean_kvrange)}")
-    if clean_chunk_kvrange != -1 and clean_chunk_kvrange < 1:
-        raise ValueError(f"clean_chunk_kvrange must be >= 1 (or -1), got {clean_chunk_kvrange}")
+def _validate(n_chunks, prefix_latents, chunk_width):
+    if not isinstance(n_chunks, (int, np.integer)) or n_chunks < 1:
+        raise ValueError(f"n_chunks must be a positive integer, got {n_chunks!r}")
     if prefix_latents < 0:
         raise ValueError(f"prefix_latents must be >= 0, got {prefix_latents}")
     if prefix_latents >= n_chunks * chunk_width:
@@ -160,23 +143,9 @@ def _validate(n_chunks, num_steps, window_size, chunk_width, prefix_latents, cfg
         )
 
 
-def make_plan(
-    n_chunks: int,
-    num_steps: int,
-    window_size: int = 4,
-    chunk_width: int = 6,
-    prefix_latents: int = 0,
-    cfg_number: int = 3,
-    noise2clean_kvrange=(5, 4, 3, 2),
-    clean_chunk_kvrange: int = 1,
-    clean_t: float = 0.9999,
-    shortcut_mode: str = "8,16,16",
-    cfg_t_range=(0.0, 0.0217, 0.1, 0.3, 0.999),
-    prev_chunk_scales=(1.5, 1.5, 1.5, 1.0, 1.0),
-    text_scales=(7.5, 7.5, 7.5, 0.0, 0.0),
-    nearly_clean_threshold: float = 0.3,
-) -> Plan:
-    """Every DiT call of the reference sampler for a latent video of `n_chunks` chunks.
+def make_plan(s, n_chunks: int, prefix_latents: int = 0) -> Plan:
+    """Every DiT call of the reference sampler for a latent video of `n_chunks` chunks, with the sampling settings
+    `s` (a `magi_core.settings.SamplingSettings` resolved for the model: `s.for_model(dit_cfg)`).
 
     Staircase: S = N / window_size steps per stage, total = S·(n_chunks + window_size − 1 − chunk_offset)
     sampler calls; at stage s chunk c is at step k = (s − (c − chunk_offset))·S + d.
@@ -188,15 +157,21 @@ def make_plan(
     last chunk (key position slice_point + R, attending only to itself, own text caption, not cached); its output
     o_iso is mixed into that chunk's output as prev_chunks_scale·o + (1 − prev_chunks_scale)·o_iso.
     """
-    noise2clean_kvrange = list(noise2clean_kvrange)
-    _validate(n_chunks, num_steps, window_size, chunk_width, prefix_latents, cfg_number, noise2clean_kvrange,
-              clean_chunk_kvrange)
-    N, w, P = num_steps, window_size, prefix_latents
+    if not s.resolved:
+        raise ValueError("make_plan needs settings resolved for the model (SamplingSettings.for_model): "
+                         f"steps={s.steps}, cfg_number={s.cfg_number}")
+    chunk_width = CHUNK_WIDTH
+    _validate(n_chunks, prefix_latents, chunk_width)
+    cfg_number = s.cfg_number
+    noise2clean_kvrange, clean_chunk_kvrange = list(s.noise2clean_kvrange), s.clean_chunk_kvrange
+    nearly_clean_threshold = s.distill_nearly_clean_threshold
+    cfg_t_range, prev_chunk_scales, text_scales = s.cfg_t_range, s.prev_chunk_scales, s.text_scales
+    N, w, P = s.steps, s.window_size, prefix_latents
     S = N // w
     offset = P // chunk_width
-    ts = t_grid(N, shortcut_mode)
-    intervals = step_intervals(N, shortcut_mode)
-    t_clean = float(np.float32(clean_t))
+    ts = t_grid(N, s.shortcut_mode)
+    intervals = step_intervals(N, s.shortcut_mode)
+    t_clean = float(np.float32(s.clean_t))
     n_passes = len(CFG_PASSES[cfg_number])
     if clean_chunk_kvrange == -1:
         clean_chunk_kvrange = noise2clean_kvrange[-1] if noise2clean_kvrange else 8
@@ -277,21 +252,8 @@ def make_plan(
             dt_factor=distill_dt_factor(N, intervals[d]), distill_copy=distill_copy, emit=emit,
         ))
     return Plan(
-        n_chunks=n_chunks, num_steps=N, window_size=w, chunk_width=chunk_width, prefix_latents=P,
+        n_chunks=n_chunks, steps=N, window_size=w, chunk_width=chunk_width, prefix_latents=P,
         chunk_offset=offset, cfg_number=cfg_number, t=tuple(ts), calls=tuple(calls),
-    )
-
-
-def plan_from_config(cfg, prefix_latents: int = 0, n_chunks: int | None = None) -> Plan:
-    """`make_plan` from a `SamplerConfig`; n_chunks defaults to the one implied by cfg.num_frames and the prefix."""
-    if n_chunks is None:
-        n_chunks = num_chunks(cfg.num_frames, prefix_latents, cfg.chunk_width, cfg.temporal_downsample_factor)
-    return make_plan(
-        n_chunks, cfg.num_steps, window_size=cfg.window_size, chunk_width=cfg.chunk_width,
-        prefix_latents=prefix_latents, cfg_number=cfg.cfg_number, noise2clean_kvrange=cfg.noise2clean_kvrange,
-        clean_chunk_kvrange=cfg.clean_chunk_kvrange, clean_t=cfg.clean_t, shortcut_mode=cfg.shortcut_mode,
-        cfg_t_range=cfg.cfg_t_range, prev_chunk_scales=cfg.prev_chunk_scales, text_scales=cfg.text_scales,
-        nearly_clean_threshold=cfg.distill_nearly_clean_chunk_threshold,
     )
 
 

@@ -12,14 +12,14 @@ f32 = np.float32
 SHORTCUT_MODES = ("8,16,16", "16,16,8")
 
 
-def _check_shortcut_mode(shortcut_mode: str):
+def check_shortcut_mode(shortcut_mode: str):
     if shortcut_mode not in SHORTCUT_MODES:
         raise ValueError(f"shortcut_mode must be one of {SHORTCUT_MODES}, got {shortcut_mode!r}")
 
 
-def _check_steps(num_steps: int):
-    if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+def _check_steps(steps: int):
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
 
 
 def _linspace01(n: int) -> np.ndarray:
@@ -34,56 +34,49 @@ def _linspace01(n: int) -> np.ndarray:
     return np.array([step * i if i < half else 1.0 - step * (n - i) for i in range(n + 1)], dtype=np.float64).astype(f32)
 
 
-def _u_grid(num_steps: int, shortcut_mode: str) -> np.ndarray:
+def _u_grid(steps: int, shortcut_mode: str) -> np.ndarray:
     """The grid before the time transform: i/N, or the per-quarter 12-step shortcut grid."""
-    if num_steps != 12:
-        return _linspace01(num_steps)
+    if steps != 12:
+        return _linspace01(steps)
     # steps of 1/8, 1/16, 1/16 per quarter ("8,16,16") or 1/16, 1/16, 1/8 ("16,16,8"); all dyadic, exact
     offsets = [0.0, 0.0625, 0.125] if shortcut_mode == "16,16,8" else [0.0, 0.125, 0.1875]
     return np.array([q * 0.25 + o for q in range(5) for o in offsets][:13], dtype=f32)
 
 
-def t_grid(num_steps: int, shortcut_mode: str = "8,16,16") -> list[float]:
+def t_grid(steps: int, shortcut_mode: str = "8,16,16") -> list[float]:
     """The reference's t grid (N + 1 values, t[0] = 0, t[N] = 1): square, then the sd3 shift with s = 3.
 
     t = (1/s)·x / (1 + (1/s - 1)·x) with x = u², every operation rounded to float32 like the CUDA reference.
     """
-    _check_steps(num_steps)
-    _check_shortcut_mode(shortcut_mode)
-    u = _u_grid(num_steps, shortcut_mode)
+    _check_steps(steps)
+    check_shortcut_mode(shortcut_mode)
+    u = _u_grid(steps, shortcut_mode)
     x = u * u
     shift_inv = 1.0 / 3.0
     t = (f32(shift_inv) * x) / (f32(1.0) + f32(shift_inv - 1.0) * x)
     return [float(v) for v in t.astype(f32)]
 
 
-def step_intervals(num_steps: int, shortcut_mode: str = "8,16,16") -> list[int]:
+def step_intervals(steps: int, shortcut_mode: str = "8,16,16") -> list[int]:
     """Per-denoise-index step interval (`distill_interval`): 1s, or [2,1,1] / [1,1,2] repeated when N % 3 == 0."""
-    _check_steps(num_steps)
-    _check_shortcut_mode(shortcut_mode)
-    if num_steps % 3:
-        return [1] * num_steps
+    _check_steps(steps)
+    check_shortcut_mode(shortcut_mode)
+    if steps % 3:
+        return [1] * steps
     pattern = [1, 1, 2] if shortcut_mode == "16,16,8" else [2, 1, 1]
-    return pattern * (num_steps // 3)
+    return pattern * (steps // 3)
 
 
-def distill_dt_factor(num_steps: int, interval: int = 1) -> float:
+def distill_dt_factor(steps: int, interval: int = 1) -> float:
     """Value fed to the distill step-size embedding: N/4·2 (= N/2), or (4/interval)·2 when N == 12."""
-    if num_steps == 12:
+    if steps == 12:
         return 4 / interval * 2
-    return num_steps / 4 * 2
+    return steps / 4 * 2
 
 
 def cfg_scales(t: float, cfg_t_range, prev_chunk_scales, text_scales) -> tuple[float, float]:
     """(p, s) = (prev_chunk_scale, text_scale) of the bin holding t: searchsorted(range - 1e-7, t) - 1, float32."""
-    n = len(cfg_t_range)
-    if len(prev_chunk_scales) != n or len(text_scales) != n:
-        raise ValueError(
-            f"cfg_t_range, prev_chunk_scales and text_scales need the same length, got "
-            f"{n}, {len(prev_chunk_scales)}, {len(text_scales)}"
-        )
-    if any(a > b for a, b in zip(cfg_t_range, cfg_t_range[1:])):
-        raise ValueError(f"cfg_t_range must be ascending, got {list(cfg_t_range)}")
+    n = len(cfg_t_range)  # lengths and order: checked by SamplingSettings
     edges = np.asarray(cfg_t_range, dtype=f32) - f32(1e-7)
     b = int(np.searchsorted(edges, f32(t), side="left")) - 1
     if not 0 <= b < n:

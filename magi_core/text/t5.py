@@ -146,6 +146,23 @@ def _weight_files(path: Path) -> tuple[list[Path], Path | None]:
     )
 
 
+def t5_width(weights: str | Path) -> int | None:
+    """d_model of a T5 checkpoint without reading tensor data (config.json, or the embedding's shape in the
+    safetensors header); None when only .bin files hold it. FileNotFoundError / ValueError for no T5 there."""
+    files, config_json = _weight_files(Path(weights))
+    if config_json is not None:
+        return int(json.loads(config_json.read_text())["d_model"])
+    if files[0].suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    try:
+        f = safe_open(str(files[0]), framework="pt", device="cpu")
+    except Exception as e:  # safetensors' own error type: not a safetensors file
+        raise ValueError(f"{files[0]} is not a readable safetensors file ({e})") from None
+    return int(f.get_slice(_find_prefix(list(f.keys())) + _ANCHOR).get_shape()[-1])
+
+
 def _find_prefix(keys: list[str]) -> str:
     prefixes = sorted({k[: -len(_ANCHOR)] for k in keys if k.endswith(_ANCHOR)})
     if not prefixes:

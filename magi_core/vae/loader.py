@@ -27,8 +27,8 @@ def read_vae_config(path: str | Path) -> VAEConfig:
         raise ValueError(f"{path}: {e}") from None
 
 
-def _resolve(path: Path, config) -> tuple[Path, VAEConfig]:
-    """-> (weights file, config). config: None, a preset name, a VAEConfig, an official dict or a json path."""
+def find_vae(path: Path, config=None) -> tuple[Path, VAEConfig]:
+    """-> (weights file, config), reading no weights. config: None, a preset name, a VAEConfig, an official dict or a json path."""
     if path.is_dir():
         weights = path / WEIGHTS_NAME
         if not weights.is_file():
@@ -86,7 +86,7 @@ def load_vae(path: str | Path, device="cpu", dtype: torch.dtype = torch.bfloat16
     config.json next to it, else the released "magi1" preset. All weights are cast to `dtype` (the reference
     casts the VAE to bf16). Key names and shapes are checked before any tensor is read.
     """
-    weights, cfg = _resolve(Path(path), config)
+    weights, cfg = find_vae(Path(path), config)
     with torch.device("meta"):
         model = ViTVAE(cfg)
     expected = {k: v.shape for k, v in model.state_dict().items()}

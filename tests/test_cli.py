@@ -1,0 +1,283 @@
+"""`python -m magi_core generate` as a user runs it (a subprocess from the repo root), with tiny models in the
+real layouts (magi_core.demo.make_tiny_assets): every bad input ends with exit code 2, one `error:` paragraph
+naming the offending value and no traceback, before any model weight is read; Ctrl-C keeps a playable file of
+the finished chunks; memory does not grow with the video's length.
+
+Model file accesses are recorded in the subprocess by a `sitecustomize` module (on PYTHONPATH): an audit hook for
+Python's `open` and a wrapper around `safetensors.safe_open` (the Rust reader the loaders use), each logging the
+file and the Python functions on the stack."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from magi_core.video import read_video, write_mp4
+
+ROOT = Path(__file__).resolve().parents[1]
+LOADERS = {"load_dit", "load_vae", "load_models", "_read_shard", "load_file"}  # functions that read weights
+
+SITECUSTOMIZE = r'''
+import json, os, sys
+_log, _root = os.environ.get("MAGI_ACCESS_LOG"), os.environ.get("MAGI_WATCH")
+if _log and _root:
+    _out = open(_log, "a")
+
+    def _note(path, how):
+        try:
+            path = os.path.abspath(os.fsdecode(path))
+        except TypeError:
+            return
+        if path.startswith(_root):
+            f, stack = sys._getframe(2), []
+            while f is not None:
+                stack.append(f.f_code.co_name)
+                f = f.f_back
+            _out.write(json.dumps([path, how, stack]) + "\n")
+            _out.flush()
+
+    def _hook(event, args):
+        if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+            _note(args[0], "open")
+
+    sys.addaudithook(_hook)
+    import safetensors
+
+    _safe_open = safetensors.safe_open
+
+    def safe_open(filename, *a, **k):
+        _note(filename, "safe_open")
+        return _safe_open(filename, *a, **k)
+
+    safetensors.safe_open = safe_open
+'''
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """The tiny models and every broken input the tests feed the CLI."""
+    from magi_core.demo import make_tiny_assets
+
+    root = tmp_path_factory.mktemp("models")
+    m = dict(root=root, **make_tiny_assets(root))
+    vae32 = root / "vae32"  # a VAE with 32 latent channels (the tiny DiT has 16), and weights that cannot load
+    vae32.mkdir()
+    cfg = json.loads((m["vae"] / "config.json").read_text())
+    cfg["ddconfig"]["z_chans"] = 32
+    (vae32 / "config.json").write_text(json.dumps(cfg))
+    (vae32 / "diffusion_pytorch_model.safetensors").write_bytes(b"not weights")
+    C = 64  # the tiny caption width
+    np.savez(root / "tokens_keys.npz", caption=np.zeros((1, C)))
+    np.savez(root / "tokens_width.npz", caption_token=np.zeros((1, 32)), logo_token=np.zeros((1, 32)),
+             other_tokens=np.zeros((100, 32)))
+    (root / "tokens_text.npz").write_text("not an npz")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 broken")
+    write_mp4(root / "three.mp4", torch.rand(3, 64, 64, 3), 24)
+    site = root / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    return m
+
+
+def cli(models, tmp_path, *args, base=True, env=None, popen=False, **kw):
+    """Run the CLI (args after `generate`); returns the CompletedProcess (or the Popen with popen=...) and the
+    model file accesses it made."""
+    log = tmp_path / "access.jsonl"
+    cmd = [sys.executable, "-m", "magi_core", "generate"]
+    if base:
+        cmd += ["--dit", str(models["dit"]), "--vae", str(models["vae"]), "--t5", str(models["t5"]),
+                "--special-tokens", str(models["special_tokens"]), "--device", "cpu", "--prompt", "a red fox",
+                "--width", "64", "--height", "64", "--frames", "24", "--steps", "4", "-o", str(tmp_path / "out.mp4")]
+    environ = dict(os.environ, PYTHONPATH=os.pathsep.join([str(models["root"] / "site"), str(ROOT)]),
+                   MAGI_ACCESS_LOG=str(log), MAGI_WATCH=str(models["root"]), OMP_NUM_THREADS="1", **(env or {}))
+    if popen:
+        return subprocess.Popen(cmd + list(args), cwd=ROOT, env=environ, text=True, **kw), log
+    r = subprocess.run(cmd + list(args), cwd=ROOT, env=environ, capture_output=True, text=True, timeout=300)
+    return r, accesses(log)
+
+
+def accesses(log):
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def weight_reads(acc):
+    return [(p, how) for p, how, stack in acc if LOADERS & set(stack)]
+
+
+# (name, extra args, text the error must contain, whether a model file may be opened for headers)
+BAD = [
+    ("width", ["--width", "721"], "721", False),
+    ("width-first", ["--width", "721", "--t5", "/nonexistent/t5"], "721", False),
+    ("height", ["--height", "50"], "50", False),
+    ("frames0", ["--frames", "0"], "--frames must be", False),
+    ("frames1", ["--frames", "1"], "got 1", False),
+    ("steps0", ["--steps", "0"], "got 0", False),
+    ("steps3", ["--steps", "3"], "got 3", False),
+    ("steps13", ["--steps", "13"], "got 13", False),
+    ("window0", ["--window", "0"], "--window must be at least 1, got 0", False),
+    ("fps", ["--fps", "4"], "got 4", False),
+    ("block-swap-cpu", ["--block-swap", "2"], "set block swap to 0", False),
+    ("gif", ["-o", "OUT.gif"], "OUT.gif", False),
+    ("webm", ["-o", "OUT.webm"], "OUT.webm", False),
+    ("png", ["-o", "OUT.png"], "OUT.png", False),
+    ("no-extension", ["-o", "OUT"], "OUT", False),
+    ("missing-folder", ["-o", "/nonexistent/dir/out.mp4"], "/nonexistent/dir", False),
+    ("read-only", ["-o", "/sys/out.mp4"], "/sys/out.mp4", False),
+    ("wrong-dit", ["--dit", "/nonexistent/dit.safetensors"], "/nonexistent/dit.safetensors", False),
+    ("wrong-vae", ["--vae", "{root}/nothing"], "{root}/nothing", False),
+    ("wrong-t5", ["--t5", "/nonexistent/t5"], "/nonexistent/t5", False),
+    ("missing-image", ["--image", "{root}/none.png"], "none.png", False),
+    ("corrupt-image", ["--image", "{root}/broken.png"], "broken.png", True),
+    ("missing-video", ["--video", "{root}/none.mp4"], "none.mp4", False),
+    ("corrupt-video", ["--video", "{root}/broken.mp4"], "broken.mp4", True),
+    ("3-frame-video", ["--video", "{root}/three.mp4"], "gives 3 frame", True),
+    ("vae-channels", ["--vae", "{root}/vae32"], "32 channels", True),
+    ("tokens-keys", ["--special-tokens", "{root}/tokens_keys.npz"], "tokens_keys.npz", True),
+    ("tokens-width", ["--special-tokens", "{root}/tokens_width.npz"], "32-d", True),
+    ("tokens-not-npz", ["--special-tokens", "{root}/tokens_text.npz"], "tokens_text.npz", True),
+    ("schedule-overlap", ["--frames", "72", "--prompt", "0-1: a fox\n1-2: a cat"], "1-2", True),
+    ("schedule-gap", ["--frames", "72", "--prompt", "0: a fox\n2: a cat"], "1", True),
+    ("schedule-past-end", ["--prompt", "0: a fox\n3: a cat"], "3", True),
+    ("schedule-no-colon", ["--prompt", "0-1 a fox\n2-: a cat"], "0-1 a fox", True),
+    ("cjk-only", ["--prompt", "一只狐狸"], "--prompt", True),
+    ("memory", ["--width", "16384", "--height", "16384"], "GiB", True),
+    ("steps-vs-window", ["--steps", "8", "--window", "3"], "got 8", False),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_runs(models, tmp_path_factory):
+    """Every bad input, 3 processes at a time."""
+    def one(case):
+        name, args, _, _ = case
+        tmp = tmp_path_factory.mktemp(name)
+        args = [a.replace("{root}", str(models["root"])) for a in args]
+        if name in ("gif", "webm", "png", "no-extension"):
+            args = [str(tmp / a) if a.startswith("OUT") else a for a in args]
+        return name, cli(models, tmp, *args)
+
+    with ThreadPoolExecutor(3) as pool:
+        return dict(pool.map(one, BAD))
+
+
+@pytest.mark.parametrize("name,args,needle,headers", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_one_clear_error_before_any_weight(bad_runs, models, name, args, needle, headers):
+    (r, acc) = bad_runs[name]
+    needle = needle.replace("{root}", str(models["root"]))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.startswith("error: "), r.stderr
+    assert needle in r.stderr, r.stderr
+    assert not weight_reads(acc), weight_reads(acc)  # no model weights read by a loader
+    if not headers:  # a setting or a path: decided without opening any model file
+        assert not acc, acc
+
+
+def test_output_is_written_only_when_complete(models, tmp_path):
+    """A bad run leaves an existing file as it was and no temporary file behind."""
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"a video the user made")
+    r, _ = cli(models, tmp_path, "--steps", "3")
+    assert r.returncode == 2 and out.read_bytes() == b"a video the user made"
+    r, _ = cli(models, tmp_path, "--vae", str(models["root"] / "vae32"))  # fails after the output was opened
+    assert r.returncode == 2 and out.read_bytes() == b"a video the user made"
+    assert [p.name for p in tmp_path.iterdir() if p.name != "access.jsonl"] == ["out.mp4"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_without_gpu(models, tmp_path):
+    r, acc = cli(models, tmp_path, "--device", "cuda")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "'cuda'" in r.stderr and "no CUDA GPU" in r.stderr
+    assert not acc
+
+
+def test_debug_shows_the_traceback(models, tmp_path):
+    r, _ = cli(models, tmp_path, "--width", "721", "--debug")
+    assert r.returncode != 0 and "Traceback" in r.stderr and "721" in r.stderr
+
+
+def test_help_documents_every_option():
+    r = subprocess.run([sys.executable, "-m", "magi_core", "generate", "--help"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split("options:", 1)[1].split())  # the option list, not the usage line
+    for flag, default in (("--width", "720"), ("--height", "720"), ("--fps", "24"), ("--seed", "0"),
+                          ("--window", "4"), ("--frames", "96"), ("--steps", "16 for distill")):
+        at = text.index(flag + " ")
+        assert f"default: {default}" in text[at:at + 400], flag
+    assert "4-27 give 24 frames" in text  # what --frames does to a count that is not whole chunks
+
+
+def test_inspect_json_is_indented():
+    r = subprocess.run([sys.executable, "-m", "magi_core", "inspect", "tiny", "--json"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("{\n  ") and json.loads(r.stdout)["size"] == "tiny"
+
+
+def test_install_dry_run_is_offline(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "install.py", "--download", "4.5B-distill", "--models-dir", str(tmp_path),
+                        "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    assert time.perf_counter() - t0 < 20
+    assert "4.5B-distill" in r.stdout and "vae" in r.stdout and "t5" in r.stdout and "nothing downloaded" in r.stdout
+
+
+def _wait_for(proc, text, timeout=300):
+    """Lines of proc's stdout up to (and including) the first that contains `text`."""
+    lines, end = [], time.monotonic() + timeout
+    while time.monotonic() < end:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"{text!r} never came: {''.join(lines)}")
+
+
+def test_ctrl_c_keeps_the_finished_chunks(models, tmp_path):
+    out = tmp_path / "out.mp4"
+    proc, _ = cli(models, tmp_path, "--frames", "480", popen=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for(proc, "chunk 0:")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "interrupted: kept the finished chunks" in err and str(out) in err
+    video = read_video(out)  # playable, whole chunks only
+    assert video.shape[0] >= 24 and video.shape[0] % 24 == 0 and video.shape[0] < 480, video.shape
+    assert f"({video.shape[0]} frames)" in err
+    assert not list(tmp_path.glob("*.part"))
+
+
+def _peak_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
+
+
+def test_memory_is_flat_in_video_length(models, tmp_path):
+    """40 chunks at 64x64: the peak RSS after the 40th chunk is within 3 % of the peak after the 10th (the old
+    CLI kept every decoded frame: +1.2 MB a chunk here, +36 MB from chunk 10 to 40)."""
+    proc, _ = cli(models, tmp_path, "--frames", str(40 * 24), "--window", "1", popen=True, stdout=subprocess.PIPE,
+                  stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(proc, "chunk 9:")
+        at10 = _peak_rss_kib(proc.pid)
+        _wait_for(proc, "chunk 39:")
+        at40 = _peak_rss_kib(proc.pid)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        proc.kill()
+    assert at40 <= at10 * 1.03, (at10, at40)
+    assert read_video(tmp_path / "out.mp4").shape[0] == 40 * 24
