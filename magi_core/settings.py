@@ -165,6 +165,14 @@ def block_swap_problem(dev: torch.device) -> str | None:
     return None
 
 
+def block_swap_layers_problem(block_swap: int, num_layers: int) -> str | None:
+    """Why a model of num_layers transformer layers cannot stream block_swap of them, or None."""
+    if block_swap > num_layers:
+        return (f"block swap {block_swap} is more than this model's {num_layers} transformer layers: the maximum "
+                f"is {num_layers} (every layer streamed)")
+    return None
+
+
 @dataclass(frozen=True)
 class DiTRuntime:
     """How the DiT runs; applied by `checkpoint.load_dit` (and `apply` for a model built otherwise)."""
@@ -213,9 +221,9 @@ class DiTRuntime:
 
     def check_model(self, dit_cfg, fp8_checkpoint: bool = False) -> None:
         """The checks that need the model (from its headers): block swap range, weight dtype vs fp8 storage."""
-        if self.block_swap > dit_cfg.num_layers:
-            raise ValueError(f"block swap {self.block_swap} is more than this model's {dit_cfg.num_layers} "
-                             f"transformer layers: the maximum is {dit_cfg.num_layers} (every layer streamed)")
+        problem = block_swap_layers_problem(self.block_swap, dit_cfg.num_layers)
+        if problem:
+            raise ValueError(problem)
         if self.weight_dtype == "bf16" and fp8_checkpoint:
             raise ValueError("this is an fp8 checkpoint: weight_dtype 'bf16' would not apply to its fp8 layers; "
                              "use 'auto'")

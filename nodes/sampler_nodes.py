@@ -31,7 +31,7 @@ class ComfyHooks(Hooks):
         self.prompt_id = ctx.prompt_id if ctx is not None else None
 
     def load_dit(self, handle, vae):
-        device = memory.resolve_device(self.device or handle.device, "dit")
+        device = memory.resolve_device(self.device or handle.runtime.device, "dit")
         room = handle.resident_nbytes  # the whole model, or with block swap its resident part + 2 layers
         loaded = load_dit_weights(handle, device, before_load=lambda: memory.free_for(room, device))
         memory.register_dit(loaded, device)  # with block swap: only the resident part (memory.py)

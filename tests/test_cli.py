@@ -87,7 +87,7 @@ def models(tmp_path_factory):
     return m
 
 
-def cli(models, tmp_path, *args, base=True, env=None, popen=False, **kw):
+def cli(models, tmp_path, *args, base=True, env=None, popen=False, timeout=300, **kw):
     """Run the CLI (args after `generate`); returns the CompletedProcess (or the Popen with popen=...) and the
     model file accesses it made."""
     log = tmp_path / "access.jsonl"
@@ -100,7 +100,11 @@ def cli(models, tmp_path, *args, base=True, env=None, popen=False, **kw):
                    MAGI_ACCESS_LOG=str(log), MAGI_WATCH=str(models["root"]), OMP_NUM_THREADS="1", **(env or {}))
     if popen:
         return subprocess.Popen(cmd + list(args), cwd=ROOT, env=environ, text=True, **kw), log
-    r = subprocess.run(cmd + list(args), cwd=ROOT, env=environ, capture_output=True, text=True, timeout=300)
+    try:
+        r = subprocess.run(cmd + list(args), cwd=ROOT, env=environ, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:  # e.g. the old command line generating for a bad input
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        r = subprocess.CompletedProcess(e.cmd, None, out, f"timed out after {timeout} s")
     return r, accesses(log)
 
 
@@ -162,7 +166,7 @@ def bad_runs(models, tmp_path_factory):
         args = [a.replace("{root}", str(models["root"])) for a in args]
         if name in ("gif", "webm", "png", "no-extension"):
             args = [str(tmp / a) if a.startswith("OUT") else a for a in args]
-        return name, cli(models, tmp, *args)
+        return name, cli(models, tmp, *args, timeout=150)  # a bad input ends in seconds
 
     with ThreadPoolExecutor(3) as pool:
         return dict(pool.map(one, BAD))

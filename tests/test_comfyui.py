@@ -481,8 +481,8 @@ def test_bad_values_are_rejected_at_queue_time_once_on_their_input(server, node,
 
 
 @pytest.mark.parametrize("workflow, node, changes, needle", [
-    ("magi1_t2v", "MagiSampler", dict(width=72), "width and height must be positive multiples of 16"),
-    ("magi1_t2v", "MagiSampler", dict(steps=6), "must be divisible by window_size"),
+    ("magi1_t2v", "MagiSampler", dict(width=72), "width must be a positive multiple of 16, got 72"),
+    ("magi1_t2v", "MagiSampler", dict(steps=6), "steps must be a positive multiple of window_size (4)"),
     ("magi1_t2v", "MagiTextEncode", dict(prompt="0-2: a fox\n1-: a bird"), "overlap"),
     ("magi1_t2v", "MagiTextEncode", dict(prompt="0: a fox\n1-3: a bird"), "only 1 chunks"),
     ("magi1_i2v", "MagiSampler", dict(width=80, height=80), "prefix latent is 64x64 but the sampler makes 80x80"),
