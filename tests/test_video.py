@@ -378,7 +378,8 @@ def test_vae_input_is_the_reference_tensor(pictures, tmp_path, monkeypatch, dtyp
     """What enters the VAE (image and video prefixes, read as the command line reads them) is the reference's
     VaeHelper.encode input: uint8 / 127.5 - 1 in fp32, then cast to the VAE's dtype."""
     import magi_core.vae
-    from magi_core.pipeline import Settings, encode_prefix
+    from magi_core.pipeline import encode_prefix
+    from magi_core.settings import SamplingSettings as Settings
 
     seen = []
 
