@@ -1,8 +1,8 @@
 """ComfyUI nodes of the MAGI-1 pack (thin layer over magi_core).
 
 Modules without ComfyUI imports hold the logic (model_files, choices, conditioning, latents, sampler_settings,
-handles, loading, generation, multigpu, previews); the *_nodes modules, memory, types and routes are the
-ComfyUI side. Node ids and widget order are stable: new widgets are only ever appended.
+handles, loading, generation, multigpu, previews); the *_nodes modules, chunk_progress, memory, types and routes
+are the ComfyUI side. Node ids and widget order are stable: new widgets are only ever appended.
 """
 try:
     from comfy_api.latest import ComfyExtension
