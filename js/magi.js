@@ -2,7 +2,7 @@
 // - MAGI-1 Sampler: live chunk count, output frames and seconds for width/frames/fps (and the prefix) with why
 //   they differ from num_frames, a warning when Create Video plays at another fps, the guidance scales greyed
 //   out for models that ignore them, and a strip of each finished chunk while the next one denoises (websocket
-//   event "magi.chunk"). A MAGI-1 VAE Encode feeding it follows its width and height.
+//   event "magi.chunk"). A MAGI-1 VAE Encode feeding it follows its width, height and fps.
 // - MAGI-1 Decode to Video File: the same strip and progress while it writes the file.
 // - MAGI-1 Prompt Schedule: the ranges as a timeline in chunks and seconds for the connected sampler, with the
 //   exact error a run would raise (computed by the server: /magi/schedule, /magi/chunk_info); a MAGI text
@@ -132,11 +132,11 @@ function markGuidance(node) {
   }
 }
 
-// MAGI VAE Encode feeding the prefix follows the sampler's width and height (one place to type them).
+// MAGI VAE Encode feeding the prefix follows the sampler's width, height and fps (one place to type them).
 function syncPrefixSize(node) {
   const enc = inputNode(node, "prefix");
   if (enc?.type !== "MagiVAEEncode") return;
-  for (const name of ["width", "height"]) {
+  for (const name of ["width", "height", "fps"]) {
     const w = widget(enc, name);
     const v = value(node, name);
     if (w && v !== undefined && w.value !== v) {

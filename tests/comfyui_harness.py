@@ -433,7 +433,7 @@ def _workflow_specs() -> dict:
                    (10, "LoadImage", (460, 1), dict(image="example.png"), None),
                    (11, "MagiVAEEncode", (920, 1), dict(width=720, height=720), None),
                    note("Image to video: the image is the first frame, resized to the sampler's size (MAGI VAE "
-                        "Encode follows the sampler's width and height).\n\n" + MODELS_NOTE)],
+                        "Encode follows the sampler's width, height and fps).\n\n" + MODELS_NOTE)],
             links=BASE_LINKS + [(10, 0, 11, "image"), (3, 0, 11, "vae"), (11, 0, 5, "prefix")]),
         "magi1_v2v": dict(
             title="MAGI-1 video continuation",

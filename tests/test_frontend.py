@@ -203,8 +203,10 @@ def test_prefix_size_follows_the_sampler(page):
     load_workflow(page, "magi1_i2v")
     set_widget(page, "MagiSampler", "width", 512)
     set_widget(page, "MagiSampler", "height", 288)
+    set_widget(page, "MagiSampler", "fps", 16)
     wait_value(page, "MagiVAEEncode", "width", 512)
     wait_value(page, "MagiVAEEncode", "height", 288)
+    wait_value(page, "MagiVAEEncode", "fps", 16)
 
 
 def test_schedule_shown_in_the_text_encoder(page):
