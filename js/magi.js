@@ -1,15 +1,23 @@
 // MAGI-1 frontend extension: where MAGI-1 differs from other video models.
-// - MAGI-1 Sampler: live chunk count, output frames and seconds for width/frames/fps (and the prefix), and a
-//   strip of each finished chunk while the next one denoises (websocket event "magi.chunk").
+// - MAGI-1 Sampler: live chunk count, output frames and seconds for width/frames/fps (and the prefix) with why
+//   they differ from num_frames, a warning when Create Video plays at another fps, the guidance scales greyed
+//   out for models that ignore them, and a strip of each finished chunk while the next one denoises (websocket
+//   event "magi.chunk"). A MAGI-1 VAE Encode feeding it follows its width, height and fps.
+// - MAGI-1 Decode to Video File: the same strip and progress while it writes the file.
 // - MAGI-1 Prompt Schedule: the ranges as a timeline in chunks and seconds for the connected sampler, with the
-//   exact error a run would raise (computed by the server: /magi/schedule, /magi/chunk_info).
-// - MAGI-1 DiT Loader: the detected size and variant after it runs.
+//   exact error a run would raise (computed by the server: /magi/schedule, /magi/chunk_info); a MAGI text
+//   encoder it feeds shows the schedule in its (linked) prompt.
+// - MAGI-1 DiT Loader: the detected size and variant, read from the checkpoint before any run (/magi/dit_info).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const TEXT_ENCODERS = ["MagiTextEncode", "MagiCLIPTextEncode"];
+const DIT_WIDGETS = ["model", "variant", "weight_dtype", "attention", "precision", "device", "special_tokens", "compile",
+  "block_swap"];
+const GUIDANCE_WIDGETS = ["text_scale", "prev_chunk_scale"]; // unused by distill / fp8 models (one pass, no guidance)
 const COLORS = ["#e0a040", "#4aa3df", "#8bc34a", "#e06080", "#a080e0", "#40c0b0", "#d0d050", "#f08050"];
 const POLL_MS = 700;
+const STRIP_MAX = 24; // chunk previews kept in a node's strip
 
 const css = `
 .magi-panel { font: 12px sans-serif; color: var(--input-text, #ddd); padding: 4px 6px; box-sizing: border-box;
@@ -24,6 +32,7 @@ const css = `
 .magi-legend div { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .magi-strip { display: flex; gap: 3px; overflow-x: auto; margin-top: 4px; }
 .magi-strip img { height: 72px; border-radius: 3px; }
+.magi-warn { color: #f0b050; white-space: pre-wrap; }
 `;
 
 function addStyle() {
@@ -50,6 +59,11 @@ function panel(node, name, height) {
     getMinHeight: () => height, getValue: () => undefined, setValue: () => {} });
   w.serialize = false; // never part of widgets_values: saved workflows keep their widget order
   return el;
+}
+
+function inputNode(node, name) {
+  const slot = node.findInputSlot?.(name);
+  return slot === undefined || slot < 0 ? null : node.getInputNode(slot);
 }
 
 // Pixel frames of the sampler's prefix: 0 (none), 1 (an image), the encode node's max_frames, or null (unknown).
@@ -95,25 +109,68 @@ function poll(node, key, update) {
   };
 }
 
+// The Create Video nodes fed (through MAGI VAE Decode) by this sampler.
+function createVideoNodes(sampler) {
+  const out = [];
+  for (const dec of sampler.getOutputNodes?.(0) ?? []) {
+    for (const cv of dec.getOutputNodes?.(0) ?? []) if (cv.type === "CreateVideo") out.push(cv);
+  }
+  return out;
+}
+
+// Text and CFG widgets a distill / fp8 model ignores: greyed out (the loader's info says whether guidance runs).
+function markGuidance(node) {
+  const info = inputNode(node, "model")?.magiInfo;
+  const cfg = inputNode(node, "options") ? value(inputNode(node, "options"), "cfg_number", "auto") : "auto";
+  const unused = cfg === "1" || (cfg === "auto" && info?.guidance === false);
+  for (const name of GUIDANCE_WIDGETS) {
+    const w = widget(node, name);
+    if (!w || !!w.disabled === unused) continue;
+    w.disabled = unused;
+    w.label = unused ? `${name} (unused: ${cfg === "1" ? "cfg_number 1" : info.variant})` : undefined;
+    node.setDirtyCanvas?.(true, true);
+  }
+}
+
+// MAGI VAE Encode feeding the prefix follows the sampler's width, height and fps (one place to type them).
+function syncPrefixSize(node) {
+  const enc = inputNode(node, "prefix");
+  if (enc?.type !== "MagiVAEEncode") return;
+  for (const name of ["width", "height", "fps"]) {
+    const w = widget(enc, name);
+    const v = value(node, name);
+    if (w && v !== undefined && w.value !== v) {
+      w.value = v;
+      enc.setDirtyCanvas?.(true, true);
+    }
+  }
+}
+
 function setupSampler(node) {
   const info = panel(node, "chunk_info", 120);
   info.classList.add("magi-info");
   const strip = document.createElement("div");
   strip.className = "magi-strip";
   const box = document.createElement("div");
-  info.appendChild(box);
-  info.appendChild(strip);
+  const warn = document.createElement("div");
+  warn.className = "magi-warn";
+  info.append(box, warn, strip);
   node.magiStrip = strip;
-  const key = () => JSON.stringify([value(node, "num_frames"), value(node, "fps"), prefixFrames(node),
-    value(node, "width"), value(node, "height")]);
+  const key = () => {
+    markGuidance(node);
+    syncPrefixSize(node);
+    return JSON.stringify([value(node, "num_frames"), value(node, "fps"), prefixFrames(node),
+      value(node, "width"), value(node, "height"), createVideoNodes(node).map((cv) => value(cv, "fps"))]);
+  };
   poll(node, key, async () => {
     const prefix = prefixFrames(node);
-    const q = new URLSearchParams({ frames: value(node, "num_frames", 96), fps: value(node, "fps", 24),
-      prefix_frames: prefix ?? 0 });
+    const fps = value(node, "fps", 24);
+    const q = new URLSearchParams({ frames: value(node, "num_frames", 96), fps, prefix_frames: prefix ?? 0 });
     const r = await getJSON("/magi/chunk_info?" + q);
     if (r.error) {
       box.className = "magi-error";
       box.textContent = r.error;
+      warn.textContent = "";
       return;
     }
     box.className = "";
@@ -121,6 +178,15 @@ function setupSampler(node) {
     box.textContent = `${r.generated_chunks} chunk${r.generated_chunks === 1 ? "" : "s"} of ${r.frames_per_chunk} ` +
       `frames (${r.chunk_seconds.toFixed(2)} s) -> ${r.output_frames} frames, ${r.seconds.toFixed(2)} s at ${size}` +
       (prefix === null ? " (+ video prefix)" : prefix === 1 ? " (image prefix)" : prefix ? ` (${prefix}-frame prefix)` : "");
+    const notes = r.note ? [r.note] : [];
+    for (const cv of createVideoNodes(node)) {
+      const cvFps = value(cv, "fps");
+      if (cvFps !== undefined && Number(cvFps) !== Number(fps)) {
+        notes.push(`Create Video plays at ${cvFps} fps, the sampler makes ${fps} fps: the video will last ` +
+          `${(r.output_frames / cvFps).toFixed(2)} s; give both the same fps`);
+      }
+    }
+    warn.textContent = notes.join("\n");
   });
 }
 
@@ -162,6 +228,7 @@ function setupSchedule(node) {
   const el = panel(node, "timeline", 110);
   const key = () => {
     const s = downstreamSampler(node);
+    mirrorSchedule(node);
     return JSON.stringify([value(node, "schedule", ""), s && value(s, "num_frames"), s && value(s, "fps"),
       s && prefixFrames(s)]);
   };
@@ -181,27 +248,57 @@ function setupSchedule(node) {
   });
 }
 
+// A text encoder whose prompt comes from this schedule shows the schedule (not a stale text of its own).
+function mirrorSchedule(node) {
+  const text = value(node, "schedule", "");
+  for (const enc of node.getOutputNodes?.(0) ?? []) {
+    if (!TEXT_ENCODERS.includes(enc.type)) continue;
+    const w = widget(enc, "prompt");
+    if (w && w.value !== text) {
+      w.value = text;
+      enc.setDirtyCanvas?.(true, true);
+    }
+  }
+}
+
 function setupLoader(node) {
-  const el = panel(node, "detected", 36);
+  const el = panel(node, "detected", 56);
   el.classList.add("magi-info");
-  el.textContent = "size and variant are shown after the first run";
-  const executed = node.onExecuted;
-  node.onExecuted = function (message) {
-    if (message?.text?.length) el.textContent = message.text.join("\n");
-    return executed?.apply(this, arguments);
-  };
+  const key = () => JSON.stringify(DIT_WIDGETS.map((n) => value(node, n)));
+  poll(node, key, async () => {
+    const body = {};
+    for (const n of DIT_WIDGETS) if (widget(node, n)) body[n] = value(node, n);
+    const r = await getJSON("/magi/dit_info", body);
+    node.magiInfo = r.error ? null : r;
+    el.className = "magi-panel " + (r.error ? "magi-error" : "magi-info");
+    el.textContent = r.error ?? r.text;
+  });
+}
+
+function setupWriter(node) {
+  const el = panel(node, "chunks", 96);
+  el.classList.add("magi-info");
+  const box = document.createElement("div");
+  box.textContent = "writes the video chunk by chunk; finished chunks show here";
+  const strip = document.createElement("div");
+  strip.className = "magi-strip";
+  el.append(box, strip);
+  node.magiStrip = strip;
+  node.magiStatus = box;
 }
 
 function onChunk({ detail }) {
   const node = app.graph?.getNodeById(Number(detail.node)) ?? app.graph?.getNodeById(detail.node);
   if (!node?.magiStrip) return;
   if (detail.index === 0) node.magiStrip.replaceChildren();
+  while (node.magiStrip.children.length >= STRIP_MAX) node.magiStrip.firstChild.remove(); // long videos: the latest
   const img = document.createElement("img");
   const im = detail.image;
   img.src = api.apiURL(`/view?filename=${encodeURIComponent(im.filename)}&subfolder=${encodeURIComponent(im.subfolder)}` +
     `&type=${im.type}&rand=${Math.random()}`);
   img.title = `chunk ${detail.index + 1}/${detail.total}`;
   node.magiStrip.appendChild(img);
+  if (node.magiStatus) node.magiStatus.textContent = `chunk ${detail.index + 1}/${detail.total} written`;
   node.setDirtyCanvas?.(true, true);
 }
 
@@ -214,7 +311,8 @@ if (!app.extensions?.some((e) => e.name === NAME)) app.registerExtension({
     api.addEventListener("magi.chunk", onChunk);
   },
   nodeCreated(node) {
-    const setup = { MagiSampler: setupSampler, MagiPromptSchedule: setupSchedule, MagiDiTLoader: setupLoader }[node.comfyClass];
+    const setup = { MagiSampler: setupSampler, MagiPromptSchedule: setupSchedule, MagiDiTLoader: setupLoader,
+      MagiDecodeToVideoFile: setupWriter }[node.comfyClass];
     if (setup) setup(node);
   },
 });

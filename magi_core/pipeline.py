@@ -14,7 +14,7 @@ from .sampling.executor import Caption, FinishedChunk, generate_chunks, make_noi
 from .sampling.schedule import num_chunks
 from .settings import SamplingSettings
 from .text import PromptSchedule, apply_special_tokens, null_caption, parse_schedule
-from .text.special_tokens import SpecialTokens
+from .text.special_tokens import DURATION_MAX, SpecialTokens
 from .video import CHUNK_WIDTH, FRAMES_PER_LATENT
 
 
@@ -95,15 +95,22 @@ def chunk_count(s: SamplingSettings, prefix_frames: int = 0) -> tuple[int, int]:
 
 def chunk_captions(prompts: PromptEmbeds, n_chunks: int, offset: int, s: SamplingSettings,
                    special_tokens: SpecialTokens | None) -> list[Caption]:
-    """One caption per absolute chunk; schedule chunk i = absolute chunk offset + i (prefix chunks: unused)."""
+    """One caption per absolute chunk; schedule chunk i = absolute chunk offset + i (prefix chunks: unused).
+
+    Chunks with the same prompt and the same duration token share one Caption: memory does not grow with the
+    video's length (the duration token stops changing DURATION_MAX chunks before the end)."""
     per_chunk = prompts.schedule.resolve(n_chunks - offset, s.fps)
-    caps = []
+    caps, made = [], {}
     for c in range(n_chunks):
         prompt = per_chunk[max(0, c - offset)]
-        emb, mask = prompts.embeds[prompt]
-        if special_tokens is not None and (s.use_hq or s.use_duration):
-            emb, mask = apply_special_tokens(emb, mask, n_chunks - 1 - c, special_tokens, s.use_hq, s.use_duration)
-        caps.append(Caption(emb[mask.bool()].float()))
+        remaining = n_chunks - 1 - c
+        key = (prompt, min(remaining, DURATION_MAX - 1))
+        if key not in made:
+            emb, mask = prompts.embeds[prompt]
+            if special_tokens is not None and (s.use_hq or s.use_duration):
+                emb, mask = apply_special_tokens(emb, mask, remaining, special_tokens, s.use_hq, s.use_duration)
+            made[key] = Caption(emb[mask.bool()].float())
+        caps.append(made[key])
     return caps
 
 
@@ -128,13 +135,16 @@ def sample(dit, prompts: PromptEmbeds, s: SamplingSettings, prefix_latents: torc
         plan = early_first_chunk(plan)
     device = next(dit.parameters()).device
     shape = (1, dit.cfg.vae_channels, n * CHUNK_WIDTH, s.height // 8, s.width // 8)
-    noise = make_noise(shape, s.seed, device, per_chunk=s.per_chunk_noise, chunk_width=CHUNK_WIDTH)
+    # drawn on the device (the reference's random numbers there), kept in host memory: the executor copies each
+    # chunk's noise to the device when it starts on it, so device memory does not grow with the video's length
+    noise = make_noise(shape, s.seed, device, per_chunk=s.per_chunk_noise, chunk_width=CHUNK_WIDTH).cpu()
     text = chunk_captions(prompts, n, plan.chunk_offset, s, special_tokens)
     null = null_chunk_caption(dit, s, special_tokens)
     if prefix_latents is not None:
         prefix_latents = prefix_latents[:, :, :P].to(device)
     yield from generate_chunks(dit, plan, text, null, noise, prefix=prefix_latents, kv_offload=s.kv_offload,
-                               prev_chunks_scale=s.prev_chunks_scale, progress=progress, cancel=cancel)
+                               prev_chunks_scale=s.prev_chunks_scale, progress=progress, cancel=cancel,
+                               device=device)
 
 
 def encode_prefix(vae, frames: torch.Tensor, s: SamplingSettings, policy: str = "stretch", **tiling) -> torch.Tensor:

@@ -28,6 +28,12 @@ def devices(cuda_count: int) -> list[str]:
     return ["auto", "cpu"] + [f"cuda:{i}" for i in range(cuda_count)]
 
 
+def gpu_sets(cuda_count: int) -> list[str]:
+    """The multi-GPU node's device choices: 'all', the first k GPUs for k = 2..count, and 'cpu' (two CPU ranks,
+    for tests). The sampler also takes any list like '1,3' (API prompts; magi_nodes.multigpu.parse_devices)."""
+    return ["all"] + [",".join(str(i) for i in range(k)) for k in range(2, cuda_count + 1)] + ["cpu"]
+
+
 def check(name: str, value, options, hint: str = "") -> str | None:
     """None if `value` is one of `options`, else an error message that names the input and the choices."""
     if value in options:

@@ -77,9 +77,21 @@ def chunk_info(num_frames: int, fps: int, prefix_frames: int = 0) -> dict:
     n, generated = chunk_count(s, prefix_frames)
     P = prefix_latent_count(prefix_frames, fps)
     frames = reference_output_frames(num_frames, P, fps)
+    per_chunk = reference_output_frames(FRAMES_PER_CHUNK, 0, fps)
+    why = []
+    if (num_frames // 4 + P) % CHUNK_WIDTH or num_frames % 4:
+        why.append(f"whole chunks of {FRAMES_PER_CHUNK} frames")
+    if P == 1:
+        why.append("the image is one more latent frame, output with the video")
+    elif P:
+        why.append(f"the new frames follow the {prefix_frames}-frame prefix, which is not output")
+    if per_chunk != FRAMES_PER_CHUNK:
+        why.append(f"at {fps} fps a chunk decodes to {per_chunk} frames (the VAE works in tiles of fps/2 frames, "
+                   "as the reference; MAGI-1 is trained at 24 fps)")
+    note = f"{num_frames} frames asked -> {frames} out: " + "; ".join(why) if frames != num_frames else ""
     return dict(chunks=n, generated_chunks=generated, schedule_chunks=n - P // CHUNK_WIDTH,
                 frames_per_chunk=FRAMES_PER_CHUNK, chunk_seconds=FRAMES_PER_CHUNK / fps,
-                output_frames=frames, seconds=frames / fps)
+                output_frames=frames, seconds=frames / fps, note=note)
 
 
 def schedule_info(text: str, num_frames: int, fps: int, prefix_frames: int = 0) -> dict:

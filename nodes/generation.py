@@ -18,6 +18,12 @@ from .latents import DEFAULT_TILING, decode_key, prefix_from_latent, tiling_kwar
 from .multigpu import check_heads, pool_generate
 
 
+# The sampler keeps the frames it decoded for its previews (for MAGI VAE Decode to reuse) only for videos of at
+# most this many chunks: a longer one would hold every frame in memory (10,000 frames at 720x720 are 62 GB); MAGI
+# Decode to Video File (or MAGI VAE Decode, decoding again) takes those.
+KEEP_DECODED_CHUNKS = 16
+
+
 class Hooks:
     """What the caller does around a run (the sampler node: ComfyUI's memory manager, progress bar, interrupt)."""
 
@@ -79,13 +85,15 @@ def run(model: DiTHandle, conditioning, s: SamplingSettings, hooks: Hooks, prefi
                         progress=hooks.progress, cancel=hooks.cancelled)
     latents, frames = [], []
     decode = vae is not None and preview
+    keep = decode and n_out <= KEEP_DECODED_CHUNKS
     for ch in chunks:
         latents.append(ch.latents.float().cpu())
         f = decode_chunk(vae.model, ch.latents, s.fps, **tiling_kwargs(DEFAULT_TILING, s.fps)) if decode else None
-        if f is not None:
+        if keep:
             frames.append(f)
         hooks.chunk_done(ch.index, n_out, f)
+        del f
     decoded = None
-    if decode and frames:
+    if keep and frames:
         decoded = {"key": decode_key(vae.key, DEFAULT_TILING, s.fps), "frames": torch.cat(frames)}
     return video_latent(latents, s.fps, decoded)

@@ -100,25 +100,40 @@ def split_chunks(latent: dict) -> list[torch.Tensor]:
     return list(torch.split(x, list(sizes), dim=2))
 
 
+def video_samples(latent, vae, who: str) -> torch.Tensor:
+    """The LATENT's samples if they are a MAGI video latent for this VAE, else a clear error."""
+    x = latent.get("samples") if isinstance(latent, dict) else None
+    channels = getattr(getattr(vae, "cfg", None), "z_chans", 16)
+    if not torch.is_tensor(x) or x.dim() != 5 or x.shape[0] != 1 or x.shape[1] != channels:
+        raise ValueError(f"{who} needs a MAGI video latent (1, {channels}, frames, h, w), got "
+                         f"{None if x is None else tuple(x.shape)}: connect the MAGI sampler's LATENT output")
+    return x
+
+
+def decode_chunks(vae, latent: dict, tiling: dict, who: str = "MAGI VAE Decode"):
+    """(index, chunks, frames (T, H, W, 3) float32 [0, 1] on the CPU) for each of the sampler's chunks in turn,
+    decoded as they are asked for: memory holds one chunk's frames at a time. The latent is checked at once."""
+    video_samples(latent, vae, who)
+    fps = int(latent.get("magi_fps", 24))
+    pieces = split_chunks(latent)
+    kw = tiling_kwargs(tiling, fps)
+    return ((i, len(pieces), decode_chunk(vae, piece, fps, **kw)) for i, piece in enumerate(pieces))
+
+
 def decode_video(vae, latent: dict, tiling: dict, vae_key=None, progress=None) -> torch.Tensor:
     """LATENT -> IMAGE frames (N, H, W, 3) float32 [0, 1] on the CPU, chunk by chunk.
 
     Reuses the frames the sampler decoded for its previews only for the latent they came from (same values, see
     `fingerprint`), the same VAE and tiling; anything else is decoded. progress(done, total) after each chunk."""
-    x = latent.get("samples") if isinstance(latent, dict) else None
-    channels = getattr(getattr(vae, "cfg", None), "z_chans", 16)
-    if not torch.is_tensor(x) or x.dim() != 5 or x.shape[0] != 1 or x.shape[1] != channels:
-        raise ValueError(f"MAGI VAE Decode needs a MAGI video latent (1, {channels}, frames, h, w), got "
-                         f"{None if x is None else tuple(x.shape)}: connect the MAGI sampler's LATENT output")
+    x = video_samples(latent, vae, "MAGI VAE Decode")
     fps = int(latent.get("magi_fps", 24))
     cached = latent.get("magi_decoded")
     if (vae_key is not None and cached and cached.get("key") == decode_key(vae_key, tiling, fps)
             and cached.get("of") == fingerprint(x)):
         return cached["frames"]
-    pieces = split_chunks(latent)
     frames = []
-    for i, piece in enumerate(pieces):
-        frames.append(decode_chunk(vae, piece, fps, **tiling_kwargs(tiling, fps)))
+    for i, n, f in decode_chunks(vae, latent, tiling):
+        frames.append(f)
         if progress is not None:
-            progress(i + 1, len(pieces))
+            progress(i + 1, n)
     return torch.cat(frames)

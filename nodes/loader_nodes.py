@@ -81,6 +81,16 @@ class MagiDiTLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model, variant, weight_dtype, attention, precision, device, special_tokens, compile=False,
                 block_swap=0):
+        handle = cls.handle(model, variant, weight_dtype, attention, precision, device, special_tokens, compile,
+                            block_swap)
+        info = handle.describe()
+        return io.NodeOutput(handle, info, ui={"text": [info]})
+
+    @classmethod
+    def handle(cls, model, variant, weight_dtype, attention, precision, device, special_tokens, compile=False,
+               block_swap=0):
+        """The MAGI_MODEL for these widget values, from the checkpoint's headers (no weights are read); also
+        what the node's info panel shows before a run (routes.py /magi/dit_info)."""
         choices.require_all([
             ("variant", variant, choices.VARIANT), ("weight_dtype", weight_dtype, choices.DIT_WEIGHT_DTYPE),
             ("attention", attention, choices.ATTENTION), ("precision", precision, choices.PRECISION),
@@ -97,9 +107,7 @@ class MagiDiTLoader(io.ComfyNode):
             tokens = resolve(special_tokens, roots("tokens"), "special tokens file")
         runtime = DiTRuntime(device=str(memory.resolve_device(device, "dit")), precision=precision,
                              attention=attention, compile=compile, block_swap=int(block_swap), weight_dtype=weight_dtype)
-        handle = open_dit(model, path, variant, runtime, tokens)
-        info = handle.describe()
-        return io.NodeOutput(handle, info, ui={"text": [info]})
+        return open_dit(model, path, variant, runtime, tokens)
 
 
 class MagiVAELoader(io.ComfyNode):

@@ -1,34 +1,29 @@
 """The MAGI-1 sampler (text/image/video-to-video), its advanced options, and the multi-GPU settings."""
 from __future__ import annotations
 
-import comfy.utils
-import folder_paths
 from comfy_api.latest import io
-from comfy_execution.utils import get_executing_context
 
 from magi_core.sampling.executor import SamplingCancelled
 
-from . import choices, memory, messages, previews
+from . import choices, memory
+from .chunk_progress import ChunkProgress
 from .generation import Hooks, run
 from .loading import load_dit_weights
 from .multigpu import make_settings, release_pool
 from .sampler_settings import build_settings, sampler_options
 from .types import CATEGORY, MagiConditioning, MagiModel, MagiMultiGPU, MagiSamplerOptions, MagiVAE
 
-CHUNK_EVENT = "magi.chunk"  # websocket event the frontend extension shows as live chunk previews
-
-
 class ComfyHooks(Hooks):
     """Hooks for a run inside ComfyUI: model management, progress bar, interrupt, previews."""
 
     def __init__(self, node_id: str, fps: int, device: str | None = None):
-        self.node_id, self.fps, self.device = node_id, fps, device
-        self.pbar = comfy.utils.ProgressBar(1)
-        self.step = (0, 1)
-        self.images, self.loaded = [], None
-        self.server = messages.server()
-        ctx = get_executing_context()
-        self.prompt_id = ctx.prompt_id if ctx is not None else None
+        self.device = device
+        self.show = ChunkProgress(node_id, fps)
+        self.loaded = None
+
+    @property
+    def images(self):
+        return self.show.images
 
     def load_dit(self, handle, vae):
         device = memory.resolve_device(self.device or handle.runtime.device, "dit")
@@ -42,24 +37,17 @@ class ComfyHooks(Hooks):
         return loaded.model
 
     def progress(self, i, total, chunk):
-        self.step = (i, total)
-        self.pbar.update_absolute(i, total)  # also raises if the user pressed cancel
+        self.show.progress(i, total)  # also raises if the user pressed cancel
 
     def cancelled(self):
         return memory.interrupted()
 
     def chunk_done(self, index, total, frames):
         text = f"chunk {index + 1}/{total} done"
-        if frames is not None:
-            image = previews.save_animation(frames, folder_paths.get_temp_directory(),
-                                            f"magi_{self.node_id}_chunk{index:03d}", self.fps)
-            self.images.append(image)
-            self.pbar.update_absolute(*self.step, preview=("JPEG", previews.still(frames), previews.MAX_SIZE))
-            if self.server is not None:
-                self.server.send_sync(CHUNK_EVENT, dict(node=self.node_id, prompt_id=self.prompt_id, index=index,
-                                                        total=total, image=image), self.server.client_id)
-        if self.server is not None:
-            self.server.send_progress_text(text, self.node_id)
+        if frames is None:
+            self.show.text(text)
+        else:
+            self.show.chunk(index, total, frames, text)
 
 
 class MagiSampler(io.ComfyNode):
@@ -73,21 +61,32 @@ class MagiSampler(io.ComfyNode):
             inputs=[
                 MagiModel.Input("model"),
                 MagiConditioning.Input("conditioning"),
-                io.Int.Input("width", default=720, min=16, max=4096, step=16),
-                io.Int.Input("height", default=720, min=16, max=4096, step=16),
+                io.Int.Input("width", default=720, min=16, max=4096, step=16,
+                             tooltip="video width in pixels, a multiple of 16 (720x720 and 1280x720 are the "
+                                     "reference sizes); with a prefix, MAGI VAE Encode follows the sampler's size"),
+                io.Int.Input("height", default=720, min=16, max=4096, step=16,
+                             tooltip="video height in pixels, a multiple of 16"),
                 io.Int.Input("num_frames", default=96, min=4, max=100000, step=4,
-                             tooltip="new frames; rounded up to whole chunks of 24 frames"),
-                io.Int.Input("fps", default=24, min=8, max=120, tooltip="MAGI-1 is trained at 24 fps"),
+                             tooltip="new frames asked for; the output is whole chunks of 24 frames (the node shows "
+                                     "the exact count before the run): an image prefix adds its frame (96 -> 120), "
+                                     "a video prefix is not output, and fps below 24 gives fewer frames per chunk"),
+                io.Int.Input("fps", default=24, min=8, max=120,
+                             tooltip="MAGI-1 is trained at 24 fps. As in the reference, fps also sets the VAE's "
+                                     "temporal tiles (fps/2 frames), so below 24 a chunk decodes to fewer frames "
+                                     "(12 fps: 6 per chunk). Give Create Video the same fps"),
                 io.Int.Input("steps", default=16, min=4, max=1000, step=4,
                              tooltip="denoising steps per chunk; a multiple of window_size and of 4 (e.g. 16 for "
                                      "distill, 32-64 for base)"),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="noise seed; the same seed and settings give the same video"),
                 io.Int.Input("window_size", default=4, min=1, max=16,
                              tooltip="chunks denoised together (4 = reference; 1 = least memory)"),
                 io.Float.Input("text_scale", default=7.5, min=0.0, max=30.0, step=0.1,
-                               tooltip="text guidance (base models; distill/fp8 run without guidance)"),
+                               tooltip="text guidance (base models only: distill/fp8 run without guidance and "
+                                       "ignore it; greyed out then)"),
                 io.Float.Input("prev_chunk_scale", default=1.5, min=0.0, max=10.0, step=0.1,
-                               tooltip="guidance towards the previous chunks (base models)"),
+                               tooltip="guidance towards the previous chunks (base models only; greyed out for "
+                                       "distill/fp8)"),
                 io.Float.Input("prev_chunks_scale", default=0.7, min=0.0, max=1.0, step=0.05,
                                tooltip="distill: weight of the with-context pass for the nearly clean chunk (0.7)"),
                 io.Boolean.Input("use_hq", default=True, tooltip="prepend the HQ special token (reference: on)"),
@@ -145,14 +144,21 @@ class MagiSamplerOptionsNode(io.ComfyNode):
                 io.String.Input("text_scales", default="", tooltip="5 values, e.g. 7.5, 7.5, 7.5, 0, 0"),
                 io.String.Input("prev_chunk_scales", default="", tooltip="5 values, e.g. 1.5, 1.5, 1.5, 1, 1"),
                 io.String.Input("noise2clean_kvrange", default="", tooltip="e.g. 5, 4, 3, 2"),
-                io.Int.Input("clean_chunk_kvrange", default=1, min=1, max=16),
-                io.Float.Input("clean_t", default=0.9999, min=0.5, max=1.0, step=0.0001),
+                io.Int.Input("clean_chunk_kvrange", default=1, min=1, max=16,
+                             tooltip="chunks of context a finished chunk attends to when it is written to the KV "
+                                     "cache (reference 1)"),
+                io.Float.Input("clean_t", default=0.9999, min=0.5, max=1.0, step=0.0001,
+                               tooltip="flow time given to finished chunks used as context (reference 0.9999)"),
                 io.String.Input("shortcut_mode", default="8,16,16", tooltip="12-step distill grid per quarter"),
-                io.Float.Input("distill_nearly_clean_threshold", default=0.3, min=0.0, max=1.0, step=0.01),
+                io.Float.Input("distill_nearly_clean_threshold", default=0.3, min=0.0, max=1.0, step=0.01,
+                               tooltip="distill: a chunk past this flow time counts as nearly clean and gets the "
+                                       "extra text-only pass (reference 0.3)"),
                 io.Boolean.Input("per_chunk_noise", default=False,
                                  tooltip="noise that does not change with the video length"),
                 io.Boolean.Input("kv_offload", default=False, tooltip="keep the KV cache in host memory"),
-                io.Boolean.Input("negative_special_tokens", default=False),
+                io.Boolean.Input("negative_special_tokens", default=False,
+                                 tooltip="put the CAPTION, LOGO, TRANS and BORDERNESS special tokens in the null "
+                                         "caption, as a negative prompt (base models with guidance; reference: off)"),
                 io.Boolean.Input("early_first_chunk", default=False, optional=True,  # older API prompts lack it
                                  tooltip="finish the first chunk before the others start (same result, same total "
                                          "work): the first preview arrives ~2.6x sooner (4.5B distill 720x720 on an H100: "
@@ -179,7 +185,9 @@ class MagiMultiGPUSettingsNode(io.ComfyNode):
             description="Run the sampler on several GPUs (Ulysses context parallel in a pool of worker processes, "
                         "one per GPU, kept alive between runs). Connect to the sampler's multigpu input.",
             inputs=[
-                io.String.Input("devices", default="all", tooltip="'all', GPU numbers like '0,1,2,3', or 'cpu' (tests)"),
+                io.Combo.Input("devices", options=choices.gpu_sets(memory.cuda_count()), default="all",
+                               tooltip="the GPUs to run on: all visible ones, or the first 2, 3, ... (API prompts may "
+                                       "name any list, e.g. '1,3'); 'cpu' runs two CPU processes (tests only)"),
                 io.Int.Input("cp_size", default=0, min=0, max=64,
                              tooltip="context-parallel size (0 = one rank per selected device); must divide the "
                                      "attention heads (24 for 4.5B, 48 for 24B)"),

@@ -16,6 +16,7 @@ MagiMultiGPU = io.Custom("MAGI_MULTIGPU")
 
 CATEGORY = "MAGI-1"
 PACK_ASSET_TOKENS = Path(__file__).resolve().parents[1] / "magi_core" / "assets" / "special_tokens.npz"
+EXAMPLE_INPUTS = Path(__file__).resolve().parents[1] / "workflows" / "input"  # files the shipped workflows load
 
 
 def register_folders() -> None:
@@ -45,3 +46,19 @@ def roots(kind: str) -> list[str]:
 def comfy_t5_tokenizer() -> Path:
     """ComfyUI's own T5 tokenizer (tokenizer.json), used for single t5xxl files."""
     return Path(folder_paths.base_path) / "comfy" / "text_encoders" / "t5_tokenizer"
+
+
+def install_example_inputs() -> None:
+    """Copy the inputs the shipped workflows name (workflows/input/) into ComfyUI's input folder, so a template
+    runs on a fresh install; a file the user already has under that name is left alone."""
+    import shutil
+
+    target = Path(folder_paths.get_input_directory())
+    for src in sorted(EXAMPLE_INPUTS.glob("*")):
+        dst = target / src.name
+        if src.is_file() and not dst.exists():
+            try:
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+            except OSError as e:
+                print(f"[MAGI-1] could not copy the example input {src.name} to {target}: {e}")

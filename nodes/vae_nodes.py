@@ -14,13 +14,23 @@ from .latents import decode_video
 from .types import CATEGORY, MagiVAE
 
 
-def _tile_inputs(tile_frames_default: int, tile_frames_tip: str):
+def tile_inputs(tile_frames_default: int, tile_frames_tip: str):
     return [
         io.Int.Input("tile_size", default=256, min=16, max=4096, step=16,
                      tooltip="spatial tile in pixels (reference 256); smaller tiles use less memory"),
-        io.Float.Input("tile_overlap", default=0.25, min=0.0, max=0.75, step=0.25, round=0.01,
+        io.Float.Input("tile_overlap", default=0.25, min=0.0, max=0.75, step=0.05, round=0.01,
                        tooltip="fraction of a tile shared with its neighbour (reference 0.25)"),
         io.Int.Input("tile_frames", default=tile_frames_default, min=0, max=256, step=4, tooltip=tile_frames_tip),
+    ]
+
+
+def decode_tile_inputs():
+    """Tiling widgets of the decoding nodes (MAGI VAE Decode, MAGI Decode to Video File)."""
+    return [
+        *tile_inputs(0, "frames per temporal tile; 0 = fps // 2 (the reference)"),
+        io.Int.Input("temporal_overlap", default=0, min=0, max=8,
+                     tooltip="latent frames shared by consecutive temporal tiles (0 = reference; 1 removes "
+                             "the seam every fps // 2 frames at ~1.5x the decode time)"),
     ]
 
 
@@ -44,7 +54,7 @@ class MagiVAEEncode(io.ComfyNode):
                                      "fps // 2-frame tile give one latent frame, a last tile of 1 frame one more"),
                 io.Combo.Input("take", options=choices.TAKE, default="end",
                                tooltip="video prefix: the last frames (continue the clip) or the first ones"),
-                *_tile_inputs(0, "frames per temporal tile; 0 = fps // 2 (the reference)"),
+                *tile_inputs(0, "frames per temporal tile; 0 = fps // 2 (the reference)"),
                 # appended last: widgets saved in older workflows keep their positions
                 io.Int.Input("fps", default=24, min=8, max=120,
                              tooltip="same as the sampler's: the VAE encodes video in tiles of fps // 2 frames"),
@@ -78,10 +88,7 @@ class MagiVAEDecode(io.ComfyNode):
             inputs=[
                 MagiVAE.Input("vae"),
                 io.Latent.Input("samples"),
-                *_tile_inputs(0, "frames per temporal tile; 0 = fps // 2 (the reference)"),
-                io.Int.Input("temporal_overlap", default=0, min=0, max=8,
-                             tooltip="latent frames shared by consecutive temporal tiles (0 = reference; 1 removes "
-                                     "the seam every fps // 2 frames at ~1.5x the decode time)"),
+                *decode_tile_inputs(),
             ],
             outputs=[io.Image.Output(display_name="images")],
         )

@@ -196,8 +196,8 @@ class ComfyServer:
         return ws
 
 
-def seed_inputs(folder: Path, size: int = 96, frames: int = 40):
-    """The input files the shipped workflows name: example.png (ComfyUI's own) and magi1_prefix.mp4."""
+def seed_inputs(folder: Path, size: int = 96):
+    """ComfyUI's own example.png (a git checkout has it in input/); the pack brings the rest (workflows/input/)."""
     import numpy as np
     from PIL import Image
 
@@ -205,15 +205,6 @@ def seed_inputs(folder: Path, size: int = 96, frames: int = 40):
     if not (folder / "example.png").exists():
         Image.fromarray(np.stack([xx * 255 // size, yy * 255 // size, (xx + yy) * 127 // size], -1).astype(np.uint8)
                         ).save(folder / "example.png")
-    if not (folder / "magi1_prefix.mp4").exists():
-        sys.path.insert(0, str(ROOT))
-        import torch
-        from magi_core.video import write_mp4
-
-        t = (torch.arange(frames) / frames).view(-1, 1, 1, 1).expand(frames, size, size, 1)
-        x = torch.from_numpy(xx / size).float()[None, :, :, None].expand(frames, size, size, 1)
-        video = torch.cat([(x + t) % 1, x.transpose(1, 2), 1 - x], dim=-1).contiguous()
-        write_mp4(folder / "magi1_prefix.mp4", video, fps=24)
 
 
 def seed_user(folder: Path):
@@ -389,43 +380,45 @@ def check_ui_workflow(workflow: dict, object_info: dict) -> list[str]:
 
 
 # ---------------------------------------------------------------------- the shipped workflows
-# Compact specs of workflows/*.json: nodes (id, type, position, widget values by name, title) and links
-# (source id, output slot, target id, input name). `build_workflows` turns them into UI-format files (widget
-# order, control_after_generate slots, link tables from /object_info), API twins in workflows/api/ and
-# thumbnails. Widgets not given take their schema default.
+# Compact specs of the shipped workflows: nodes (id, type, position, widget values by name, title) and links
+# (source id, output slot, target id, input name). `build_workflows` turns them into UI-format files named after
+# their titles (the template browser shows the file name as the card's title), API twins in workflows/api/ under
+# the spec's key (stable names for scripts), and thumbnails. A UI workflow names its twin in extra.magi_api.
+# Widgets not given take their schema default. Nodes of a column (same x) are pushed down so none overlaps the
+# one above it (`build_ui`).
 SAMPLER = dict(width=720, height=720, num_frames=96, fps=24, steps=16, seed=1234, window_size=4)
 LOADERS = [
     (1, "MagiDiTLoader", (0, 0), dict(model="4.5B_distill"), None),
-    (2, "MagiT5Loader", (0, 360), dict(t5="t5-v1_1-xxl"), None),
-    (3, "MagiVAELoader", (0, 510), dict(vae="vae"), None),
+    (2, "MagiT5Loader", (0, 1), dict(t5="t5-v1_1-xxl"), None),
+    (3, "MagiVAELoader", (0, 2), dict(vae="vae"), None),
 ]
 OUTPUT = [
     (6, "MagiVAEDecode", (1380, 0), {}, None),
-    (7, "CreateVideo", (1380, 220), dict(fps=24.0), None),
-    (8, "SaveVideo", (1380, 360), dict(filename_prefix="video/MAGI-1"), None),
+    (7, "CreateVideo", (1380, 1), dict(fps=24.0), None),
+    (8, "SaveVideo", (1380, 2), dict(filename_prefix="video/MAGI-1"), None),
 ]
 BASE_LINKS = [(1, 0, 5, "model"), (2, 0, 4, "t5"), (4, 0, 5, "conditioning"), (3, 0, 5, "vae"), (5, 0, 6, "samples"),
               (3, 0, 6, "vae"), (6, 0, 7, "images"), (7, 0, 8, "video")]
-# room for what the frontend extension draws under the widgets (js/magi.js), and for multiline text
-EXTRA_HEIGHT = {"MagiSampler": 150, "MagiPromptSchedule": 230, "MagiTextEncode": 110, "MagiDiTLoader": 40,
-                "LoadImage": 240, "LoadVideo": 240}
+# room for what the frontend extension draws under the widgets (js/magi.js), and for multiline text and previews
+EXTRA_HEIGHT = {"MagiSampler": 150, "MagiPromptSchedule": 230, "MagiTextEncode": 110, "MagiDiTLoader": 60,
+                "MagiDecodeToVideoFile": 150, "LoadImage": 240, "LoadVideo": 360, "SaveVideo": 200}
+GAP = 30  # between nodes of a column, besides the title bar
+TITLE_HEIGHT = 30
 MODELS_NOTE = ("Models (python install.py --download 4.5B-distill puts them here):\n"
                "- models/magi/4.5B_distill/  (DiT; 4.5B_base, 24B_distill ... work too)\n"
                "- models/magi/vae/  (MAGI-1 VAE)\n"
                "- models/text_encoders/t5-v1_1-xxl/  (T5; a t5xxl_fp16.safetensors works too)\n"
                "Distill models: 16 steps. Base models: steps 32-64 (3 guidance passes, slower).")
-
-
 def _workflow_specs() -> dict:
     prompt = ("a red fox trots through fresh snow in a birch forest at sunrise, soft golden light, "
               "breath visible in the cold air, cinematic")
-    text = (4, "MagiTextEncode", (460, 360), dict(prompt=prompt), None)
+    text = (4, "MagiTextEncode", (460, 0), dict(prompt=prompt), None)
 
     def sampler(**kw):
         return (5, "MagiSampler", (920, 0), {**SAMPLER, **kw}, None)
 
     def note(text):
-        return (9, "Note", (0, 680), dict(text=text), "Read me")
+        return (9, "Note", (0, 3), dict(text=text), "Read me")
 
     return {
         "magi1_t2v": dict(
@@ -437,24 +430,26 @@ def _workflow_specs() -> dict:
         "magi1_i2v": dict(
             title="MAGI-1 image to video",
             nodes=[*LOADERS, text, sampler(), *OUTPUT,
-                   (10, "LoadImage", (460, 640), dict(image="example.png"), None),
-                   (11, "MagiVAEEncode", (920, 680), dict(width=720, height=720), None),
-                   note("Image to video: the image is the first frame (resized to the sampler's size; keep "
-                        "width/height equal on MAGI VAE Encode and the sampler).\n\n" + MODELS_NOTE)],
+                   (10, "LoadImage", (460, 1), dict(image="example.png"), None),
+                   (11, "MagiVAEEncode", (920, 1), dict(width=720, height=720), None),
+                   note("Image to video: the image is the first frame, resized to the sampler's size (MAGI VAE "
+                        "Encode follows the sampler's width, height and fps).\n\n" + MODELS_NOTE)],
             links=BASE_LINKS + [(10, 0, 11, "image"), (3, 0, 11, "vae"), (11, 0, 5, "prefix")]),
         "magi1_v2v": dict(
             title="MAGI-1 video continuation",
             nodes=[*LOADERS, text, sampler(), *OUTPUT,
-                   (10, "LoadVideo", (460, 640), dict(file="magi1_prefix.mp4"), None),
-                   (12, "GetVideoComponents", (460, 980), {}, None),
-                   (11, "MagiVAEEncode", (920, 680), dict(width=720, height=720, max_frames=32), None),
+                   (10, "LoadVideo", (460, 1), dict(file="magi1_prefix.mp4"), None),
+                   (12, "GetVideoComponents", (460, 2), {}, None),
+                   (11, "MagiVAEEncode", (920, 1), dict(width=720, height=720, max_frames=32), None),
                    note("Video continuation: the last 32 frames of the clip are the prefix; the sampler makes "
-                        "what follows. Upload your clip in Load Video.\n\n" + MODELS_NOTE)],
+                        "what follows. magi1_prefix.mp4 is a short example clip the pack puts in ComfyUI's input "
+                        "folder: upload your own in Load Video.\n\n" + MODELS_NOTE)],
             links=BASE_LINKS + [(10, 0, 12, "video"), (12, 0, 11, "image"), (3, 0, 11, "vae"),
                                 (11, 0, 5, "prefix")]),
         "magi1_prompt_schedule": dict(
             title="MAGI-1 per-chunk prompts",
-            nodes=[*LOADERS, text, sampler(num_frames=120), *OUTPUT,
+            nodes=[*LOADERS, (4, "MagiTextEncode", (460, 1), dict(prompt=""), None), sampler(num_frames=120),
+                   *OUTPUT,
                    (13, "MagiPromptSchedule", (460, 0), dict(schedule=(
                        "0-1: a red fox trots through fresh snow in a birch forest, morning light\n"
                        "2-3: the fox stops and looks up at a raven on a branch\n"
@@ -463,9 +458,20 @@ def _workflow_specs() -> dict:
                         "'4-:' to the end). The schedule node shows the ranges on a timeline for the sampler's "
                         "frames and fps, and flags gaps and overlaps.\n\n" + MODELS_NOTE)],
             links=BASE_LINKS + [(13, 0, 4, "prompt")]),
+        "magi1_long_video": dict(
+            title="MAGI-1 long video to file",
+            nodes=[*LOADERS, text, sampler(num_frames=2400),
+                   (6, "MagiDecodeToVideoFile", (1380, 0), dict(filename_prefix="video/MAGI-1_long"), None),
+                   note("Long videos at constant memory: MAGI-1 Decode to Video File decodes the sampler's latent "
+                        "one chunk at a time straight into an mp4 in the output folder (2400 frames = 100 chunks "
+                        "= 100 s here; memory does not grow with the length). An interrupted run keeps the "
+                        "chunks written so far. Its VIDEO output works with ComfyUI's video nodes.\n\n"
+                        + MODELS_NOTE)],
+            links=BASE_LINKS[:5] + [(3, 0, 6, "vae")]),
         "magi1_t2v_multigpu": dict(
             title="MAGI-1 24B on several GPUs",
-            nodes=[(1, "MagiDiTLoader", (0, 0), dict(model="24B_distill"), None), *LOADERS[1:], text,
+            nodes=[(1, "MagiDiTLoader", (0, 0), dict(model="24B_distill"), None), *LOADERS[1:],
+                   (4, "MagiTextEncode", (460, 1), dict(prompt=prompt), None),
                    sampler(width=1280, height=720), *OUTPUT,
                    (14, "MagiMultiGPUSettings", (460, 0), dict(devices="all", cp_size=0), None),
                    note("Multi-GPU: the sampler runs in one worker process per GPU (context parallel); cp_size "
@@ -491,7 +497,7 @@ def build_ui(spec: dict, object_info: dict) -> dict:
     nodes, links = {}, []
     for nid, ntype, pos, widgets, title in spec["nodes"]:
         if ntype == "Note":
-            nodes[nid] = {"id": nid, "type": "Note", "pos": list(pos), "size": [400, 220], "flags": {}, "order": 0,
+            nodes[nid] = {"id": nid, "type": "Note", "pos": list(pos), "size": [400, 240], "flags": {}, "order": 0,
                           "mode": 0, "inputs": [], "outputs": [], "title": title,
                           "properties": {}, "widgets_values": [widgets["text"]], "color": "#432", "bgcolor": "#653"}
             continue
@@ -527,6 +533,11 @@ def build_ui(spec: dict, object_info: dict) -> dict:
         d["inputs"][slots[0]]["link"] = lid
         nodes[src]["outputs"][slot]["links"].append(lid)
         links.append([lid, src, slot, dst, slots[0], typ])
+    columns: dict = {}  # a node's pos is (x, k): the k-th node of column x, placed below the ones above it
+    for n in sorted(nodes.values(), key=lambda n: tuple(n["pos"])):
+        x, _ = n["pos"]
+        n["pos"] = [x, columns.get(x, 0)]
+        columns[x] = n["pos"][1] + n["size"][1] + TITLE_HEIGHT + GAP
     order, done = [], set()
     while len(order) < len(nodes):  # topological order, as the frontend stores it
         for nid in nodes:
@@ -539,7 +550,8 @@ def build_ui(spec: dict, object_info: dict) -> dict:
     return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, "magi1/" + spec["title"])), "revision": 0,
             "last_node_id": max(nodes), "last_link_id": len(links), "nodes": [nodes[i] for i in sorted(nodes)],
             "links": links, "groups": [], "config": {},
-            "extra": {"ds": {"scale": 0.75, "offset": [40, 40]}, "frontendVersion": "1.27.10"}, "version": 0.4}
+            "extra": {"ds": {"scale": 0.6, "offset": [30, 50]}, "frontendVersion": "1.27.10",
+                      "magi_api": spec["api"], "magi_order": spec["order"]}, "version": 0.4}
 
 
 def thumbnail(title: str, path: Path):
@@ -567,16 +579,26 @@ def build_workflows(object_info: dict, out_dir: Path = ROOT / "workflows") -> li
     out_dir.mkdir(exist_ok=True)
     (out_dir / "api").mkdir(exist_ok=True)
     written = []
-    for name, spec in _workflow_specs().items():
-        ui = build_ui(spec, object_info)
+    for old in [*out_dir.glob("*.json"), *out_dir.glob("*.jpg"), *(out_dir / "api").glob("*.json")]:
+        old.unlink()  # renamed or removed workflows must not linger
+    for k, (name, spec) in enumerate(_workflow_specs().items()):  # the template browser's order (routes.py)
+        ui = build_ui({**spec, "api": name, "order": k}, object_info)
         problems = check_ui_workflow(ui, object_info)
         if problems:
             raise ValueError(f"{name}: " + "; ".join(problems))
-        (out_dir / f"{name}.json").write_text(json.dumps(ui, indent=1) + "\n")
+        (out_dir / f"{spec['title']}.json").write_text(json.dumps(ui, indent=1) + "\n")
         (out_dir / "api" / f"{name}.json").write_text(json.dumps(to_api(ui, object_info), indent=1) + "\n")
-        thumbnail(spec["title"], out_dir / f"{name}.jpg")
-        written.append(out_dir / f"{name}.json")
+        thumbnail(spec["title"], out_dir / f"{spec['title']}.jpg")
+        written.append(out_dir / f"{spec['title']}.json")
     return written
+
+
+def ui_workflows() -> dict:
+    """API name -> path of each shipped UI workflow (its extra.magi_api names its twin in workflows/api/)."""
+    out = {}
+    for p in sorted((ROOT / "workflows").glob("*.json")):
+        out[json.loads(p.read_text())["extra"]["magi_api"]] = p
+    return out
 
 
 def running_server(tmp: Path) -> ComfyServer:

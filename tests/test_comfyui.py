@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.parse
 
 import pytest
 
@@ -177,14 +178,16 @@ def test_ui_workflow_matches_schemas(path, object_info):
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_api_twin_matches_ui_workflow(path, object_info):
-    assert to_api(json.loads(path.read_text()), object_info) == api_twin(path.stem)
+    wf = json.loads(path.read_text())
+    assert to_api(wf, object_info) == api_twin(wf["extra"]["magi_api"])
 
 
 def test_template_browser_finds_the_workflows(server):
     listed = server.get("/api/workflow_templates")
     assert sorted(listed[PACK_NAME]) == sorted(p.stem for p in WORKFLOWS)
-    wf = server.request(f"/api/workflow_templates/{PACK_NAME}/magi1_t2v.json")
-    assert wf["nodes"] and server.request(f"/api/workflow_templates/{PACK_NAME}/magi1_t2v.jpg", raw=True)[:2] == b"\xff\xd8"
+    name = urllib.parse.quote("MAGI-1 text to video")
+    wf = server.request(f"/api/workflow_templates/{PACK_NAME}/{name}.json")
+    assert wf["nodes"] and server.request(f"/api/workflow_templates/{PACK_NAME}/{name}.jpg", raw=True)[:2] == b"\xff\xd8"
 
 
 def test_frontend_extension_is_served(server):

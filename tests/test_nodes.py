@@ -624,18 +624,24 @@ def ui_workflows():
     return sorted((ROOT / "workflows").glob("*.json"))
 
 
+def api_twin_path(path):
+    return ROOT / "workflows" / "api" / f"{json.loads(path.read_text())['extra']['magi_api']}.json"
+
+
 def test_every_workflow_has_api_twin_and_thumbnail():
-    names = [p.stem for p in ui_workflows()]
-    assert {"magi1_t2v", "magi1_i2v", "magi1_v2v", "magi1_prompt_schedule", "magi1_t2v_multigpu"} <= set(names)
+    names = [json.loads(p.read_text())["extra"]["magi_api"] for p in ui_workflows()]
+    assert {"magi1_t2v", "magi1_i2v", "magi1_v2v", "magi1_prompt_schedule", "magi1_long_video",
+            "magi1_t2v_multigpu"} <= set(names)
+    assert len(set(names)) == len(names)
     for p in ui_workflows():
         assert (p.with_suffix(".jpg")).is_file(), f"{p.name} has no thumbnail"
-        assert (ROOT / "workflows" / "api" / p.name).is_file(), f"{p.name} has no API twin"
+        assert api_twin_path(p).is_file(), f"{p.name} has no API twin"
 
 
 @pytest.mark.parametrize("path", ui_workflows(), ids=lambda p: p.stem)
 def test_workflow_structure(path):
     wf = json.loads(path.read_text())
-    api = json.loads((ROOT / "workflows" / "api" / path.name).read_text())
+    api = json.loads(api_twin_path(path).read_text())
     assert wf["version"] == 0.4
     nodes = {n["id"]: n for n in wf["nodes"]}
     assert len(nodes) == len(wf["nodes"]) and wf["last_node_id"] == max(nodes)

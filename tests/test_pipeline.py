@@ -143,3 +143,23 @@ def test_cli_low_vram_flags(tmp_path):
                         "--weight-dtype", "fp8_e4m3fn", "--compile", "--early-first-chunk"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert read_video(out).shape == (24, 64, 64, 3)
+
+
+def test_chunk_captions_are_shared_not_grown_with_length():
+    """A long video keeps one caption per (prompt, duration token), each equal to the chunk's own caption."""
+    from magi_core.pipeline import PromptEmbeds, chunk_captions
+    from magi_core.text import PromptSchedule
+    from magi_core.text.special_tokens import apply_special_tokens, special_tokens_from_arrays
+
+    g = torch.Generator().manual_seed(0)
+    C = 8
+    tok = special_tokens_from_arrays(*(torch.randn(n, C, generator=g).numpy() for n in (1, 1, 100)))
+    emb, mask = torch.randn(800, C, generator=g), torch.zeros(800, dtype=torch.long)
+    mask[:5] = 1
+    prompts = PromptEmbeds(PromptSchedule.single("p"), {"p": (emb, mask)})
+    n = 30
+    caps = chunk_captions(prompts, n, 0, Settings(), tok)
+    assert len(caps) == n and len({id(c) for c in caps}) == 8  # DURATION_1..8
+    for c, cap in enumerate(caps):
+        e, m = apply_special_tokens(emb, mask, n - 1 - c, tok)
+        assert torch.equal(cap.tokens, e[m.bool()].float())

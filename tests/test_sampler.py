@@ -330,6 +330,29 @@ def test_kv_cache_memory_is_constant_in_video_length():
     assert peaks[0] == peaks[1] > 0
 
 
+def test_latents_on_the_device_do_not_grow_with_video_length():
+    """The executor holds latents only for the chunks calls still use (here at most window + clean chunk +
+    the one being emitted), whatever the length; the noise may stay in host memory."""
+    model = tiny_model("tiny-distill", torch.bfloat16)
+    most = []
+    for n in (6, 12):
+        text, null = captions(model, n)
+        plan = make_plan(n, 4, cfg_number=1)
+        from magi_core.sampling import executor as ex_mod
+
+        ex = ex_mod.Executor(model, plan, text, null, make_noise((1, 16, n * CW, 4, 4), 0, "cpu"), device="cpu")
+        held = 0
+        for i, call in enumerate(plan.calls):
+            v = ex.run_call(call)
+            if v is not None:
+                ex.integrate(call, v)
+            held = max(held, len(ex.xs))
+            ex.release(i)
+        most.append(held)
+        assert ex.xs == {}
+    assert most[0] == most[1] <= 6
+
+
 def test_executor_input_errors():
     model = tiny_model("tiny", torch.bfloat16)
     text, null = captions(model, 3)

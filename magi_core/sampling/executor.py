@@ -74,22 +74,63 @@ def check_inputs(plan: Plan, text: list[Caption], noise: torch.Tensor, prefix: t
         raise ValueError(f"the plan needs {plan.prefix_latents} prefix latent frames")
 
 
+def last_uses(plan: Plan) -> dict[int, int]:
+    """chunk -> index of the last call that reads, writes or emits its latents."""
+    cw, last = plan.chunk_width, {}
+    for i, call in enumerate(plan.calls):
+        for c in range(call.slice_point, call.slice_point + len(call.chunks)):
+            last[c] = i
+        if call.emit is not None:
+            a, b = call.emit.frames
+            for c in range(a // cw, (b - 1) // cw + 1):
+                last[c] = i
+    return last
+
+
 class Executor:
-    """Holds the state of one generation: latents, KV cache, captions."""
+    """Holds the state of one generation: latents, KV cache, captions.
+
+    Only the chunks that calls still use have latents on the device (`xs`, chunk -> (1, C, cw, h, w)): a chunk's
+    latents are made from its noise when a call first reads it and dropped after the last call that uses it, so
+    device memory does not grow with the video's length. `noise` may live in host memory (`device`: where the
+    model runs; default the noise's device)."""
 
     def __init__(self, model, plan: Plan, text: list[Caption], null: Caption, noise: torch.Tensor,
-                 prefix: torch.Tensor | None = None, kv_offload: bool = False, prev_chunks_scale: float = 0.7):
+                 prefix: torch.Tensor | None = None, kv_offload: bool = False, prev_chunks_scale: float = 0.7,
+                 device=None):
         check_inputs(plan, text, noise, prefix)
         cw = plan.chunk_width
         self.model, self.plan, self.text, self.null = model, plan, text, null
-        self.xs = noise.clone()
-        self.prefix = None if prefix is None else prefix.to(noise.device, torch.float32)
+        self.noise, self.device = noise, torch.device(device) if device is not None else noise.device
+        self.xs: dict[int, torch.Tensor] = {}
+        self.last_use = last_uses(plan)
+        self.prefix = None if prefix is None else prefix.to(self.device, torch.float32)
         self.cache = KVCache(max_chunks=max(1, max_cached_chunks(plan)), offload=kv_offload)
         self.prev_chunks_scale = prev_chunks_scale
         self.kept: dict[tuple[int, str], dict] = {}  # early first chunk: (g, pass) -> per-layer K/V of chunk c0
         _, _, _, h, w = noise.shape
         p, pt = model.cfg.patch_size, model.cfg.t_patch_size
         self.ctn = (cw // pt) * (h // p) * (w // p)
+
+    def chunk(self, c: int) -> torch.Tensor:
+        """Latents of chunk c on the device (its noise until a call integrates it)."""
+        x = self.xs.get(c)
+        if x is None:
+            cw = self.plan.chunk_width
+            x = self.xs[c] = self.noise[:, :, c * cw:(c + 1) * cw].to(self.device, torch.float32, copy=True)
+        return x
+
+    def frames(self, a: int, b: int) -> torch.Tensor:
+        """A new tensor with latent frames a:b of the video."""
+        cw = self.plan.chunk_width
+        c0 = a // cw
+        x = torch.cat([self.chunk(c) for c in range(c0, (b - 1) // cw + 1)], dim=2)
+        return x[:, :, a - c0 * cw:b - c0 * cw]
+
+    def release(self, i: int) -> None:
+        """Drop the latents of chunks no call after call i uses."""
+        for c in [c for c in self.xs if self.last_use.get(c, -1) <= i]:
+            del self.xs[c]
 
     # one DiT pass over the chunks of a call
     def _dit(self, x, chunks, captions, kv_chunks, slice_point, uncond, call, write=0, name="text"):
@@ -131,7 +172,7 @@ class Executor:
     def _input(self, call: DiTCall) -> torch.Tensor:
         """The forward's latents (1, C, R*cw, h, w), prefix frames overwritten."""
         cw, sp = self.plan.chunk_width, call.slice_point
-        x = self.xs[:, :, sp * cw:(sp + len(call.chunks)) * cw].clone()
+        x = self.frames(sp * cw, (sp + len(call.chunks)) * cw)
         if call.prefix_frames:
             a, b = call.prefix_frames
             x[:, :, a - sp * cw:b - sp * cw] = self.prefix[:, :, a:b]
@@ -192,18 +233,19 @@ class Executor:
         base = (R - n) * cw
         for i, c in enumerate(call.noisy):
             xi = x[:, :, base + i * cw: base + (i + 1) * cw]
-            self.xs[:, :, c.index * cw:(c.index + 1) * cw] = xi + v[:, :, i * cw:(i + 1) * cw] * c.dt
+            self.xs[c.index] = xi + v[:, :, i * cw:(i + 1) * cw] * c.dt
 
 
 def generate_chunks(model, plan: Plan, text: list[Caption], null: Caption, noise: torch.Tensor,
                     prefix: torch.Tensor | None = None, kv_offload: bool = False, prev_chunks_scale: float = 0.7,
                     progress: Callable[[int, int, int], None] | None = None,
-                    cancel: Callable[[], bool] | None = None) -> Iterator[FinishedChunk]:
+                    cancel: Callable[[], bool] | None = None, device=None) -> Iterator[FinishedChunk]:
     """Yield each finished chunk's latents as soon as it is done.
 
     progress(call_index, total_calls, newest_chunk) after every DiT call; cancel() checked between DiT passes.
+    noise may be in host memory, `device` is where the model runs (default: the noise's device).
     """
-    ex = Executor(model, plan, text, null, noise, prefix, kv_offload, prev_chunks_scale)
+    ex = Executor(model, plan, text, null, noise, prefix, kv_offload, prev_chunks_scale, device)
     total = len(plan.calls)
     for i, call in enumerate(plan.calls):
         if cancel is not None and cancel():
@@ -213,6 +255,7 @@ def generate_chunks(model, plan: Plan, text: list[Caption], null: Caption, noise
             progress(i + 1, total, call.chunk_end - 1)
         if call.emit is not None:
             a, b = call.emit.frames
-            yield FinishedChunk(call.emit.index, call.emit.chunk, ex.xs[:, :, a:b].clone())
+            yield FinishedChunk(call.emit.index, call.emit.chunk, ex.frames(a, b))
+        ex.release(i)
     ex.cache.clear()
     ex.kept.clear()
