@@ -1,4 +1,5 @@
 """Tests for magi_core.video: reading, fps resampling, resizing policies, VAE conversion, mp4 writing."""
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -396,3 +397,43 @@ def test_vae_input_is_the_reference_tensor(pictures, tmp_path, monkeypatch, dtyp
         encode_prefix(vae, frames, s)
         expect = (torch.from_numpy(ref.copy()).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0).to(dtype)
         assert seen[-1].dtype == dtype and torch.equal(seen[-1], expect)
+
+
+# ---------------------------------------------------------------- VideoWriter: nothing a user made is lost
+def _frames_in(path):
+    import av
+
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def test_video_writer_keeps_finished_frames_on_interrupt_and_never_clobbers(tmp_path):
+    out = tmp_path / "clip.mp4"
+    video.write_mp4(out, _gray_frames(8), fps=24)
+    before = out.read_bytes()
+    with pytest.raises(RuntimeError):  # a failure before any frame: the file already there is untouched
+        with video.VideoWriter(out, 24):
+            raise RuntimeError("boom")
+    assert out.read_bytes() == before
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C after 5 frames: a playable file of those 5
+        with video.VideoWriter(out, 24) as w:
+            w.write(_gray_frames(5))
+            raise KeyboardInterrupt
+    assert w.interrupted and _frames_in(out) == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]  # no temporary file left behind
+
+
+def test_video_writer_refuses_bad_locations_up_front(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        video.VideoWriter(tmp_path / "missing" / "a.mp4", 24)
+    with pytest.raises(ValueError, match=r"\.mp4"):
+        video.VideoWriter(tmp_path / "a.gif", 24)
+
+
+def test_video_writer_output_has_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        video.write_mp4(tmp_path / "p.mp4", _gray_frames(2), fps=24)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "p.mp4").stat().st_mode & 0o777 == 0o644
