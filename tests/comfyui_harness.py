@@ -593,6 +593,11 @@ def build_workflows(object_info: dict, out_dir: Path = ROOT / "workflows") -> li
     return written
 
 
+def api_twin(name: str) -> dict:
+    """A shipped API-format workflow (workflows/api/NAME.json)."""
+    return json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
+
+
 def ui_workflows() -> dict:
     """API name -> path of each shipped UI workflow (its extra.magi_api names its twin in workflows/api/)."""
     out = {}

@@ -11,8 +11,8 @@ import urllib.parse
 
 import pytest
 
-from comfyui_harness import (PACK_NAME, ROOT, check_ui_workflow, comfy_env, comfyui_path, run_clip_bridge_check,
-                             running_server, to_api, widget_names)
+from comfyui_harness import (PACK_NAME, ROOT, api_twin, check_ui_workflow, comfy_env, comfyui_path,
+                             run_clip_bridge_check, running_server, to_api, widget_names)
 
 pytestmark = pytest.mark.comfyui
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
@@ -40,10 +40,6 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def object_info(server):
     return server.get("/object_info")
-
-
-def api_twin(name: str) -> dict:
-    return json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
 
 
 def tiny(prompt: dict, **sampler) -> dict:
@@ -202,14 +198,6 @@ def test_frontend_extension_is_served(server):
 def test_shipped_workflow_runs(server, name):
     prompt = tiny(api_twin(name))
     h = run(server, prompt)
-    if name == "magi1_t2v_multigpu" and h["status"]["status_str"] == "error":
-        err = error_of(h)
-        try:
-            import magi_core.parallel.pool  # noqa: F401
-        except ImportError:
-            assert "multi-GPU engine not available" in err["exception_message"]
-            pytest.skip("magi_core.parallel.pool is not there yet: the clear error was checked")
-        raise AssertionError(err["exception_message"])
     assert h["status"]["status_str"] == "success", error_of(h)
     frames, w, hgt = saved_video(server, h, prompt)
     assert (frames, w, hgt) == (TINY_FRAMES[name], 64, 64)

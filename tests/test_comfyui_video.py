@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from comfyui_harness import PACK_NAME, ROOT, running_server, ui_workflows
+from comfyui_harness import PACK_NAME, ROOT, api_twin, running_server, ui_workflows
 
 pytestmark = pytest.mark.comfyui
 MAGI_PREFIX = "Magi"
@@ -30,10 +30,6 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def object_info(server):
     return server.get("/object_info")
-
-
-def api_twin(name: str) -> dict:
-    return json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
 
 
 def node_of(prompt: dict, class_type: str) -> str:

@@ -9,7 +9,7 @@ from torch import nn
 from ..config import DiTConfig
 from .cache import KVCache
 from .layer import ForwardMeta, TransformerBlock
-from .layers import CaptionEmbedder, FinalLinear, TimestepEmbedder, linear_fp32
+from .layers import CaptionEmbedder, FinalLinear, TimestepEmbedder
 from .rope import LearnableRoPE
 
 PRECISIONS = ("exact", "fast")

@@ -269,7 +269,7 @@ def early_first_chunk(plan: Plan) -> Plan:
     RoPE time position shifts, which cancels in its attention); the cost is memory for c0's K/V at
     (window - 1) x S steps (x 2 passes for cfg 3), released step by step as the replayed forwards use them.
     """
-    c0, S, W = plan.chunk_offset, plan.steps_per_stage, plan.window_size
+    c0, W = plan.chunk_offset, plan.window_size
     calls = list(plan.calls)
     lead = [c for c in calls if c.g is not None and 1 <= c.stage < W]  # c0 shares these forwards
     if not lead or plan.n_chunks - c0 < 2:
