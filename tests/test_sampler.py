@@ -7,7 +7,7 @@ from magi_core.config import preset
 from magi_core.dit import KVCache, build_dit, init_random_
 from magi_core.sampling import early_first_chunk, t_grid
 from plans import plan_for
-from magi_core.sampling.executor import Caption, SamplingCancelled, generate_chunks, make_noise
+from magi_core.sampling.executor import Caption, Executor, SamplingCancelled, generate_chunks, make_noise
 
 CW = 6
 
@@ -337,15 +337,11 @@ def test_latents_on_the_device_do_not_grow_with_video_length():
     most = []
     for n in (6, 12):
         text, null = captions(model, n)
-        plan = make_plan(n, 4, cfg_number=1)
-        from magi_core.sampling import executor as ex_mod
-
-        ex = ex_mod.Executor(model, plan, text, null, make_noise((1, 16, n * CW, 4, 4), 0, "cpu"), device="cpu")
+        plan = plan_for(n, 4, cfg_number=1)
+        ex = Executor(model, plan, text, null, make_noise((1, 16, n * CW, 4, 4), 0, "cpu"), device="cpu")
         held = 0
         for i, call in enumerate(plan.calls):
-            v = ex.run_call(call)
-            if v is not None:
-                ex.integrate(call, v)
+            ex.step(call)
             held = max(held, len(ex.xs))
             ex.release(i)
         most.append(held)
