@@ -197,14 +197,16 @@ def main(argv=None) -> int:
         for name, (src, dst) in ITEMS.items():
             print(f"{name:18s} {REPO_ID}/{src} -> models/{dst}")
         return 0
+    failed = 0  # exit 1 at the end when the special tokens could not be installed (a script chaining us notices)
     if not a.skip_special_tokens and not a.dry_run:
         try:
             print(install_tokens(a.special_tokens))
         except (OSError, SystemExit) as e:
-            print(f"warning: special_tokens.npz not installed ({e}); the sampler needs it unless use_hq and "
+            failed = 1
+            print(f"error: special_tokens.npz not installed ({e}); the sampler needs it unless use_hq and "
                   "use_duration are off. Rerun install.py when online, or --special-tokens PATH", file=sys.stderr)
     if not a.download:
-        return 0
+        return failed
     models = a.models_dir or comfyui_models_dir()
     if models is None:
         raise SystemExit("cannot tell where ComfyUI's models folder is: pass --models-dir")
@@ -235,7 +237,7 @@ def main(argv=None) -> int:
 
     fetch(actions, models, download)
     print("done: restart ComfyUI or press R, then pick the models in the MAGI-1 loaders")
-    return 0
+    return failed
 
 
 if __name__ == "__main__":

@@ -103,8 +103,15 @@ async def run(server: str, prompt: dict, out_dir: Path, log=print) -> list[Path]
                 raise RunError("the run was interrupted")
             elif kind == "execution_success":
                 break
-        async with http.get(f"{server}/history/{prompt_id}") as r:
-            outputs = (await r.json())[prompt_id]["outputs"]
+        for _ in range(100):  # the history entry is written just after execution_success is sent
+            async with http.get(f"{server}/history/{prompt_id}") as r:
+                entry = (await r.json()).get(prompt_id)
+            if entry is not None:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise RunError(f"the run finished, but /history/{prompt_id} did not list it within 10 s")
+        outputs = entry["outputs"]
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for node_out in outputs.values():
@@ -133,7 +140,8 @@ def _refusal(body) -> str:
     lines = [f"the server refused the workflow: {(body.get('error') or {}).get('message', body)}"]
     for node_id, e in (body.get("node_errors") or {}).items():
         for err in e.get("errors", []):
-            lines.append(f"  {e.get('class_type')} (node {node_id}): {err.get('details') or err.get('message')}")
+            text = ": ".join(t for t in (err.get("message"), err.get("details")) if t)
+            lines.append(f"  {e.get('class_type')} (node {node_id}): {text}")
     return "\n".join(lines)
 
 

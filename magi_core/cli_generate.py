@@ -213,13 +213,18 @@ def prepare(a) -> Job:
         _read("--t5-tokenizer", a.t5_tokenizer, "a T5 tokenizer", load_tokenizer)
     elif Path(a.t5).is_dir():
         _read("--t5", a.t5, "a T5 folder with its tokenizer (spiece.model)", load_tokenizer)
-    tokens_path = Path(a.special_tokens) if a.special_tokens else DEFAULT_TOKENS
+    # special tokens: as given; else the pack's (install.py puts them there), else beside the DiT, else in the
+    # models folder's magi/ (where ComfyUI looks: models/magi/ next to models/diffusion_models/)
+    dit_dir = Path(a.dit).expanduser().resolve().parent
+    places = [Path(a.special_tokens)] if a.special_tokens else [
+        DEFAULT_TOKENS, dit_dir / DEFAULT_TOKENS.name, dit_dir.parent / "magi" / DEFAULT_TOKENS.name]
+    tokens_path = next((p for p in places if p.exists()), places[0])
     tokens = None
     if a.special_tokens or tokens_path.exists():
         tokens = _read("--special-tokens", tokens_path, "a MAGI-1 special_tokens.npz", load_special_tokens)
     elif s.use_hq or s.use_duration:
-        raise ValueError(f"special tokens not found at {tokens_path}: run `python install.py`, or pass "
-                         "--special-tokens PATH, or --no-hq --no-duration")
+        raise ValueError(f"special tokens not found at {' or '.join(map(str, places))}: run `python install.py`, "
+                         "or pass --special-tokens PATH, or --no-hq --no-duration")
 
     # the prefix pixels, scaled from the decoded pixels to the output size (as the reference's ffmpeg read)
     frames, n_prefix, size = None, 0, (s.height, s.width)
@@ -395,7 +400,7 @@ def run(a) -> int:
                 write_chunks(job, chunks, vae, writer, lambda m: print(m, flush=True))
         except KeyboardInterrupt:
             if writer.frames_written:
-                print(f"\ninterrupted: kept the finished chunks ({writer.frames_written} frames) in {a.output}",
+                print(f"\ninterrupted: kept the finished chunks ({writer.frames_written} frames) in {writer.path}",
                       file=sys.stderr)
             else:
                 print(f"\ninterrupted before the first chunk finished: nothing written ({a.output} left as it was)",
@@ -403,7 +408,7 @@ def run(a) -> int:
             return 130
         except Exception:
             if writer.frames_written:
-                print(f"the finished chunks ({writer.frames_written} frames) are in {a.output}", file=sys.stderr)
+                print(f"the finished chunks ({writer.frames_written} frames) are in {writer.path}", file=sys.stderr)
             raise
     print(f"wrote {a.output} ({writer.codec}): {writer.frames_written} frames {writer.size[1]}x{writer.size[0]} at "
           f"{job.settings.fps} fps")

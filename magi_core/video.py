@@ -330,8 +330,9 @@ class VideoWriter:
     Frames go to a temporary file in the same folder (created at once, so a missing or read-only folder fails
     before any work), which `close()` renames over `path` in one step: a failed run never leaves a corrupt
     file and never destroys a file already there. Used as a context manager, an exception (KeyboardInterrupt
-    included) still closes the file when frames were written, keeping what was finished (`interrupted` tells),
-    and removes the temporary file otherwise. Memory does not grow with the video's length.
+    included) still closes the file when frames were written, keeping what was finished (`interrupted` tells;
+    when `path` already exists, the partial video goes to `NAME.partial.EXT` beside it and `path` is left as it
+    was; `self.path` says where), and removes the temporary file otherwise. Memory does not grow with the video's length.
 
     H.264 (libx264, yuv420p, CRF `crf`, preset medium: the reference's settings) when PyAV has it, else MPEG-4
     part 2. An odd width or height is padded by repeating the last column / row."""
@@ -418,10 +419,21 @@ class VideoWriter:
             self.close()
         elif self.frames_written:
             self.interrupted = True
+            if self.path.exists():  # an existing file is replaced only by a finished video
+                self.path = _free_name(self.path.with_name(f"{self.path.stem}.partial{self.path.suffix}"))
             self.close()
         else:
             self.discard()
         return False
+
+
+def _free_name(path: Path) -> Path:
+    """`path`, or `stem-2.ext`, `stem-3.ext`, ... : the first name no file has."""
+    n, p = 1, path
+    while p.exists():
+        n += 1
+        p = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return p
 
 
 def write_mp4(path, frames, fps: float, crf: int = 23) -> str:

@@ -67,9 +67,11 @@ class MagiSampler(io.ComfyNode):
                 io.Int.Input("height", default=720, min=16, max=4096, step=16,
                              tooltip="video height in pixels, a multiple of 16"),
                 io.Int.Input("num_frames", default=96, min=4, max=100000, step=4,
-                             tooltip="new frames asked for; the output is whole chunks of 24 frames (the node shows "
-                                     "the exact count before the run): an image prefix adds its frame (96 -> 120), "
-                                     "a video prefix is not output, and fps below 24 gives fewer frames per chunk"),
+                             tooltip="new frames asked for, rounded up to whole chunks of 24 frames (the node shows "
+                                     "the exact count before the run): an image prefix adds its frame (96 -> 120); "
+                                     "a video prefix is not output, so the chunk holding its end outputs only its "
+                                     "new frames (32-frame prefix, 96 asked -> 109); fps below 24 gives fewer frames "
+                                     "per chunk"),
                 io.Int.Input("fps", default=24, min=8, max=120,
                              tooltip="MAGI-1 is trained at 24 fps. As in the reference, fps also sets the VAE's "
                                      "temporal tiles (fps/2 frames), so below 24 a chunk decodes to fewer frames "

@@ -240,7 +240,9 @@ def make_models(root: Path) -> dict:
     tiny = make_tiny_assets(root)
     dit = root / "magi" / "4.5B_distill"
     save_official(load_file(str(tiny["dit"])), dit, "distill", single_file=True)
-    shutil.rmtree(root / "diffusion_models")
+    tiny["dit"].unlink()  # only what make_tiny_assets wrote: `root` may be a real models folder
+    if not any(tiny["dit"].parent.iterdir()):
+        tiny["dit"].parent.rmdir()
     big = root / "magi" / "24B_distill"
     save_official(init_random_(build_dit(preset("tiny-24B-distill")), seed=1), big, "distill", shards=2)
     t5 = root / "text_encoders" / "t5-v1_1-xxl"

@@ -286,3 +286,17 @@ def test_memory_is_flat_in_video_length(models, tmp_path):
         proc.kill()
     assert at40 <= at10 * 1.03, (at10, at40)
     assert read_video(tmp_path / "out.mp4").shape[0] == 40 * 24
+
+
+def test_special_tokens_found_where_comfyui_keeps_them(models, tmp_path):
+    """No --special-tokens: the CLI finds models/magi/special_tokens.npz for a DiT in models/diffusion_models/."""
+    from magi_core.cli_generate import DEFAULT_TOKENS
+
+    if DEFAULT_TOKENS.exists():
+        pytest.skip(f"{DEFAULT_TOKENS} exists (install.py ran): it is found first")
+    assert models["special_tokens"].parent.name == "magi" and models["dit"].parent.name == "diffusion_models"
+    args = ["--dit", str(models["dit"]), "--vae", str(models["vae"]), "--t5", str(models["t5"]), "--device", "cpu",
+            "--prompt", "a red fox", "--width", "64", "--height", "64", "--frames", "24", "--steps", "4",
+            "-o", str(tmp_path / "out.mp4")]
+    r, _ = cli(models, tmp_path, *args, base=False)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -765,3 +765,15 @@ def test_install_finds_comfyui_models(tmp_path):
 def test_install_matches_the_reference_tokens(shared_file):
     inst = _install()
     assert inst.sha256(shared_file("special_tokens.npz")) == inst.TOKENS["sha256"]
+
+
+def test_install_exits_non_zero_when_the_special_tokens_fail(monkeypatch, capsys):
+    inst = _install()
+
+    def offline(source=None):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(inst, "install_tokens", offline)
+    assert inst.main([]) == 1
+    assert "special_tokens.npz not installed" in capsys.readouterr().err
+    assert inst.main(["--skip-special-tokens"]) == 0

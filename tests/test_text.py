@@ -411,8 +411,8 @@ def test_second_ranges_round_to_chunk_boundaries():
     "text, n, message",
     [
         ("0-2: a\n2-3: b", 4, "overlap at chunk 2"),
-        ("0: a\n2-3: b", 4, "no prompt for chunks 1"),
-        ("0-1: a", 4, "no prompt for chunks 2-3"),
+        ("0: a\n2-3: b", 4, r"nothing covers chunk\(s\) 1 "),
+        ("0-1: a", 4, r"nothing covers chunk\(s\) 2-3 "),
         ("", 3, "empty"),
         ("0-5: a", 4, "only 4 chunks"),
         ("0-1: a\n7-: b", 4, "only 4 chunks"),
@@ -510,3 +510,11 @@ def test_encode_prompts_checks_every_prompt_before_encoding(bs4):
     (w,) = got.warnings
     assert w.startswith("prompt schedule line 1 '0-0': MAGI-1's caption cleaner deletes Chinese") and "'狐'" in w
     assert encode_prompts(enc, "a bird").warnings == []
+
+
+def test_a_lone_range_without_colon_is_one_prompt_with_a_warning():
+    s = schedule.parse_schedule("0-1 a fox")
+    assert [r.prompt for r in s.ranges] == ["0-1 a fox"]
+    (w,) = s.check_captions()
+    assert "'0-1: a fox'" in w
+    assert schedule.parse_schedule("a fox runs").check_captions() == []

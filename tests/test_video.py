@@ -415,12 +415,21 @@ def test_video_writer_keeps_finished_frames_on_interrupt_and_never_clobbers(tmp_
         with video.VideoWriter(out, 24):
             raise RuntimeError("boom")
     assert out.read_bytes() == before
-    with pytest.raises(KeyboardInterrupt):  # Ctrl-C after 5 frames: a playable file of those 5
-        with video.VideoWriter(out, 24) as w:
-            w.write(_gray_frames(5))
+    for n in (1, 2):  # Ctrl-C after 5 frames: a playable file of those 5 beside the existing one, kept as it was
+        with pytest.raises(KeyboardInterrupt):
+            with video.VideoWriter(out, 24) as w:
+                w.write(_gray_frames(5))
+                raise KeyboardInterrupt
+        assert w.interrupted and w.path.name == ("clip.partial.mp4" if n == 1 else "clip.partial-2.mp4")
+        assert _frames_in(w.path) == 5 and out.read_bytes() == before
+    new = tmp_path / "new.mp4"
+    with pytest.raises(KeyboardInterrupt):  # no file there: the partial video takes the name asked for
+        with video.VideoWriter(new, 24) as w:
+            w.write(_gray_frames(3))
             raise KeyboardInterrupt
-    assert w.interrupted and _frames_in(out) == 5
-    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]  # no temporary file left behind
+    assert w.path == new and _frames_in(new) == 3
+    names = sorted(p.name for p in tmp_path.iterdir())  # no temporary file left behind
+    assert names == ["clip.mp4", "clip.partial-2.mp4", "clip.partial.mp4", "new.mp4"]
 
 
 def test_video_writer_refuses_bad_locations_up_front(tmp_path):

@@ -128,7 +128,7 @@ def main(argv=None) -> int:
                     pass
     except KeyboardInterrupt:  # torchrun passes SIGINT on to every rank
         if rank == 0:
-            kept = f"kept the finished chunks ({writer.frames_written} frames) in {a.output}" if writer.frames_written \
+            kept = f"kept the finished chunks ({writer.frames_written} frames) in {writer.path}" if writer.frames_written \
                 else f"nothing written ({a.output} left as it was)"
             print(f"\ninterrupted: {kept}", file=sys.stderr)
         return 130

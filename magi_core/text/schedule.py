@@ -81,6 +81,11 @@ class PromptSchedule:
         """`check_caption` for every prompt: the warnings (naming the line in a schedule of several ranges);
         raises ValueError for a prompt the caption cleaner empties."""
         out = []
+        if len(self.ranges) == 1 and _NO_COLON.match(self.ranges[0].prompt):
+            m = _NO_COLON.match(self.ranges[0].prompt)
+            out.append(f"the prompt {_shown(self.ranges[0].prompt)} starts like a schedule range without its ':', so "
+                       f"it is one prompt for the whole video, range included; for a schedule write "
+                       f"'{m[0].strip()}: {self.ranges[0].prompt[m.end():].strip()}'")
         for r in self.ranges:
             where = f"prompt schedule {r.describe()}: " if len(self.ranges) > 1 else ""
             try:
@@ -121,7 +126,7 @@ class PromptSchedule:
         gaps = [c for c, r in enumerate(owner) if r is None]
         if gaps:
             raise ValueError(
-                f"prompt schedule has no prompt for chunks {_spans(gaps)} of 0..{n_chunks - 1}; "
+                f"prompt schedule: nothing covers chunk(s) {_spans(gaps)} (the video has chunks 0..{n_chunks - 1}); "
                 "cover every chunk (end the last range with '-' to run it to the end)"
             )
         return [r.prompt for r in owner]
