@@ -104,7 +104,7 @@ def test_validation_errors_before_work(tiny):
         validate(Settings(window_size=3), cfg, special_tokens=tiny["tokens"])
     with pytest.raises(ValueError, match="special tokens"):
         validate(Settings(), cfg)
-    with pytest.raises(ValueError, match="(?i)gap|missing|no prompt"):  # chunk 1 has no prompt
+    with pytest.raises(ValueError, match="(?i)gap|missing|no prompt|nothing covers"):  # chunk 1 has no prompt
         validate(Settings(num_frames=72), cfg, prompts, special_tokens=tiny["tokens"])
     with pytest.raises(ValueError, match="(?i)past|beyond|only"):  # chunk 2 does not exist in a 1-chunk video
         validate(Settings(num_frames=24), cfg, encode_prompts(tiny["t5"], "0: a\n1-2: b"), special_tokens=tiny["tokens"])
