@@ -80,7 +80,8 @@ def chunk_info(num_frames: int, fps: int, prefix_frames: int = 0) -> dict:
     per_chunk = reference_output_frames(FRAMES_PER_CHUNK, 0, fps)
     why = []
     if (num_frames // 4 + P) % CHUNK_WIDTH or num_frames % 4:
-        why.append(f"whole chunks of {FRAMES_PER_CHUNK} frames")
+        why.append(f"the video is generated in whole chunks of {FRAMES_PER_CHUNK} frames"
+                   + (" (the prefix fills the first ones)" if P > 1 else ""))
     if P == 1:
         why.append("the image is one more latent frame, output with the video")
     elif P:
