@@ -59,7 +59,8 @@ def describe() -> str:
     cc = cuda_capability("cuda") if torch.cuda.is_available() else None
     gpu = f"CUDA sm{cc[0]}{cc[1]}" if cc else "no CUDA"
     pkgs = []
-    for name in ("flash_attn", "magi_attention"):
+    for name in ("flash_attn", "magi_attention", "cudnn"):
         mod = optional_module(name)
-        pkgs.append(f"{name} {getattr(mod, '__version__', '?')}" if mod else f"{name} not installed")
+        label = "nvidia-cudnn-frontend" if name == "cudnn" else name
+        pkgs.append(f"{label} {getattr(mod, '__version__', '?')}" if mod else f"{label} not installed")
     return f"torch {torch.__version__} ({gpu}), " + ", ".join(pkgs)

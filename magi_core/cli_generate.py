@@ -76,7 +76,9 @@ def add_arguments(p: argparse.ArgumentParser):
                    help="N transformer layers stay in host memory and stream to the GPU at each forward; CUDA "
                         "only (default: 0)")
     r.add_argument("--attention", default=None,
-                   help="attention backend: sdpa | cudnn | flex | flash | magi (default: the fastest installed)")
+                   help="attention backend: sdpa | cudnn | flex | flash | magi (default: the fastest exact one "
+                        "installed); fp8-approx = FP8 attention on Hopper (nvidia-cudnn-frontend), APPROXIMATE: "
+                        "see the README for its measured error")
     r.add_argument("--compile", action="store_true", help="torch.compile the element-wise ops (CUDA; ~9%% faster)")
     r.add_argument("--kv-offload", action="store_true", help="keep the KV cache in host memory")
     r.add_argument("--temporal-overlap", type=int, default=0,

@@ -8,7 +8,7 @@ anything loads, and reported once.
 """
 from __future__ import annotations
 
-ATTENTION = ["auto", "sdpa", "cudnn", "flex", "flash", "magi"]
+ATTENTION = ["auto", "sdpa", "cudnn", "flex", "flash", "magi", "fp8-approx"]
 PRECISION = ["fast", "exact"]
 VARIANT = ["auto", "base", "distill", "distill-fp8"]
 DIT_WEIGHT_DTYPE = ["auto", "bf16", "fp8_e4m3fn"]

@@ -45,7 +45,10 @@ class MagiDiTLoader(io.ComfyNode):
                                        "block weights in fp8 (half the VRAM; ~6% relative change of the "
                                        "tiny test model's output; activations stay bf16)"),
                 io.Combo.Input("attention", options=choices.ATTENTION, default="auto",
-                               tooltip="attention kernel; auto picks the fastest one installed (sdpa always works)"),
+                               tooltip="attention kernel; auto picks the fastest exact one installed (sdpa always works). "
+                                       "fp8-approx: FP8 attention on Hopper GPUs (needs nvidia-cudnn-frontend); its "
+                                       "kernel ran 1.4x faster than bf16 on an H100; APPROXIMATE (error in README); "
+                                       "elsewhere it warns and runs bf16"),
                 io.Combo.Input("precision", options=choices.PRECISION, default="fast",
                                tooltip="exact: the reference's numerics; fast: linear_proj in bf16, faster; one forward "
                                        "differs from exact by ~1% (bf16 models) to ~3-7% (fp8 models), "
