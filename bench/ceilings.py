@@ -45,6 +45,22 @@ def sdpa_tflops(dev, ctn, keys_chunks, heads, groups, d=128):
     return flop / _time(lambda: F.scaled_dot_product_attention(q, k, v), iters=5) / 1e12
 
 
+def fp8_sdpa_tflops(dev, ctn, keys_chunks, heads, groups, d=128):
+    """cuDNN's FP8 SDPA kernel alone (kernels/attention_fp8.run_ranges, inputs quantized beforehand) at the model's
+    shape: the attention ceiling of the fp8-approx backend."""
+    from magi_core.kernels import attention_fp8 as f8
+
+    q = torch.randn(ctn, heads, d, device=dev, dtype=torch.bfloat16)
+    k = torch.randn(keys_chunks * ctn, groups, d, device=dev, dtype=torch.bfloat16)
+    q8, k8, v8, dq, _, _ = f8.quantize_qkv(q, k, torch.randn_like(k))
+    if f8._native_gqa is False:
+        k8, v8 = (x.repeat_interleave(heads // groups, dim=1) for x in (k8, v8))
+    o8 = torch.empty(q.shape, dtype=q8.dtype, device=dev)
+    live = [((0, ctn), (0, keys_chunks * ctn))]
+    flop = 4 * heads * d * ctn * keys_chunks * ctn
+    return flop / _time(lambda: f8.run_ranges(q8, k8, v8, o8, live, dq, d ** -0.5), iters=5) / 1e12
+
+
 def dense_and_attention_flops(cfg, ctn, keys_per_chunk, cap_tokens=100):
     """(dense FLOPs incl. cross-attention and caption projections, self-attention FLOPs) of one forward."""
     h, Q, K, Fd = cfg.hidden_size, cfg.q_dim, cfg.kv_dim, cfg.ffn_hidden_size
@@ -57,15 +73,20 @@ def dense_and_attention_flops(cfg, ctn, keys_per_chunk, cap_tokens=100):
     return cfg.num_layers * dense, cfg.num_layers * attn
 
 
-def ceilings(dev, cfg, ctn):
-    return dict(gemm_TFLOPs=round(gemm_tflops(dev), 1),
-                sdpa_TFLOPs=round(sdpa_tflops(dev, ctn, 3, cfg.num_attention_heads, cfg.num_query_groups), 1),
-                fp8_gemm_TFLOPs=round(fp8_gemm_tflops(dev), 1))
+def ceilings(dev, cfg, ctn, fp8_attention: bool = False):
+    c = dict(gemm_TFLOPs=round(gemm_tflops(dev), 1),
+             sdpa_TFLOPs=round(sdpa_tflops(dev, ctn, 3, cfg.num_attention_heads, cfg.num_query_groups), 1),
+             fp8_gemm_TFLOPs=round(fp8_gemm_tflops(dev), 1))
+    if fp8_attention:
+        c["fp8_sdpa_TFLOPs"] = round(fp8_sdpa_tflops(dev, ctn, 3, cfg.num_attention_heads, cfg.num_query_groups), 1)
+    return c
 
 
-def ideal_seconds(cfg, ctn, keys_per_chunk, ceil, cap_tokens=100):
+def ideal_seconds(cfg, ctn, keys_per_chunk, ceil, cap_tokens=100, attention="sdpa_TFLOPs"):
+    """Dense FLOPs at the bf16 GEMM ceiling + attention FLOPs at ceil[attention] (sdpa_TFLOPs: bf16 ideal,
+    fp8_sdpa_TFLOPs: the ideal with FP8 attention)."""
     dense, attn = dense_and_attention_flops(cfg, ctn, keys_per_chunk, cap_tokens)
-    return dense / (ceil["gemm_TFLOPs"] * 1e12) + attn / (ceil["sdpa_TFLOPs"] * 1e12)
+    return dense / (ceil["gemm_TFLOPs"] * 1e12) + attn / (ceil[attention] * 1e12)
 
 
 def plan_flops(cfg, plan, ctn, cap_tokens=100):

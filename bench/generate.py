@@ -64,6 +64,8 @@ def main():
     ap.add_argument("--decode", action="store_true")
     ap.add_argument("--t5", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--save-latents", default=None, metavar="PATH",
+                    help="torch.save the finished chunks' latents (CPU, fp32) to compare two runs")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--block-swap", type=int, default=0, metavar="N",
                     help="P4: N transformer layers live in host memory, streamed in while the model runs")
@@ -73,6 +75,7 @@ def main():
     ap.add_argument("--warmup", action="store_true",
                     help="run a short 2-chunk generation first (compiles, cuDNN plans) and report it apart")
     a = ap.parse_args()
+    torch.manual_seed(0)  # the random T5 and its prompt: the same in every run (--save-latents comparisons)
     dev = torch.device(a.device)
     name = a.size if a.variant == "base" else f"{a.size}-{a.variant}"
     cfg = preset(name)
@@ -119,12 +122,14 @@ def main():
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     first = first_decoded = None
-    frames, decode_s = 0, 0.0
+    frames, decode_s, latents = 0, 0.0, []
     for ch in sample(dit, prompts, s, special_tokens=tokens, progress=lambda i, n, c: calls.update(n=n, i=i)):
         sync()
         t1 = time.perf_counter()
         first = first or t1 - t0
         print(f"chunk {ch.index} finished at {t1 - t0:.1f} s after {calls['i']} DiT calls", flush=True)
+        if a.save_latents:
+            latents.append(ch.latents.float().cpu())
         if vae is not None:
             frames += decode_chunk(vae, ch.latents, s.fps).shape[0]
             sync()
@@ -144,6 +149,8 @@ def main():
         kv_offload=a.kv_offload, block_swap=a.block_swap, weight_fp8=a.weight_fp8, **device_info(dev),
     )
     emit(res, a.json)
+    if a.save_latents:
+        torch.save(latents, a.save_latents)
 
 
 if __name__ == "__main__":

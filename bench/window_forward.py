@@ -63,14 +63,19 @@ def main():
     dense, attn = dense_and_attention_flops(cfg, ctn, keys, a.cap_tokens)
     total = dense + attn
     best = min(times)
-    ceil = ceilings(dev, cfg, ctn)
+    fp8_attn = a.backend == "fp8-approx"
+    ceil = ceilings(dev, cfg, ctn, fp8_attention=fp8_attn)
     ideal = ideal_seconds(cfg, ctn, keys, ceil, a.cap_tokens)
+    extra = {}
+    if fp8_attn:  # the ideal with FP8 attention (attention FLOPs at the FP8 kernel's own speed)
+        ideal8 = ideal_seconds(cfg, ctn, keys, ceil, a.cap_tokens, attention="fp8_sdpa_TFLOPs")
+        extra = dict(ideal_fp8_s=round(ideal8, 3), time_over_ideal_fp8=round(best / ideal8, 3))
     res = dict(
         bench="window_forward", model=name, res=f"{a.height}x{a.width}", mode=a.mode, precision=a.precision,
         backend=a.backend or "auto", compile=a.compile, query_tokens=ctn * dn, sum_K=sum(keys), time_s=round(best, 4),
         times=[round(x, 4) for x in times], peak_GiB=round(peak, 2), model_GiB=round(torch.cuda.memory_allocated() / 2**30, 2),
         flop=f"{total:.3e}", attn_flop=f"{attn:.3e}", achieved_TFLOPs=round(total / best / 1e12, 1),
-        **ceil, ideal_s=round(ideal, 3), time_over_ideal=round(best / ideal, 3), build_s=round(build_s, 1),
+        **ceil, ideal_s=round(ideal, 3), time_over_ideal=round(best / ideal, 3), **extra, build_s=round(build_s, 1),
         **device_info(dev),
     )
     emit(res, a.json)
