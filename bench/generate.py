@@ -87,9 +87,16 @@ def main():
         mask = torch.zeros(800, dtype=torch.long)
         mask[:100] = 1
     rt = runtime(a, dev)
-    dit = rt.apply(init_random_(build_dit(cfg), seed=0, device=rt.load_device))
-    if rt.block_swap:
+    if rt.block_swap and dev.type == "cuda":  # random weights drawn on the GPU (minutes faster than the CPU for 24B),
+        dit = init_random_(build_dit(cfg), seed=0, device=dev)  # stored fp8 there, then placed on the host where
+        if rt.weight_dtype == "fp8_e4m3fn":  # a checkpoint would load them (apply's fp8 storage then finds none)
+            from magi_core.dit.weight_fp8 import store_weights_fp8_
+
+            store_weights_fp8_(dit)
+        dit = rt.apply(dit.to("cpu"))
         torch.cuda.empty_cache()
+    else:
+        dit = rt.apply(init_random_(build_dit(cfg), seed=0, device=rt.load_device))
     vae = None
     if a.decode:
         from magi_core.vae import VAE_PRESETS, ViTVAE
@@ -146,6 +153,7 @@ def main():
         decode_s=round(decode_s, 2), t5_encode_s=t5_s and round(t5_s, 3),
         first_chunk_s=round(first + t5, 2), first_chunk_decoded_s=first_decoded and round(first_decoded + t5, 2),
         warmup_s=warmup_s and round(warmup_s, 1), peak_GiB=round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev.type == "cuda" else None,
+        peak_reserved_GiB=round(torch.cuda.max_memory_reserved() / 2**30, 2) if dev.type == "cuda" else None,
         kv_offload=a.kv_offload, block_swap=a.block_swap, weight_fp8=a.weight_fp8, **device_info(dev),
     )
     emit(res, a.json)

@@ -19,6 +19,8 @@ How the scales are chosen (all computed on the GPU from the tensors themselves, 
   which keeps values down to ~3.5e-5 normal e4m3 numbers. (The CPU emulation in tests/test_attention_fp8.py
   found little difference against a scale of 1: P's subnormal rounding is unbiased and averages out; the error
   is dominated by V's and the output's rounding, ~3.6 % and ~2.6 % per element.)
+- Calls whose key ranges are all shorter than MIN_KEYS (the caption's cross-attention: <= 800 keys) run bf16 cuDNN:
+  there FP8 would add its rounding to a call that takes well under 1 % of a forward.
 Quantization (both reductions and the casts) and the dequantization are compiled element-wise kernels
 (kernels/compiled.py); K and V are quantized once per call, not per range.
 """
@@ -36,6 +38,7 @@ E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0
 V_RANGE = 256.0  # |V'| <= 256, so |O'| <= 256 (convex combination), with margin below 448 for P's rounding
 P_SCALE = 448.0  # exp(s - rowmax) <= 1 maps to <= 448
+MIN_KEYS = 1024  # shorter key ranges (the caption's cross-attention, <= 800 tokens) stay bf16: see fp8_range_attention
 PACKAGE = "cudnn"  # import name of nvidia-cudnn-frontend
 INSTALL = "pip install nvidia-cudnn-frontend"
 
@@ -202,35 +205,43 @@ def run_ranges(q8, k8, v8, o8, live, qk_descale, attn_scale: float):
     return o8
 
 
-def fp8_range_attention(q, k, v, q_ranges, k_ranges, scale=None, out=None, **quant):
+def _run_gqa(q8, k8, v8, o8, live, qk_descale, attn_scale):
+    """run_ranges with fewer K/V heads than query heads: natively where cuDNN takes it (tried once per process),
+    else with the fp8 K/V expanded to every query head."""
+    global _native_gqa
+    nh, g = q8.shape[1], k8.shape[1]
+    if g != nh and _native_gqa is not False:
+        try:
+            run_ranges(q8, k8, v8, o8, live, qk_descale, attn_scale)
+            _native_gqa = True
+            return
+        except RuntimeError:
+            if _native_gqa:  # it took GQA before: this refusal is about something else
+                raise
+            _native_gqa = False  # this cuDNN wants as many K/V heads as query heads
+    if g != nh:
+        k8, v8 = (x.repeat_interleave(nh // g, dim=1) for x in (k8, v8))
+    run_ranges(q8, k8, v8, o8, live, qk_descale, attn_scale)
+
+
+def fp8_range_attention(q, k, v, q_ranges, k_ranges, scale=None, out=None, min_keys: int | None = None, **quant):
     """Range attention with Q, K, V and the output in e4m3 (cuDNN FP8 SDPA per live range pair).
 
-    quant: quantize_qkv's switches (measurements only)."""
-    global _native_gqa
-    from .attention import _as_pairs, _live_pairs, _zero_uncovered
+    min_keys: calls whose longest key range is shorter run bf16 cuDNN instead (default MIN_KEYS: the caption's
+    cross-attention); quant: quantize_qkv's switches (measurements only)."""
+    from .attention import _as_pairs, _live_pairs, _zero_uncovered, cudnn_range_attention, sdpa_range_attention
 
+    exact = cudnn_range_attention if q.is_cuda else sdpa_range_attention
     live = _live_pairs(_as_pairs(q_ranges), _as_pairs(k_ranges))
-    nh, g = q.shape[1], k.shape[1]
+    if max((ke - ks for _, (ks, ke) in live), default=0) < (MIN_KEYS if min_keys is None else min_keys):
+        return exact(q, k, v, q_ranges, k_ranges, scale=scale, out=out)
     attn_scale = float(scale) if scale is not None else q.shape[2] ** -0.5
     q8, k8, v8, qk_descale, o_scale, o_shift = maybe_compiled(quantize_qkv, True, q)(q, k, v, **quant)
     o8 = torch.empty(q.shape, dtype=E4M3, device=q.device)
     try:
-        if g != nh and _native_gqa is None:
-            try:
-                run_ranges(q8, k8, v8, o8, live, qk_descale, attn_scale)
-                _native_gqa = True
-            except RuntimeError:
-                _native_gqa = False  # this cuDNN wants as many K/V heads as query heads: expand the fp8 K/V
-        if g != nh and not _native_gqa:
-            k8, v8 = (x.repeat_interleave(nh // g, dim=1) for x in (k8, v8))
-            run_ranges(q8, k8, v8, o8, live, qk_descale, attn_scale)
-        elif g == nh:
-            run_ranges(q8, k8, v8, o8, live, qk_descale, attn_scale)
+        _run_gqa(q8, k8, v8, o8, live, qk_descale, attn_scale)
     except RuntimeError as e:  # a shape this cuDNN refuses: exact bf16 attention for this call
-        from .attention import cudnn_range_attention, sdpa_range_attention
-
         warnings.warn(f"{e}; those attention calls run in bf16 instead.", RuntimeWarning, stacklevel=2)
-        exact = cudnn_range_attention if q.is_cuda else sdpa_range_attention
         return exact(q, k, v, q_ranges, k_ranges, scale=scale, out=out)
     out = torch.empty_like(q) if out is None else out
     maybe_compiled(dequantize_into, True, q)(out, o8, o_scale, o_shift)

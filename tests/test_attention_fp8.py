@@ -179,6 +179,7 @@ def with_fake(monkeypatch):
         monkeypatch.setattr(attention_fp8, "_handles", {})
         monkeypatch.setattr(attention_fp8, "_native_gqa", None)
         monkeypatch.setattr(attention_fp8, "_bind", lambda x: x)  # the fake reads tensors, not addresses
+        monkeypatch.setattr(attention_fp8, "MIN_KEYS", 0)  # these small cases take the fp8 path
         return mod
     return install
 
@@ -200,8 +201,28 @@ def test_backend_with_fake_cudnn_matches_float64(with_fake, gqa):
     assert mod.calls[-2:] == [((1, 4, 70, 128), (1, heads, 100, 128)), ((1, 4, 60, 128), (1, heads, 250, 128))]
     assert attention_fp8._native_gqa is gqa
     builds = mod.builds
-    attention_fp8.fp8_range_attention(q, k, v, qr, kr)  # same shapes: cached graphs, nothing rebuilt
+    for seed in (10, 11, 12):  # later calls, fresh inputs, same shapes: cached graphs, each call computed
+        q, k, v = qkv(230, 300, 4, 2, seed=seed)
+        n = len(mod.calls)
+        out = attention_fp8.fp8_range_attention(q, k, v, qr, kr)
+        ref = sdpa_range_attention(q.double(), k.double(), v.double(), qr, kr)
+        assert len(mod.calls) == n + 2
+        assert rel(out[:70], ref[:70]) < 0.08 and rel(out[140:200], ref[140:200]) < 0.08
     assert mod.builds == builds
+
+
+def test_short_key_ranges_run_bf16(with_fake, monkeypatch):
+    """The caption's cross-attention (keys shorter than MIN_KEYS) is computed exactly, without a cuDNN FP8 call."""
+    mod = with_fake()
+    monkeypatch.setattr(attention_fp8, "MIN_KEYS", 1024)
+    q, k, v = qkv(300, 1600, 4, 2, seed=13)
+    qr, kr = [(0, 100), (100, 300)], [(0, 800), (800, 1600)]
+    assert torch.equal(attention_fp8.fp8_range_attention(q, k, v, qr, kr), sdpa_range_attention(q, k, v, qr, kr))
+    assert mod.calls == []
+    kr = [(0, 800), (0, 1600)]  # one range of 1600 keys: the whole call in fp8
+    out = attention_fp8.fp8_range_attention(q, k, v, qr, kr)
+    assert len(mod.calls) == 2 and not torch.equal(out, sdpa_range_attention(q, k, v, qr, kr))
+    assert rel(out, sdpa_range_attention(q.double(), k.double(), v.double(), qr, kr)) < 0.08
 
 
 def test_backend_writes_into_a_strided_out_view(with_fake):
@@ -293,15 +314,16 @@ def test_gpu_fp8_vs_bf16_sdpa_at_model_shapes(nh, g, keys):
         pytest.skip(attention_fp8.why_unusable(torch.empty(1, 1, 128, device="cuda", dtype=torch.bfloat16)))
     ctn = 12150
     gen = torch.Generator(device="cuda").manual_seed(7)
-    q = torch.randn(ctn, nh, 128, device="cuda", generator=gen).bfloat16()
-    k = (torch.randn(keys * ctn, g, 128, device="cuda", generator=gen) + 2 * torch.randn(1, g, 128, device="cuda",
-                                                                                          generator=gen)).bfloat16()
-    v = torch.randn_like(k)
     qr, kr = [(0, ctn)], [(0, keys * ctn)]
-    ref = range_attention(q, k, v, qr, kr, backend="cudnn").float()
-    out = range_attention(q, k, v, qr, kr, backend=FP8).float()
-    err = rel(out, ref)
-    print(f"fp8 vs bf16 rel L2 {err:.3e} (nh {nh}, keys {keys} chunks)")
-    # N(0,1) inputs are the hard case (the output is an average of noise): e4m3 V and output rounding cost ~5 %
-    # (the CPU emulation above); a wrong descale, layout or head mapping gives errors of order 1
-    assert err < 0.08
+    for _ in range(3):  # fresh inputs each call, same shapes (cached graphs): every call must compute its own
+        q = torch.randn(ctn, nh, 128, device="cuda", generator=gen).bfloat16()
+        k = (torch.randn(keys * ctn, g, 128, device="cuda", generator=gen)
+             + 2 * torch.randn(1, g, 128, device="cuda", generator=gen)).bfloat16()
+        v = torch.randn_like(k)
+        ref = range_attention(q, k, v, qr, kr, backend="cudnn").float()
+        out = range_attention(q, k, v, qr, kr, backend=FP8).float()
+        err = rel(out, ref)
+        print(f"fp8 vs bf16 rel L2 {err:.3e} (nh {nh}, keys {keys} chunks)")
+        # N(0,1) inputs are the hard case (the output is an average of noise): e4m3 V and output rounding cost
+        # ~5 % (the CPU emulation above); a wrong descale, layout, head mapping or stale buffer gives order 1
+        assert err < 0.08
