@@ -13,8 +13,10 @@ How the scales are chosen (all computed on the GPU from the tensors themselves, 
 - per-head amax scales: each KV head's smoothed K is scaled to fill e4m3's range (448). The query heads take the
   inverse of their KV head's K scale times one shared factor, chosen so the largest scaled query is 448: the
   products q·k keep one common descale (cuDNN takes one scalar per tensor) while every head uses the range.
-  Each KV head's smoothed V is scaled to V_RANGE; the output of a head is then a convex combination of those
-  rows (|O| <= V_RANGE < 448, no overflow), and dividing by that head's scale undoes it exactly.
+- per-channel V scales: each channel of each KV head's smoothed V is scaled to V_RANGE. Output channel c of a
+  head is a convex combination of V's channel c only (|O| <= V_RANGE < 448, no overflow), so dividing it by that
+  channel's scale undoes the scaling exactly; a channel with small values (real V has channels of very
+  different sizes) keeps its precision instead of rounding against the largest channel.
 - P (the softmax numerators exp(s - rowmax), in [0, 1]) is scaled by P_SCALE before cuDNN rounds it to e4m3,
   which keeps values down to ~3.5e-5 normal e4m3 numbers. (The CPU emulation in tests/test_attention_fp8.py
   found little difference against a scale of 1: P's subnormal rounding is unbiased and averages out; the error
@@ -70,7 +72,7 @@ def quantize_qkv(q, k, v, smooth: bool = True, per_head: bool = True):
     """q (Sq, nh, d), k/v (Sk, g, d) -> e4m3 q8, k8, v8 and the fp32 factors that undo the scaling.
 
     Returns q8, k8, v8, qk_descale (1,): multiply q8·k8 by it to get q·k (after K smoothing);
-    o_scale (nh,): divide a head's P·v8 output by it; o_shift (nh, d): then add this (V's mean).
+    o_scale (nh, d): divide the P·v8 output by it; o_shift (nh, d): then add this (V's mean).
     smooth=False / per_head=False (no mean subtraction / one amax per tensor) exist to measure what they buy.
     """
     nh, g = q.shape[1], k.shape[1]
@@ -87,17 +89,17 @@ def quantize_qkv(q, k, v, smooth: bool = True, per_head: bool = True):
     q_pre = _amax(qf, dims).expand(nh) / k_scale.repeat_interleave(r)  # (nh,) amax of q / its K head's scale
     shared = E4M3_MAX / q_pre.amax()  # scalar: q_scale_h = shared / k_scale_g(h)
     q_scale = shared / k_scale.repeat_interleave(r)
-    v_scale = (V_RANGE / _amax(vf, dims)).expand(g)  # (g,)
+    v_scale = (V_RANGE / _amax(vf, 0 if per_head else dims)).expand(g, vf.shape[2])  # (g, d)
     q8 = (qf * q_scale[:, None]).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
     k8 = (kf * k_scale[:, None]).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
-    v8 = (vf * v_scale[:, None]).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
+    v8 = (vf * v_scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
     qk_descale = (1.0 / shared).reshape(1)
-    return q8, k8, v8, qk_descale, v_scale.repeat_interleave(r), v_mean[0].repeat_interleave(r, 0)
+    return q8, k8, v8, qk_descale, v_scale.repeat_interleave(r, 0), v_mean[0].repeat_interleave(r, 0)
 
 
 def dequantize_out(o8, o_scale, o_shift, dtype):
-    """(Sq, nh, d) e4m3 -> dtype: o8 / o_scale[head] + o_shift[head]."""
-    return (o8.float() / o_scale[:, None] + o_shift).to(dtype)
+    """(Sq, nh, d) e4m3 -> dtype: o8 / o_scale + o_shift (both (nh, d))."""
+    return (o8.float() / o_scale + o_shift).to(dtype)
 
 
 def dequantize_into(out, o8, o_scale, o_shift):
