@@ -70,6 +70,8 @@ def main():
     ap.add_argument("--block-swap", type=int, default=0, metavar="N",
                     help="P4: N transformer layers live in host memory, streamed in while the model runs")
     ap.add_argument("--weight-fp8", action="store_true", help="P4/P5: store bf16 block weights as fp8")
+    ap.add_argument("--mem-cap-gib", type=float, default=None,
+                    help="P4b: let this process use at most this much GPU memory (a smaller card's limit)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the element-wise islands")
     ap.add_argument("--early-first-chunk", action="store_true", help="P7: finish the first chunk first")
     ap.add_argument("--warmup", action="store_true",
@@ -77,6 +79,9 @@ def main():
     a = ap.parse_args()
     torch.manual_seed(0)  # the random T5 and its prompt: the same in every run (--save-latents comparisons)
     dev = torch.device(a.device)
+    if a.mem_cap_gib and dev.type == "cuda":
+        total = torch.cuda.get_device_properties(dev).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, a.mem_cap_gib * 2**30 / total), dev)
     name = a.size if a.variant == "base" else f"{a.size}-{a.variant}"
     cfg = preset(name)
     t5_s = None
@@ -154,7 +159,8 @@ def main():
         first_chunk_s=round(first + t5, 2), first_chunk_decoded_s=first_decoded and round(first_decoded + t5, 2),
         warmup_s=warmup_s and round(warmup_s, 1), peak_GiB=round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev.type == "cuda" else None,
         peak_reserved_GiB=round(torch.cuda.max_memory_reserved() / 2**30, 2) if dev.type == "cuda" else None,
-        kv_offload=a.kv_offload, block_swap=a.block_swap, weight_fp8=a.weight_fp8, **device_info(dev),
+        kv_offload=a.kv_offload, block_swap=a.block_swap, weight_fp8=a.weight_fp8, mem_cap_GiB=a.mem_cap_gib,
+        **device_info(dev),
     )
     emit(res, a.json)
     if a.save_latents:

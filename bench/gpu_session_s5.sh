@@ -4,7 +4,9 @@
 #   bash bench/gpu_session_s5.sh a   # fp8 GPU tests, repeated-call diagnosis, kernel speed/error, per-forward DiT
 #                                    # error 4.5B and 24B, P1 window bf16 vs fp8 (compile)
 #   bash bench/gpu_session_s5.sh b   # P2 bf16 and fp8 (+ deviation of the two generations), P7 fp8, P6 windows
-#   bash bench/gpu_session_s5.sh c   # P4b (24B 720x720 in <= 22 GiB), P5 fp8 (24B 720x1280)
+#   bash bench/gpu_session_s5.sh c   # P4b (24B 720x720, block swap 40, uncapped), P5 fp8 (24B 720x1280)
+#   (all three ran on an H200, 2026-12-07: BENCHMARKS.md session 5; no H100 could be started)
+#   bash bench/gpu_session_s5.sh d   # next: P4b under a real 22 GiB cap with VAE decode, P5 bf16 baseline on the same card
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
 J=$OUT/s5$1.jsonl
@@ -32,6 +34,9 @@ elif [ "$1" = b ]; then
   timeout 100 $G --backend fp8-approx --early-first-chunk --json $J 2>&1 | quiet | tail -n 1
   timeout 75 $W --mode extra --compile --backend cudnn --json $J 2>&1 | quiet | tail -n 1
   timeout 90 $W --variant distill-fp8 --mode extra --compile --backend fp8-approx --json $J 2>&1 | quiet | tail -n 1
+elif [ "$1" = d ]; then
+  timeout 260 $G24 --height 720 --width 720 --block-swap 40 --decode --mem-cap-gib 22 --json $J 2>&1 | quiet | tail -n 2
+  timeout 330 $G24 --height 720 --width 1280 --compile --warmup --backend cudnn --json $J 2>&1 | quiet | tail -n 2
 else
   timeout 230 $G24 --height 720 --width 720 --block-swap 40 --json $J 2>&1 | quiet | tail -n 2
   timeout 340 $G24 --height 720 --width 1280 --compile --warmup --backend fp8-approx --json $J 2>&1 | quiet | tail -n 2

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 
 from .settings import DiTRuntime, SamplingSettings
+from .kernels import attention_fp8
+from .kernels.attention import FP8
 
 HELP = "generate a video (t2v / i2v / v2v, per-chunk prompts); --demo runs a tiny random model offline"
 DEFAULT_TOKENS = Path(__file__).resolve().parent / "assets" / "special_tokens.npz"
@@ -249,6 +251,11 @@ def prepare(a) -> Job:
         warnings = schedule.check_captions()
     except ValueError as e:
         raise ValueError(f"--prompt: {e}") from None
+    if runtime.attention == FP8:  # said here, before loading (DiTRuntime.configure's warning would repeat it)
+        warnings.append(attention_fp8.choice_note(runtime.device).replace("attention ", "--attention ", 1))
+        import warnings as py_warnings
+
+        py_warnings.filterwarnings("ignore", message="attention fp8-approx can't run here")
     s = s.for_model(cfg)
     try:
         validate(s, cfg, None, vae_cfg, n_prefix, tokens)

@@ -249,5 +249,13 @@ class DiTRuntime:
         several runs gets the current run's."""
         model.set_precision(self.precision)
         model.attn_backend = self.attention
+        if self.attention == "fp8-approx":
+            import warnings
+
+            from .kernels import attention_fp8
+
+            if attention_fp8.why_unusable_on(self.device):  # said once here, not at every attention call
+                warnings.warn(attention_fp8.choice_note(self.device), RuntimeWarning, stacklevel=2)
+                model.attn_backend = None
         model.compile_ops = self.compile
         return model

@@ -15,50 +15,10 @@ MAX_LENGTH = 800  # caption_max_length
 
 
 # ----------------------------------------------------------------------------- schedule checks
-def _unit_problems(ranges, seconds: bool) -> list[str]:
-    """Overlaps and gaps among ranges of one unit (chunk indices or seconds), fps-independent."""
-    unit = "s" if seconds else ""
-    problems = []
-    ordered = sorted(ranges, key=lambda r: r.start)
-    if ordered and ordered[0].start != 0:
-        problems.append(f"{ordered[0].describe()} starts at {ordered[0].start:g}{unit}: the first range must start "
-                        f"at 0{unit} (nothing covers the video's beginning)")
-    for a, b in zip(ordered, ordered[1:]):
-        if a.end is None:
-            problems.append(f"{a.describe()} runs to the end, so it overlaps {b.describe()}: give it an end")
-            continue
-        stop = a.end if seconds else a.end + 1  # seconds exclude the end, chunk indices include it
-        if b.start < stop:
-            problems.append(f"{a.describe()} and {b.describe()} overlap")
-        elif b.start > stop:
-            gap = f"{stop:g}s-{b.start:g}s" if seconds else (f"{stop:g}" if b.start == stop + 1 else f"{stop:g}-{b.start - 1:g}")
-            problems.append(f"nothing covers {'seconds' if seconds else 'chunk(s)'} {gap} between {a.describe()} "
-                            f"and {b.describe()}")
-    return problems
-
-
 def check_schedule(text: str) -> PromptSchedule:
-    """Parse prompt text (one prompt, or "start-end: prompt" lines) and reject what no video length can fix.
-
-    Raises ValueError naming the line(s): syntax, empty prompts, reversed ranges, overlaps and gaps between
-    ranges (a range past the video's end is checked by the sampler, which knows the length)."""
-    schedule = parse_schedule(text)
-    if not schedule.ranges:
-        raise ValueError("the prompt is empty: write a prompt, or lines like '0-1: a fox in the snow'")
-    problems = []
-    for r in schedule.ranges:
-        if not r.prompt.strip():
-            problems.append(f"{r.describe()} has no prompt after the ':'")
-        if r.end is not None and (r.end < r.start or (r.seconds and r.end == r.start)):
-            problems.append(f"{r.describe()} ends before it starts")
-    if not problems:
-        for seconds in (False, True):
-            part = [r for r in schedule.ranges if r.seconds == seconds]
-            if part and len(part) == len(schedule.ranges):  # mixed units are resolved by the sampler (needs fps)
-                problems += _unit_problems(part, seconds)
-    if problems:
-        raise ValueError("prompt schedule: " + "; ".join(problems))
-    return schedule
+    """Parse prompt text (one prompt, or "start-end: prompt" lines) and reject what no video length can fix
+    (`PromptSchedule.check`; a range past the video's end is checked by the sampler, which knows the length)."""
+    return parse_schedule(text).check()
 
 
 def check_prompt(text: str) -> tuple[PromptSchedule, list[str]]:

@@ -86,12 +86,20 @@ class DiTHandle:
                         f", block swap {r.block_swap} of {d.cfg.num_layers} layers" if r.block_swap else ""])
         return (f"MAGI-1 {d.size} {d.variant} (variant from {d.distill_source})\n"
                 f"attention {r.attention or 'auto'}, precision {r.precision}, device {r.device}{perf}, "
-                f"special tokens {tokens}{notes}")
+                f"special tokens {tokens}{notes}{_attention_note(r)}")
 
     def spec(self) -> dict:
         """What a worker process needs to load the same weights itself (multi-GPU): each worker applies the same
         run-time settings on its own device (block swap: streaming from its own host memory)."""
         return dict(path=str(self.path), variant=self.variant or self.detection.variant, runtime=self.runtime)
+
+
+def _attention_note(runtime) -> str:
+    """What the info panel says about an approximate or unavailable attention choice (before any run)."""
+    from magi_core.kernels import attention_fp8
+    from magi_core.kernels.attention import FP8
+
+    return f"\n- {attention_fp8.choice_note(runtime.device)}" if runtime.attention == FP8 else ""
 
 
 @dataclass

@@ -293,6 +293,19 @@ def test_unavailable_fp8_warns_and_runs_the_exact_path():
     assert torch.equal(out, range_attention(q, k, v, [(0, 50)], [(0, 60)], backend="sdpa"))
 
 
+def test_runtime_on_a_gpu_without_fp8_warns_once_and_runs_bf16():
+    from magi_core.dit import build_dit, init_random_
+    from magi_core.config import preset
+    from magi_core.settings import DiTRuntime
+
+    model = init_random_(build_dit(preset("tiny")))
+    with pytest.warns(RuntimeWarning, match="fp8-approx can't run here .*it needs a CUDA GPU.*bf16 attention runs"):
+        DiTRuntime(attention="fp8-approx").configure(model)
+    assert model.attn_backend is None  # automatic: no warning at every attention call
+    DiTRuntime(attention="sdpa").configure(model)
+    assert model.attn_backend == "sdpa"
+
+
 def test_default_fp8_backend_falls_back_without_recursion():
     q, k, v = qkv(20, 20, 4, 2)
     attention.set_default_backend(FP8)

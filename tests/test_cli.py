@@ -202,6 +202,15 @@ def test_cuda_without_gpu(models, tmp_path):
     assert not acc
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback message")
+def test_fp8_attention_on_cpu_is_said_once_before_loading(models, tmp_path):
+    r, _ = cli(models, tmp_path, "--attention", "fp8-approx")
+    assert r.returncode == 0, r.stderr
+    note = "warning: --attention fp8-approx can't run here (it needs a CUDA GPU): the exact bf16 attention runs instead"
+    assert r.stderr.count("fp8-approx") == 1 and note in r.stderr and "RuntimeWarning" not in r.stderr
+    assert "generating" in r.stdout
+
+
 def test_debug_shows_the_traceback(models, tmp_path):
     r, _ = cli(models, tmp_path, "--width", "721", "--debug")
     assert r.returncode != 0 and "Traceback" in r.stderr and "721" in r.stderr

@@ -528,6 +528,16 @@ class ModelHooks(RecordingHooks):
         self.compile_seen.append(self.model.compile_ops)
 
 
+def test_info_panel_says_when_fp8_attention_cannot_run(tiny, monkeypatch):
+    from magi_core.kernels import attention_fp8
+
+    assert "fp8" not in dit_handle(tiny).describe()
+    text = dit_handle(tiny, attention="fp8-approx").describe()
+    assert "fp8-approx can't run here (it needs a CUDA GPU): the exact bf16 attention runs instead" in text
+    monkeypatch.setattr(attention_fp8, "why_unusable", lambda q: None)  # as on an H100 with the package
+    assert "fp8-approx is APPROXIMATE" in dit_handle(tiny, attention="fp8-approx").describe()
+
+
 def test_compile_is_a_run_time_setting_that_reaches_the_dit_and_the_workers(tiny, t5):
     from magi_core.parallel.worker import ModelSpec
     from magi_core.pipeline import encode_prompts

@@ -410,17 +410,17 @@ def test_second_ranges_round_to_chunk_boundaries():
 @pytest.mark.parametrize(
     "text, n, message",
     [
-        ("0-2: a\n2-3: b", 4, "overlap at chunk 2"),
+        ("0-2: a\n2-3: b", 4, "'0-2' and line 2 '2-3' overlap"),
         ("0: a\n2-3: b", 4, r"nothing covers chunk\(s\) 1 "),
         ("0-1: a", 4, r"nothing covers chunk\(s\) 2-3 "),
         ("", 3, "empty"),
         ("0-5: a", 4, "only 4 chunks"),
         ("0-1: a\n7-: b", 4, "only 4 chunks"),
-        ("0-1: a\n2-3:", 4, "prompt is empty"),
+        ("0-1: a\n2-3:", 4, "line 2 '2-3' has no prompt after the ':'"),
         ("0-2s: a", 4, "both ends"),
         ("0.5-2: a", 4, "whole numbers"),
         ("1s: a", 4, "needs a range"),
-        ("3-1: a", 4, "covers no chunk"),
+        ("3-1: a", 4, "ends before it starts"),
     ],
 )
 def test_schedule_errors(text, n, message):

@@ -99,22 +99,39 @@ class PromptSchedule:
         """One prompt for every chunk."""
         return PromptSchedule((PromptRange(0, None, prompt),))
 
-    def resolve(self, n_chunks: int, fps: float = 24, frames_per_chunk: int = FRAMES_PER_CHUNK) -> list[str]:
-        """One prompt per chunk, for chunks 0..n_chunks-1."""
-        if n_chunks < 1:
-            raise ValueError(f"n_chunks must be >= 1, got {n_chunks}")
+    def check(self) -> "PromptSchedule":
+        """Reject what no video length can fix: no prompt, empty prompts, reversed ranges, and overlaps and gaps
+        between ranges of one unit (mixed units need the fps: `resolve` checks them). ValueError naming the lines;
+        returns self."""
         if not self.ranges:
-            raise ValueError("the prompt schedule is empty: give at least one prompt")
-        owner: list[PromptRange | None] = [None] * n_chunks
+            raise ValueError("the prompt is empty: write a prompt, or lines like '0-1: a fox in the snow'")
+        problems = []
         for r in self.ranges:
             if not r.prompt.strip():
-                raise ValueError(f"prompt schedule {r.describe()}: the prompt is empty")
-            first, stop = r.chunk_bounds(n_chunks, fps, frames_per_chunk)
+                problems.append(f"{r.describe()} has no prompt after the ':'")
+            if r.end is not None and (r.end < r.start or (r.seconds and r.end == r.start)):
+                problems.append(f"{r.describe()} ends before it starts")
+        if not problems and len({r.seconds for r in self.ranges}) == 1:
+            problems = _unit_problems(self.ranges, self.ranges[0].seconds)
+        if problems:
+            raise ValueError("prompt schedule: " + "; ".join(problems))
+        return self
+
+    def resolve(self, n_chunks: int, fps: float = 24, frames_per_chunk: int = FRAMES_PER_CHUNK) -> list[str]:
+        """One prompt per chunk, for chunks 0..n_chunks-1: ranges past the video's end first, then `check`, then
+        what only the length and fps decide (overlaps and gaps of mixed units, ranges that round to no chunk)."""
+        if n_chunks < 1:
+            raise ValueError(f"n_chunks must be >= 1, got {n_chunks}")
+        bounds = [r.chunk_bounds(n_chunks, fps, frames_per_chunk) for r in self.ranges]
+        for r, (first, stop) in zip(self.ranges, bounds):
             if first >= n_chunks or stop > n_chunks:
                 raise ValueError(
                     f"prompt schedule {r.describe()} covers chunks {first}..{stop - 1}, but the video has only "
                     f"{n_chunks} chunks (0..{n_chunks - 1}); shorten the range or end it with '-' to run to the end"
                 )
+        self.check()
+        owner: list[PromptRange | None] = [None] * n_chunks
+        for r, (first, stop) in zip(self.ranges, bounds):
             if stop <= first:
                 raise ValueError(f"prompt schedule {r.describe()} covers no chunk (chunks {first}..{stop - 1})")
             for c in range(first, stop):
@@ -130,6 +147,28 @@ class PromptSchedule:
                 "cover every chunk (end the last range with '-' to run it to the end)"
             )
         return [r.prompt for r in owner]
+
+
+def _unit_problems(ranges, seconds: bool) -> list[str]:
+    """Overlaps and gaps among ranges of one unit (chunk indices or seconds), fps-independent."""
+    unit = "s" if seconds else ""
+    problems = []
+    ordered = sorted(ranges, key=lambda r: r.start)
+    if ordered and ordered[0].start != 0:
+        problems.append(f"{ordered[0].describe()} starts at {ordered[0].start:g}{unit}: the first range must start "
+                        f"at 0{unit} (nothing covers the video's beginning)")
+    for a, b in zip(ordered, ordered[1:]):
+        if a.end is None:
+            problems.append(f"{a.describe()} runs to the end, so it overlaps {b.describe()}: give it an end")
+            continue
+        stop = a.end if seconds else a.end + 1  # seconds exclude the end, chunk indices include it
+        if b.start < stop:
+            problems.append(f"{a.describe()} and {b.describe()} overlap")
+        elif b.start > stop:
+            gap = f"{stop:g}s-{b.start:g}s" if seconds else (f"{stop:g}" if b.start == stop + 1 else f"{stop:g}-{b.start - 1:g}")
+            problems.append(f"nothing covers {'seconds' if seconds else 'chunk(s)'} {gap} between {a.describe()} "
+                            f"and {b.describe()}")
+    return problems
 
 
 def _spans(indices: list[int]) -> str:
