@@ -85,8 +85,10 @@ def choice_note(device) -> str:
 
 # ----------------------------------------------------------------------------- scales and quantization
 
-def _amax(x, dims):
-    return x.abs().amax(dim=dims).clamp_min(1e-12)
+def _spread(x, mean):
+    """max over tokens of |x - mean| per (head, channel), from reductions of x itself (max and min, which share
+    one pass over x with its mean): max(x) - mean and mean - min(x), in fp32 exactly what |x - mean| would give."""
+    return torch.maximum(x.amax(0) - mean, mean - x.amin(0))
 
 
 def quantize_qkv(q, k, v, smooth: bool = True, per_head: bool = True):
@@ -95,27 +97,30 @@ def quantize_qkv(q, k, v, smooth: bool = True, per_head: bool = True):
     Returns q8, k8, v8, qk_descale (1,): multiply q8·k8 by it to get q·k (after K smoothing);
     o_scale (nh, d): divide the P·v8 output by it; o_shift (nh, d): then add this (V's mean).
     smooth=False / per_head=False (no mean subtraction / one amax per tensor) exist to measure what they buy.
+    Two passes over K and V (reductions, then the casts) and two over Q.
     """
-    nh, g = q.shape[1], k.shape[1]
+    nh, g, d = q.shape[1], k.shape[1], q.shape[2]
     r = nh // g
     qf, kf, vf = q.float(), k.float(), v.float()
     if smooth:
-        kf = kf - kf.mean(0, keepdim=True)
-        v_mean = vf.mean(0, keepdim=True)
-        vf = vf - v_mean
+        k_mean, v_mean = kf.mean(0), vf.mean(0)  # (g, d)
+        k_ch, v_ch = _spread(kf, k_mean), _spread(vf, v_mean)
     else:
-        v_mean = vf.new_zeros(1, g, vf.shape[2])
-    dims = (0, 2) if per_head else (0, 1, 2)
-    k_scale = (E4M3_MAX / _amax(kf, dims)).expand(g)  # (g,)
-    q_pre = _amax(qf, dims).expand(nh) / k_scale.repeat_interleave(r)  # (nh,) amax of q / its K head's scale
+        k_mean = v_mean = kf.new_zeros(g, d)
+        k_ch, v_ch = kf.abs().amax(0), vf.abs().amax(0)
+    q_head = qf.abs().amax((0, 2))  # (nh,)
+    if not per_head:
+        k_ch, v_ch, q_head = k_ch.amax().expand(g, d), v_ch.amax().expand(g, d), q_head.amax().expand(nh)
+    k_scale = E4M3_MAX / k_ch.amax(1).clamp_min(1e-12)  # (g,)
+    q_pre = q_head.clamp_min(1e-12) / k_scale.repeat_interleave(r)  # (nh,) amax of q / its K head's scale
     shared = E4M3_MAX / q_pre.amax()  # scalar: q_scale_h = shared / k_scale_g(h)
     q_scale = shared / k_scale.repeat_interleave(r)
-    v_scale = (V_RANGE / _amax(vf, 0 if per_head else dims)).expand(g, vf.shape[2])  # (g, d)
+    v_scale = V_RANGE / v_ch.clamp_min(1e-12)  # (g, d)
     q8 = (qf * q_scale[:, None]).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
-    k8 = (kf * k_scale[:, None]).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
-    v8 = (vf * v_scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
+    k8 = ((kf - k_mean) * k_scale[:, None]).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
+    v8 = ((vf - v_mean) * v_scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
     qk_descale = (1.0 / shared).reshape(1)
-    return q8, k8, v8, qk_descale, v_scale.repeat_interleave(r, 0), v_mean[0].repeat_interleave(r, 0)
+    return q8, k8, v8, qk_descale, v_scale.repeat_interleave(r, 0), v_mean.repeat_interleave(r, 0)
 
 
 def dequantize_out(o8, o_scale, o_shift, dtype):
@@ -200,6 +205,19 @@ def _heads_view(x, start, end):
 _native_gqa: bool | None = None  # does cuDNN's FP8 SDPA take fewer K/V heads than query heads? (tried once)
 
 
+_constant_cache: dict = {}
+
+
+def _constants(device, p_scale: float):
+    """The fixed scalars of every call on `device` (1, P's scale and its inverse) and the amax outputs nobody
+    reads: made once, not with four small kernels per call."""
+    key = (str(device), p_scale)
+    if key not in _constant_cache:
+        one = torch.ones(1, 1, 1, 1, device=device)
+        _constant_cache[key] = (one, one * p_scale, one / p_scale, torch.empty(2, 1, 1, 1, device=device))
+    return _constant_cache[key]
+
+
 def run_ranges(q8, k8, v8, o8, live, qk_descale, attn_scale: float):
     """cuDNN FP8 SDPA for each live ((qs, qe), (ks, ke)) pair: o8[qs:qe] = attention(q8[qs:qe], k8/v8[ks:ke]).
 
@@ -209,11 +227,9 @@ def run_ranges(q8, k8, v8, o8, live, qk_descale, attn_scale: float):
     if dev.type == "cuda" and dev != torch.device("cuda", torch.cuda.current_device()):
         with torch.cuda.device(dev):  # cuDNN handles and graphs belong to the current device
             return run_ranges(q8, k8, v8, o8, live, qk_descale, attn_scale)
-    one = torch.ones(1, 1, 1, 1, device=dev)
-    p_scale = torch.full((1, 1, 1, 1), P_SCALE, device=dev)
-    scalars = dict(descale_q=qk_descale.view(1, 1, 1, 1), descale_k=one, descale_v=one, descale_s=1.0 / p_scale,
+    one, p_scale, inv_p_scale, amax = _constants(dev, P_SCALE)
+    scalars = dict(descale_q=qk_descale.view(1, 1, 1, 1), descale_k=one, descale_v=one, descale_s=inv_p_scale,
                    scale_s=p_scale, scale_o=one)
-    amax = torch.empty(2, 1, 1, 1, device=dev)
     handle = _handle(cudnn, dev)
     workspace = None
     for (qs, qe), (ks, ke) in live:

@@ -68,6 +68,15 @@ def test_scales_fill_e4m3_per_head_and_undo_exactly():
     assert rel(v_back, v.double().repeat_interleave(4, 1)) < 0.05
 
 
+def test_spread_from_max_and_min_equals_the_centred_amax_bit_for_bit():
+    """quantize_qkv takes amax |x - mean| from max(x) and min(x) (one pass with the mean): the same fp32 value."""
+    gen = torch.Generator().manual_seed(21)
+    for shift in (0.0, 3.0, -1e4):
+        x = torch.randn(4097, 3, 64, generator=gen) * torch.logspace(-3, 2, 64) + shift
+        m = x.mean(0)
+        assert torch.equal(attention_fp8._spread(x, m), (x - m).abs().amax(0))
+
+
 def test_zero_heads_give_finite_scales():
     q, k, v = qkv(64, 64, 4, 2)
     q[:, 0] = 0
