@@ -6,6 +6,7 @@
 #   bash bench/gpu_session_s5.sh b   # P2 bf16 and fp8 (+ deviation of the two generations), P7 fp8, P6 windows
 #   bash bench/gpu_session_s5.sh c   # P4b (24B 720x720, block swap 40, uncapped), P5 fp8 (24B 720x1280)
 #   (all three ran on an H200, 2026-12-07: BENCHMARKS.md session 5; no H100 could be started)
+#   bash bench/gpu_session_s5.sh e   # after the one-pass scale reductions: kernel rows (backend vs kernel alone), P1 fp8
 #   bash bench/gpu_session_s5.sh d   # next: P4b under a real 22 GiB cap with VAE decode, P5 bf16 baseline on the same card
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
@@ -34,6 +35,9 @@ elif [ "$1" = b ]; then
   timeout 100 $G --backend fp8-approx --early-first-chunk --json $J 2>&1 | quiet | tail -n 1
   timeout 75 $W --mode extra --compile --backend cudnn --json $J 2>&1 | quiet | tail -n 1
   timeout 90 $W --variant distill-fp8 --mode extra --compile --backend fp8-approx --json $J 2>&1 | quiet | tail -n 1
+elif [ "$1" = e ]; then
+  timeout 70 python3 bench/fp8_attention.py kernel --size 4.5B --keys 1,5 --json $J 2>&1 | quiet | grep randn
+  timeout 75 $W --mode cached --compile --backend fp8-approx --json $J 2>&1 | quiet | tail -n 1
 elif [ "$1" = d ]; then
   timeout 260 $G24 --height 720 --width 720 --block-swap 40 --decode --mem-cap-gib 22 --json $J 2>&1 | quiet | tail -n 2
   timeout 330 $G24 --height 720 --width 1280 --compile --warmup --backend cudnn --json $J 2>&1 | quiet | tail -n 2
