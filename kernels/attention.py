@@ -325,10 +325,22 @@ def _why_unusable(name: str, q) -> str | None:
         return attention_fp8.why_unusable(q)
     if name in ("flash", "magi", "cudnn"):
         if not q.is_cuda:
-            return "it needs CUDA tensors"
+            return "it needs a CUDA GPU"
         if q.dtype not in _HALF:
             return f"it needs float16/bfloat16 inputs, got {q.dtype}"
     return None
+
+
+def settings_problem(name: str | None, device) -> str | None:
+    """What is wrong with attention backend `name` on `device`, checked from the settings before anything loads:
+    None when it can run (or is automatic, or is fp8-approx, which falls back to bf16 with a note instead)."""
+    if name in (None, "auto", FP8):
+        return None
+    why = _why_unusable(name, capability.probe(device))
+    if why is None:
+        return None
+    usable = ", ".join(["auto"] + [n for n in BACKENDS if n != FP8 and _why_unusable(n, capability.probe(device)) is None])
+    return f"attention backend {name!r} can't run on {device}: {why}. Usable there: {usable}"
 
 
 def available_backends(q) -> list[str]:

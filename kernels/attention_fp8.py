@@ -64,12 +64,8 @@ def why_unusable(q) -> str | None:
 
 def why_unusable_on(device) -> str | None:
     """why_unusable for bf16 attention on `device` (a name or torch.device), without touching the device."""
-    import types
-
-    dev = torch.device(device)
-    probe = types.SimpleNamespace(is_cuda=dev.type == "cuda", device=dev, dtype=torch.bfloat16, shape=(0, 1, 128))
     try:
-        return why_unusable(probe)
+        return why_unusable(capability.probe(device))
     except Exception as e:  # noqa: BLE001 -- a device this process cannot query
         return f"{type(e).__name__}: {e}"
 

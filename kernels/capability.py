@@ -35,6 +35,15 @@ def cuda_capability(device=None) -> tuple[int, int] | None:
     return torch.cuda.get_device_capability(device)
 
 
+def probe(device):
+    """A stand-in for bf16 attention inputs on `device` (is_cuda, device, dtype, shape), for the availability checks
+    made from the settings, before any tensor or model exists."""
+    import types
+
+    dev = torch.device(device)
+    return types.SimpleNamespace(is_cuda=dev.type == "cuda", device=dev, dtype=torch.bfloat16, shape=(0, 1, 128))
+
+
 def fp8_gemm_supported(device) -> bool:
     """fp8 e4m3 tensor-core GEMM (torch._scaled_mm) needs sm89+ (Ada, Hopper, Blackwell)."""
     cc = cuda_capability(device)

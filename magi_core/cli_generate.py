@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser):
     m.add_argument("--special-tokens", default=None, help=f"special_tokens.npz (default: {DEFAULT_TOKENS})")
     m.add_argument("--config", help="an official MAGI-1 config JSON: its sampler settings become the defaults")
     g = p.add_argument_group("what to generate")
-    g.add_argument("--prompt", default="", help='a prompt, or a per-chunk schedule: "0-1: a fox\\n2-: a bird"')
+    g.add_argument("--prompt", default=None, help='a prompt, or a per-chunk schedule: "0-1: a fox\\n2-: a bird"')
     g.add_argument("--prompt-file", help="read the prompt / schedule from this file")
     g.add_argument("--image", help="image-to-video: the first frame")
     g.add_argument("--video", help="video continuation: the prefix video (at least 4 frames)")
@@ -152,10 +152,15 @@ def runtime_from_args(a) -> DiTRuntime:
         raise ValueError(_flags(str(e)) + ("" if a.device else " (--device was not given)")) from None
 
 
+_WHERE = {"--dit": "models/magi/4.5B_distill (or another size/variant)", "--vae": "models/magi/vae",
+          "--t5": "models/text_encoders/t5-v1_1-xxl"}  # install.py's download targets (install.py --list)
+
+
 def _exists(flag: str, path) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
-        raise ValueError(f"{flag} {path}: no such file or folder; check the path")
+        hint = f" (install.py --download puts it in {_WHERE[flag]})" if flag in _WHERE else ""
+        raise ValueError(f"{flag} {path}: no such file or folder; check the path{hint}")
     return p
 
 
@@ -191,7 +196,7 @@ def prepare(a) -> Job:
         raise ValueError(f"--temporal-overlap must be 0 or more, got {a.temporal_overlap}")
     if a.prefix_frames is not None and a.prefix_frames < 1:
         raise ValueError(f"--prefix-frames must be at least 1, got {a.prefix_frames}")
-    prompt = _read("--prompt-file", a.prompt_file, "text", lambda p: Path(p).read_text()) if a.prompt_file else a.prompt
+    prompt = _read("--prompt-file", a.prompt_file, "text", lambda p: Path(p).read_text()) if a.prompt_file else (a.prompt or "")
     if not prompt.strip():
         raise ValueError("pass --prompt \"what the video shows\" (or --prompt-file)")
     for flag in ("dit", "vae", "t5", "t5_tokenizer", "image", "video"):
@@ -357,6 +362,13 @@ def write_chunks(job: Job, chunks, vae, writer, log=print):
         del frames
 
 
+def _log_line(message: str):
+    """A chunk line on stdout, after clearing the progress line that _progress keeps on a terminal's stderr."""
+    if sys.stderr.isatty():
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
+    print(message, flush=True)
+
+
 def _progress(i, total, chunk):
     if sys.stderr.isatty():
         print(f"\rDiT call {i}/{total} (chunk {chunk})", end="", file=sys.stderr, flush=True)
@@ -380,9 +392,9 @@ def use_demo(a, tmp: str):
     paths = make_tiny_assets(tmp)
     a.dit, a.vae, a.t5, a.special_tokens = (str(paths[k]) for k in ("dit", "vae", "t5", "special_tokens"))
     a.device = a.device or "cpu"
-    a.prompt = a.prompt or DEMO_PROMPT
-    a.width, a.height = a.width or 128, a.height or 128
-    a.frames, a.steps = a.frames or 48, a.steps or 8
+    a.prompt = DEMO_PROMPT if a.prompt is None and not a.prompt_file else a.prompt
+    a.width, a.height = (128 if a.width is None else a.width), (128 if a.height is None else a.height)
+    a.frames, a.steps = (48 if a.frames is None else a.frames), (8 if a.steps is None else a.steps)
 
 
 def run(a) -> int:
@@ -406,7 +418,7 @@ def run(a) -> int:
                 print(f"loaded {info['size']} {info['variant']} DiT ({info['num_params']:,} params), VAE and T5 in "
                       f"{time.perf_counter() - t0:.1f}s", flush=True)
                 chunks = sample(dit, prompts, job.settings, prefix, job.prefix_frames, job.tokens, progress=_progress)
-                write_chunks(job, chunks, vae, writer, lambda m: print(m, flush=True))
+                write_chunks(job, chunks, vae, writer, _log_line)
         except KeyboardInterrupt:
             if writer.frames_written:
                 print(f"\ninterrupted: kept the finished chunks ({writer.frames_written} frames) in {writer.path}",

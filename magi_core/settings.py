@@ -186,7 +186,7 @@ class DiTRuntime:
 
     def __post_init__(self):
         from .dit.model import PRECISIONS
-        from .kernels.attention import BACKENDS
+        from .kernels.attention import BACKENDS, settings_problem
 
         try:
             dev = torch.device(self.device)
@@ -202,6 +202,9 @@ class DiTRuntime:
             object.__setattr__(self, "attention", None)
         if self.attention is not None and self.attention not in BACKENDS:
             raise ValueError(f"attention backend {self.attention!r} is not one of auto, {', '.join(BACKENDS)}")
+        problem = settings_problem(self.attention, dev)
+        if problem:
+            raise ValueError(problem)
         if self.weight_dtype == "auto":
             object.__setattr__(self, "weight_dtype", None)
         if self.weight_dtype not in (None, "bf16", "fp8_e4m3fn"):

@@ -315,6 +315,19 @@ def test_runtime_on_a_gpu_without_fp8_warns_once_and_runs_bf16():
     assert model.attn_backend == "sdpa"
 
 
+def test_unavailable_exact_backends_are_refused_by_the_settings():
+    """Before any model loads (CLI, loader node, workers): a backend that cannot run on the device is an error
+    naming the ones that can; fp8-approx is not (it falls back with a note)."""
+    from magi_core.settings import DiTRuntime
+
+    with pytest.raises(ValueError, match=r"'cudnn' can't run on cpu: it needs a CUDA GPU\. Usable there: auto, sdpa"):
+        DiTRuntime(attention="cudnn")
+    if capability.optional_module("flash_attn") is None:
+        with pytest.raises(ValueError, match="flash_attn is not importable"):
+            DiTRuntime(attention="flash")
+    assert DiTRuntime(attention="fp8-approx").attention == FP8 and DiTRuntime(attention="sdpa").attention == "sdpa"
+
+
 def test_default_fp8_backend_falls_back_without_recursion():
     q, k, v = qkv(20, 20, 4, 2)
     attention.set_default_backend(FP8)

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from magi_core.video import read_video, write_mp4
+from magi_core import cli_generate
 
 ROOT = Path(__file__).resolve().parents[1]
 LOADERS = {"load_dit", "load_vae", "load_models", "_read_shard", "load_file"}  # functions that read weights
@@ -129,6 +130,9 @@ BAD = [
     ("window0", ["--window", "0"], "--window must be at least 1, got 0", False),
     ("fps", ["--fps", "4"], "got 4", False),
     ("block-swap-cpu", ["--block-swap", "2"], "set block swap to 0", False),
+    ("attention-missing", ["--attention", "flash"], "--attention 'flash' can't run on cpu: flash_attn is not importable. "
+                                                   "Usable there: auto, sdpa", False),
+    ("attention-cuda-only", ["--attention", "cudnn"], "'cudnn' can't run on cpu: it needs a CUDA GPU", False),
     ("gif", ["-o", "OUT.gif"], "OUT.gif", False),
     ("webm", ["-o", "OUT.webm"], "OUT.webm", False),
     ("png", ["-o", "OUT.png"], "OUT.png", False),
@@ -209,6 +213,14 @@ def test_fp8_attention_on_cpu_is_said_once_before_loading(models, tmp_path):
     note = "warning: --attention fp8-approx can't run here (it needs a CUDA GPU): the exact bf16 attention runs instead"
     assert r.stderr.count("fp8-approx") == 1 and note in r.stderr and "RuntimeWarning" not in r.stderr
     assert "generating" in r.stdout
+
+
+def test_missing_model_paths_say_where_install_py_puts_them():
+    import install
+
+    for flag, item in (("--vae", "vae"), ("--t5", "t5")):
+        assert cli_generate._WHERE[flag] == "models/" + install.ITEMS[item][1]
+    assert cli_generate._WHERE["--dit"].startswith("models/" + install.ITEMS["4.5B-distill"][1])
 
 
 def test_debug_shows_the_traceback(models, tmp_path):

@@ -419,13 +419,30 @@ def test_second_ranges_round_to_chunk_boundaries():
         ("0-1: a\n2-3:", 4, "line 2 '2-3' has no prompt after the ':'"),
         ("0-2s: a", 4, "both ends"),
         ("0.5-2: a", 4, "whole numbers"),
-        ("1s: a", 4, "needs a range"),
+        ("0s-1s: a\n1s: b", 4, "needs a range"),
+        ("0: a\n2.5: b", 4, "whole numbers"),
         ("3-1: a", 4, "ends before it starts"),
     ],
 )
 def test_schedule_errors(text, n, message):
     with pytest.raises(ValueError, match=message):
         schedule.resolve_prompts(text, n)
+
+
+@pytest.mark.parametrize("text", ["1920s: a street scene in Paris", "1984: a dystopian city", " 7 : seven samurai"])
+def test_one_line_starting_with_a_lone_time_or_index_is_a_prompt_with_a_warning(text):
+    """One such line could never be a whole schedule (a time needs a range; chunk 0 would be uncovered)."""
+    s = schedule.parse_schedule(text)
+    assert schedule.resolve_prompts(s, 3) == [text.strip()] * 3
+    (warning,) = s.check_captions()
+    assert "one prompt for the whole video" in warning and text.strip()[:10] in warning
+
+
+def test_lone_chunk_zero_and_two_lines_stay_schedules():
+    assert schedule.resolve_prompts("0: a fox", 1) == ["a fox"]
+    assert schedule.resolve_prompts("0: a fox\n1: a cat", 2) == ["a fox", "a cat"]
+    with pytest.raises(ValueError, match="starts at chunk 1984"):
+        schedule.resolve_prompts("0: a fox\n1984: a cat", 2)
 
 
 def test_schedule_overlap_names_both_lines():

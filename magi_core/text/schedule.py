@@ -11,7 +11,9 @@ A line that does not start with a range continues the previous prompt (joined wi
 skipped. Text where no line looks like a range is one prompt for every chunk. A line that looks like a range but
 is not one ('0-x: a fox', or '0-1 a fox' without its ':') is an error naming that line, so a typo never turns a
 schedule into one long prompt; the exception is a single line like '2-3 foxes play' without any real range,
-which stays a plain prompt. En and em dashes count as '-'.
+which stays a plain prompt, and a single line starting with one time or one chunk index other than 0
+('1920s: a street', '1984: a city'), which could never be a whole schedule and is a plain prompt too (both with a
+warning from `check_captions`). En and em dashes count as '-'.
 
 Seconds are turned into chunk boundaries: one chunk lasts `frames_per_chunk / fps` seconds (24 frames,
 i.e. 1 s at 24 fps), and a time `s` becomes boundary `floor(s * fps / frames_per_chunk + 0.5)` (nearest
@@ -38,6 +40,9 @@ _RANGE_LINE = re.compile(rf"^\s*(?P<start>{_NUMBER})\s*(?:(?P<dash>{_DASH})\s*(?
 # Lines that look like a range but are not one: a number and a short word before ':' ("0-x: a fox", "1x: a"), or
 # a range with no ':' ("0-1 a fox", "2- a fox"). The second kind alone can be a plain prompt ("2-3 foxes play").
 _BROKEN_RANGE = re.compile(rf"^\s*\d[^\s:]*\s*(?:{_DASH}\s*[^\s:]*\s*)?:")
+# A single line that starts with one time or one chunk index other than 0 ("1920s: ...", "1984: ...") could
+# never be a whole schedule (a time needs a range; chunk 0 would be uncovered): it is a plain prompt.
+_LONE_POINT = re.compile(r"^\s*(?:\d+(?:\.\d+)?s|0*[1-9]\d*)\s*:")
 _NO_COLON = re.compile(rf"^\s*{_NUMBER}\s*{_DASH}\s*(?:{_NUMBER})?(?=\s|$)")
 
 
@@ -86,6 +91,11 @@ class PromptSchedule:
             out.append(f"the prompt {_shown(self.ranges[0].prompt)} starts like a schedule range without its ':', so "
                        f"it is one prompt for the whole video, range included; for a schedule write "
                        f"'{m[0].strip()}: {self.ranges[0].prompt[m.end():].strip()}'")
+        if len(self.ranges) == 1 and _LONE_POINT.match(self.ranges[0].prompt):
+            point = _LONE_POINT.match(self.ranges[0].prompt)[0].rstrip(":").strip()
+            out.append(f"the prompt {_shown(self.ranges[0].prompt)} starts like a schedule line ('{point}:'), but one "
+                       f"line like that is no schedule, so it is one prompt for the whole video, '{point}:' included; "
+                       f"for a schedule write ranges from 0, e.g. '0-1: a fox' or '0s-2s: a fox'")
         for r in self.ranges:
             where = f"prompt schedule {r.describe()}: " if len(self.ranges) > 1 else ""
             try:
@@ -123,12 +133,15 @@ class PromptSchedule:
         if n_chunks < 1:
             raise ValueError(f"n_chunks must be >= 1, got {n_chunks}")
         bounds = [r.chunk_bounds(n_chunks, fps, frames_per_chunk) for r in self.ranges]
+        longer = f"or make the video longer (a chunk is {frames_per_chunk} frames)"
+        has = f"the video has only {n_chunks} chunk{'s' if n_chunks > 1 else ''} (0..{n_chunks - 1})"
         for r, (first, stop) in zip(self.ranges, bounds):
-            if first >= n_chunks or stop > n_chunks:
-                raise ValueError(
-                    f"prompt schedule {r.describe()} covers chunks {first}..{stop - 1}, but the video has only "
-                    f"{n_chunks} chunks (0..{n_chunks - 1}); shorten the range or end it with '-' to run to the end"
-                )
+            if first >= n_chunks:
+                raise ValueError(f"prompt schedule {r.describe()} starts at chunk {first}, but {has}: start it "
+                                 f"earlier {longer}")
+            if stop > n_chunks:
+                raise ValueError(f"prompt schedule {r.describe()} covers chunks {first}..{stop - 1}, but {has}: "
+                                 f"shorten the range, end it with '-' to run to the end, {longer}")
         self.check()
         owner: list[PromptRange | None] = [None] * n_chunks
         for r, (first, stop) in zip(self.ranges, bounds):
@@ -219,6 +232,8 @@ def parse_schedule(text: str) -> PromptSchedule:
     kinds = [_kind(line) for _, line in lines]
     if "range" not in kinds and "broken" not in kinds and kinds.count("no colon") < 2:
         return PromptSchedule.single(" ".join(line.strip() for _, line in lines))  # e.g. "2-3 foxes play"
+    if len(lines) == 1 and _LONE_POINT.match(lines[0][1]):  # "1920s: a street", "1984: a city": never a schedule
+        return PromptSchedule.single(lines[0][1].strip())
     if kinds[0] == "text":
         number, line = next((n, t) for (n, t), k in zip(lines, kinds) if k != "text")
         raise ValueError(
