@@ -181,6 +181,13 @@ def test_dit_info_shows_before_any_run(page):
     assert "after the first run" not in page.locator(".magi-panel", has_text="MAGI-1 tiny").first.inner_text()
     set_widget(page, "MagiDiTLoader", "model", "24B_distill")
     wait_text(page, ".magi-panel", "MAGI-1 tiny-24B distill")
+    set_widget(page, "MagiDiTLoader", "attention", "fp8-approx")  # on this CPU-only server: said before any run
+    wait_text(page, ".magi-panel", "fp8-approx can't run here")
+    shot(page, "dit_info_fp8")
+    set_widget(page, "MagiDiTLoader", "attention", "flash")  # not installed: an error, before any weight loads
+    wait_text(page, ".magi-panel, .magi-error", "flash_attn is not importable")
+    shot(page, "dit_info_flash")
+    set_widget(page, "MagiDiTLoader", "attention", "auto")
 
 
 def test_guidance_widgets_greyed_out_for_distill(page):
