@@ -331,21 +331,51 @@ def load_models(job: Job, device):
     return vae, prompts, prefix
 
 
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or a SIGTERM (a job system, `kill`): the run stops, keeping the finished chunks."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _raise_stopped(signum, _frame):
+    raise Stopped(signum)
+
+
 @contextlib.contextmanager
 def _whole():
-    """Ctrl-C during the block takes effect after it (a chunk is appended whole)."""
+    """Ctrl-C or SIGTERM during the block takes effect after it (a chunk is appended whole)."""
     got = []
     try:
-        old = signal.signal(signal.SIGINT, lambda *_: got.append(1))
+        old = {s: signal.signal(s, lambda signum, _: got.append(signum)) for s in _STOP_SIGNALS}
     except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
         if got:
-            raise KeyboardInterrupt
+            raise Stopped(got[0])
+
+
+@contextlib.contextmanager
+def _stoppable():
+    """SIGTERM stops the run like Ctrl-C (the finished chunks are kept, the temporary file removed)."""
+    try:
+        old = signal.signal(signal.SIGTERM, _raise_stopped)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def write_chunks(job: Job, chunks, vae, writer, log=print):
@@ -407,7 +437,7 @@ def run(a) -> int:
             use_demo(a, tmp)
         writer = VideoWriter(a.output, settings_from_args(a).fps)  # the output location first: a temporary file
         try:
-            with writer:  # removed on an error before the first chunk; else renamed to a.output with what is done
+            with _stoppable(), writer:  # removed on an error before the first chunk; else renamed to a.output
                 job = prepare(a)
                 for w in job.warnings:
                     print(f"warning: {w}", file=sys.stderr)
@@ -419,14 +449,16 @@ def run(a) -> int:
                       f"{time.perf_counter() - t0:.1f}s", flush=True)
                 chunks = sample(dit, prompts, job.settings, prefix, job.prefix_frames, job.tokens, progress=_progress)
                 write_chunks(job, chunks, vae, writer, _log_line)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+            how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
             if writer.frames_written:
-                print(f"\ninterrupted: kept the finished chunks ({writer.frames_written} frames) in {writer.path}",
+                print(f"\n{how}: kept the finished chunks ({writer.frames_written} frames) in {writer.path}",
                       file=sys.stderr)
             else:
-                print(f"\ninterrupted before the first chunk finished: nothing written ({a.output} left as it was)",
+                print(f"\n{how} before the first chunk finished: nothing written ({a.output} left as it was)",
                       file=sys.stderr)
-            return 130
+            return 128 + signum
         except Exception:
             if writer.frames_written:
                 print(f"the finished chunks ({writer.frames_written} frames) are in {writer.path}", file=sys.stderr)

@@ -269,17 +269,19 @@ def _wait_for(proc, text, timeout=300):
     raise AssertionError(f"{text!r} never came: {''.join(lines)}")
 
 
-def test_ctrl_c_keeps_the_finished_chunks(models, tmp_path):
+@pytest.mark.parametrize("signum,said", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "stopped by SIGTERM")])
+def test_ctrl_c_keeps_the_finished_chunks(models, tmp_path, signum, said):
+    """Ctrl-C, or a SIGTERM from a job system: the finished chunks stay in a playable file, no temporary left."""
     out = tmp_path / "out.mp4"
     proc, _ = cli(models, tmp_path, "--frames", "480", popen=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for(proc, "chunk 0:")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 130 and "Traceback" not in err, err
-    assert "interrupted: kept the finished chunks" in err and str(out) in err
+    assert proc.returncode == 128 + signum and "Traceback" not in err, err
+    assert f"{said}: kept the finished chunks" in err and str(out) in err
     video = read_video(out)  # playable, whole chunks only
     assert video.shape[0] >= 24 and video.shape[0] % 24 == 0 and video.shape[0] < 480, video.shape
     assert f"({video.shape[0]} frames)" in err
