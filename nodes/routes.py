@@ -41,7 +41,9 @@ def add_routes(routes) -> None:
             d = handle.detection
             return web.json_response(dict(text=handle.describe(), size=d.size, variant=d.variant,
                                           guidance=not (d.cfg.distill or d.cfg.fp8_quant)))
-        except (TypeError, ValueError, OSError) as e:
+        except (ValueError, OSError) as e:  # the widgets' values: the panel shows it (no failed request in the console)
+            return web.json_response({"error": str(e)})
+        except TypeError as e:  # a malformed request
             return web.json_response({"error": str(e)}, status=400)
 
     @routes.post("/magi/schedule")
