@@ -347,35 +347,36 @@ def _raise_stopped(signum, _frame):
 
 
 @contextlib.contextmanager
+def _signals(handler, signums=_STOP_SIGNALS):
+    """The block runs with `handler` for these signals, the old handlers restored after (main thread only:
+    elsewhere Python cannot set handlers, and the block runs as it is)."""
+    try:
+        old = {s: signal.signal(s, handler) for s in signums}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
 def _whole():
     """Ctrl-C or SIGTERM during the block takes effect after it (a chunk is appended whole)."""
     got = []
     try:
-        old = {s: signal.signal(s, lambda signum, _: got.append(signum)) for s in _STOP_SIGNALS}
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
+        with _signals(lambda signum, _: got.append(signum)):
+            yield
     finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
         if got:
             raise Stopped(got[0])
 
 
-@contextlib.contextmanager
 def _stoppable():
     """SIGTERM stops the run like Ctrl-C (the finished chunks are kept, the temporary file removed)."""
-    try:
-        old = signal.signal(signal.SIGTERM, _raise_stopped)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+    return _signals(_raise_stopped, (signal.SIGTERM,))
 
 
 def write_chunks(job: Job, chunks, vae, writer, log=print):
