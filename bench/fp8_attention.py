@@ -3,6 +3,7 @@
   python bench/fp8_attention.py kernel --size 4.5B --keys 1,3,5        # speed and error of one attention call
   python bench/fp8_attention.py dit --size 4.5B                         # per-forward error of the DiT velocity
   python bench/fp8_attention.py compare a.pt b.pt                       # deviation of two saved generations
+  python bench/fp8_attention.py quant --device cpu                      # the compiled quantization alone
 
 kernel: one chunk of queries (all heads) against 1..5 chunks of keys, random inputs (N(0,1), and the same with a
 common offset added to K and V, which real activations have), for bf16 cuDNN SDPA (native GQA), the fp8 backend
@@ -177,6 +178,28 @@ def dit(a, dev):
               peak_GiB=round(torch.cuda.max_memory_allocated() / 2**30, 2), **device_info(dev)), a.json)
 
 
+def quant(a, dev):
+    """The compiled quantize_qkv alone at the P1 window's shapes (4 query chunks, 5 key chunks), median of 5."""
+    cfg = preset(a.size)
+    nh, g, d = cfg.num_attention_heads, cfg.num_query_groups, cfg.kv_channels
+    ctn = 6 * (a.height // 16) * (a.width // 16)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    q = torch.randn(4 * ctn, nh, d, device=dev, generator=gen).bfloat16()
+    k, v = (torch.randn(5 * ctn, g, d, device=dev, generator=gen).bfloat16() for _ in range(2))
+    fn = torch.compile(attention_fp8.quantize_qkv, dynamic=True, fullgraph=True)
+    times = []
+    for i in range(7):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn(q, k, v)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    emit(dict(bench="fp8_quantize", model=a.size, res=f"{a.height}x{a.width}", q_tokens=4 * ctn, k_tokens=5 * ctn,
+              ms=round(sorted(times[2:])[2] * 1e3, 2), device=str(dev), torch=torch.__version__), a.json)
+
+
 def compare(a):
     x, y = torch.load(a.files[0]), torch.load(a.files[1])
     per_chunk = [f"{rel(p, q):.3e}" for p, q in zip(x, y)]
@@ -187,7 +210,7 @@ def compare(a):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["kernel", "dit", "compare", "diag"])
+    ap.add_argument("what", choices=["kernel", "dit", "compare", "diag", "quant"])
     ap.add_argument("files", nargs="*")
     ap.add_argument("--size", default="4.5B")
     ap.add_argument("--variant", default="distill", choices=["base", "distill", "distill-fp8"])
@@ -196,11 +219,12 @@ def main():
     ap.add_argument("--keys", default="1,3,5")
     ap.add_argument("--weight-fp8", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--device", default="cuda", help="quant: cpu works too")
     a = ap.parse_args()
     if a.what == "compare":
         return compare(a)
-    dev = torch.device("cuda")
-    {"kernel": kernel, "dit": dit, "diag": diag}[a.what](a, dev)
+    dev = torch.device(a.device)
+    {"kernel": kernel, "dit": dit, "diag": diag, "quant": quant}[a.what](a, dev)
 
 
 if __name__ == "__main__":
