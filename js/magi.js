@@ -160,12 +160,14 @@ function setupSampler(node) {
     markGuidance(node);
     syncPrefixSize(node);
     return JSON.stringify([value(node, "num_frames"), value(node, "fps"), prefixFrames(node),
-      value(node, "width"), value(node, "height"), createVideoNodes(node).map((cv) => value(cv, "fps"))]);
+      value(node, "width"), value(node, "height"), value(node, "steps"), value(node, "window_size"),
+      createVideoNodes(node).map((cv) => value(cv, "fps"))]);
   };
   poll(node, key, async () => {
     const prefix = prefixFrames(node);
     const fps = value(node, "fps", 24);
-    const q = new URLSearchParams({ frames: value(node, "num_frames", 96), fps, prefix_frames: prefix ?? 0 });
+    const q = new URLSearchParams({ frames: value(node, "num_frames", 96), fps, prefix_frames: prefix ?? 0,
+      steps: value(node, "steps", 0), window_size: value(node, "window_size", 0) });
     const r = await getJSON("/magi/chunk_info?" + q);
     if (r.error) {
       box.className = "magi-error";

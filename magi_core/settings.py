@@ -57,6 +57,18 @@ def _floats(name, v, n=None):
     return t
 
 
+def steps_problem(steps: int, window_size: int, stages: int | None = None) -> str | None:
+    """Why `steps` cannot run with this window_size (and this many noise2clean_kvrange stages, when known), or
+    None. The sampler node asks it at queue time with the stages unknown (MAGI Sampler Options may change them)."""
+    q = stages or 1
+    if steps >= 1 and window_size >= 1 and not steps % window_size and not steps % q:
+        return None
+    ok = [n for n in (8, 12, 16, 24, 32, 48, 64) if n % max(window_size, 1) == 0 and n % q == 0]
+    stage_text = f" and of {stages} (the noise2clean_kvrange stages)" if stages else ""
+    return (f"steps must be a positive multiple of window_size ({window_size}){stage_text}, got {steps}; "
+            f"e.g. {', '.join(map(str, ok[:5]))}")
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     """What one generation does. Defaults are the official configs' (`runtime_config`) where they exist."""
@@ -123,11 +135,9 @@ class SamplingSettings:
             if not 0 <= float(getattr(self, k)) <= 1:
                 raise ValueError(f"{k} must be in [0, 1], got {getattr(self, k)}")
         if self.steps is not None:
-            s, w, q = _int("steps", self.steps), self.window_size, len(kv)
-            if s < 1 or s % w or s % q:
-                ok = [n for n in (8, 12, 16, 24, 32, 48, 64) if n % w == 0 and n % q == 0]
-                raise ValueError(f"steps must be a positive multiple of window_size ({w}) and of {q} (the "
-                                 f"noise2clean_kvrange stages), got {s}; e.g. {', '.join(map(str, ok[:5]))}")
+            problem = steps_problem(_int("steps", self.steps), self.window_size, len(kv))
+            if problem:
+                raise ValueError(problem)
 
     def replace(self, **changes) -> "SamplingSettings":
         """A copy with some fields changed (validated again)."""

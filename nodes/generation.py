@@ -6,6 +6,7 @@ plain ones. Everything that can be wrong with the inputs raises ValueError befor
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 import torch
@@ -40,6 +41,10 @@ class Hooks:
 
     def chunk_done(self, index: int, total: int, frames) -> None:
         """Each finished chunk, with its frames (T, H, W, 3) when decoded for a preview, else None."""
+
+    def keep_unfinished(self, latent: dict, frames: list, vae: VAEHandle | None) -> None:
+        """The run stopped (cancel, an error) after these chunks finished: `latent` (video_latent of them) and the
+        frames decoded for the previews of the first len(frames). The node saves them (nodes/unfinished.py)."""
 
 
 @functools.lru_cache(maxsize=4)
@@ -86,13 +91,22 @@ def run(model: DiTHandle, conditioning, s: SamplingSettings, hooks: Hooks, prefi
     latents, frames = [], []
     decode = vae is not None and preview
     keep = decode and n_out <= KEEP_DECODED_CHUNKS
-    for ch in chunks:
-        latents.append(ch.latents.float().cpu())
-        f = decode_chunk(vae.model, ch.latents, s.fps, **tiling_kwargs(DEFAULT_TILING, s.fps)) if decode else None
-        if keep:
-            frames.append(f)
-        hooks.chunk_done(ch.index, n_out, f)
-        del f
+    try:
+        for ch in chunks:
+            latents.append(ch.latents.float().cpu())
+            f = decode_chunk(vae.model, ch.latents, s.fps, **tiling_kwargs(DEFAULT_TILING, s.fps)) if decode else None
+            if keep:
+                frames.append(f)
+            hooks.chunk_done(ch.index, n_out, f)
+            del f
+    except BaseException:  # cancel (SamplingCancelled, ComfyUI's interrupt), an error, Ctrl-C: keep what finished
+        if latents:
+            try:
+                hooks.keep_unfinished(video_latent(latents, s.fps), frames, vae)
+            except Exception as e:  # noqa: BLE001 -- never hide why the run stopped
+                logging.error("MAGI-1: could not keep the %d finished chunk(s): %s: %s", len(latents),
+                              type(e).__name__, e)
+        raise
     decoded = None
     if keep and frames:
         decoded = {"key": decode_key(vae.key, DEFAULT_TILING, s.fps), "frames": torch.cat(frames)}

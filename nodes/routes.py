@@ -7,6 +7,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from magi_core.settings import steps_problem
+
 from .conditioning import chunk_info, schedule_info
 
 
@@ -18,17 +20,23 @@ def _ints(data, *names):
     try:
         return [int(data.get(n, d)) for n, d in names]
     except (TypeError, ValueError):
-        raise ValueError("frames, fps and prefix_frames must be integers") from None
+        raise ValueError(f"{', '.join(n for n, _ in names)} must be integers") from None
 
 
 def add_routes(routes) -> None:
     @routes.get("/magi/chunk_info")
     async def get_chunk_info(request):
+        """The sampler panel: chunk counts and output length, or why the widgets' values can't run."""
         try:
-            frames, fps, prefix = _ints(request.rel_url.query, ("frames", 96), ("fps", 24), ("prefix_frames", 0))
-            return web.json_response(chunk_info(frames, fps, prefix))
-        except ValueError as e:
+            frames, fps, prefix, steps, window = _ints(request.rel_url.query, ("frames", 96), ("fps", 24),
+                                                       ("prefix_frames", 0), ("steps", 0), ("window_size", 0))
+        except ValueError as e:  # a malformed request
             return web.json_response({"error": str(e)}, status=400)
+        try:  # the widgets' values: the panel shows the error (no failed request in the browser's console)
+            problem = steps_problem(steps, window) if steps and window else None
+            return web.json_response({"error": problem} if problem else chunk_info(frames, fps, prefix))
+        except ValueError as e:
+            return web.json_response({"error": str(e)})
 
     @routes.post("/magi/dit_info")
     async def post_dit_info(request):
@@ -51,9 +59,13 @@ def add_routes(routes) -> None:
         try:
             data = await request.json()
             frames, fps, prefix = _ints(data, ("frames", 96), ("fps", 24), ("prefix_frames", 0))
-            return web.json_response(schedule_info(str(data.get("text", "")), frames, fps, prefix))
-        except ValueError as e:
+            text = str(data.get("text", ""))
+        except ValueError as e:  # a malformed request
             return web.json_response({"error": str(e)}, status=400)
+        try:
+            return web.json_response(schedule_info(text, frames, fps, prefix))
+        except ValueError as e:  # e.g. frames 0 on the sampler: the panel shows it
+            return web.json_response({"error": str(e)})
 
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"

@@ -1,9 +1,14 @@
 """The MAGI-1 sampler (text/image/video-to-video), its advanced options, and the multi-GPU settings."""
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
+import folder_paths
 from comfy_api.latest import io
 
 from magi_core.sampling.executor import SamplingCancelled
+from magi_core.settings import steps_problem
 
 from . import choices, memory
 from .chunk_progress import ChunkProgress
@@ -12,6 +17,7 @@ from .loading import load_dit_weights
 from .multigpu import make_settings, release_pool
 from .sampler_settings import build_settings, sampler_options
 from .types import CATEGORY, MagiConditioning, MagiModel, MagiMultiGPU, MagiSamplerOptions, MagiVAE
+from .unfinished import PREFIX, save_unfinished
 
 class ComfyHooks(Hooks):
     """Hooks for a run inside ComfyUI: model management, progress bar, interrupt, previews."""
@@ -49,6 +55,17 @@ class ComfyHooks(Hooks):
         else:
             self.show.chunk(index, total, frames, text)
 
+    def keep_unfinished(self, latent, frames, vae):
+        n, x = len(latent["magi_chunks"]), latent["samples"]
+        self.show.text(f"stopped: saving the {n} finished chunk(s) ...")
+        out_dir = folder_paths.get_output_directory()
+        folder, name, counter, _, _ = folder_paths.get_save_image_path(PREFIX, out_dir, x.shape[4] * 8, x.shape[3] * 8)
+        files = save_unfinished(latent, frames, vae, Path(folder) / f"{name}_{counter:05}_")
+        where = " and ".join(str(Path(f).relative_to(out_dir)) for f in files)
+        text = f"stopped after {n} finished chunk(s): kept in the output folder as {where}"
+        logging.warning("MAGI-1 Sampler %s", text)
+        self.show.text(text)
+
 
 class MagiSampler(io.ComfyNode):
     @classmethod
@@ -57,7 +74,8 @@ class MagiSampler(io.ComfyNode):
             node_id="MagiSampler", display_name="MAGI-1 Sampler", category=CATEGORY,
             description="Generate video chunk by chunk (24 frames each). No prefix: text-to-video; a one-frame prefix: "
                         "image-to-video; a video prefix: continuation. With a VAE connected, each finished chunk is "
-                        "decoded and shown while the next one denoises.",
+                        "decoded and shown while the next one denoises. Cancel (or an error) keeps the chunks finished so "
+                        "far in the output folder (MAGI-1_unfinished_00001_.mp4).",
             inputs=[
                 MagiModel.Input("model"),
                 MagiConditioning.Input("conditioning"),
@@ -109,13 +127,19 @@ class MagiSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, preview=None):
-        return choices.check_all([("preview", preview, choices.PREVIEW)])
+    def validate_inputs(cls, steps=None, window_size=None):
+        """At queue time, before any model loads: steps against window_size, the one mistake the widgets' own
+        limits let through (ComfyUI shows it on both inputs). The preview combo and the rest are checked when the
+        sampler starts, before the DiT loads (execute, nodes/generation.check)."""
+        if None in (steps, window_size):  # linked: not known yet
+            return True
+        return steps_problem(steps, window_size) or True
 
     @classmethod
     def execute(cls, model, conditioning, width, height, num_frames, fps, steps, seed, window_size, text_scale,
                 prev_chunk_scale, prev_chunks_scale, use_hq, use_duration, preview, force_offload, prefix=None,
                 vae=None, options=None, multigpu=None):
+        choices.require_all([("preview", preview, choices.PREVIEW)])
         s = build_settings(width, height, num_frames, fps, steps, seed, window_size, text_scale, prev_chunk_scale,
                            prev_chunks_scale, use_hq, use_duration, options)
         show = preview != "off"

@@ -466,8 +466,10 @@ def _workflow_specs() -> dict:
                    (6, "MagiDecodeToVideoFile", (1380, 0), dict(filename_prefix="video/MAGI-1_long"), None),
                    note("Long videos at constant memory: MAGI-1 Decode to Video File decodes the sampler's latent "
                         "one chunk at a time straight into an mp4 in the output folder (2400 frames = 100 chunks "
-                        "= 100 s here; memory does not grow with the length). An interrupted run keeps the "
-                        "chunks written so far. Its VIDEO output works with ComfyUI's video nodes.\n\n"
+                        "= 100 s here; memory does not grow with the length). Cancel keeps what is finished: while "
+                        "sampling, the finished chunks go to the output folder as MAGI-1_unfinished_00001_.mp4; "
+                        "while writing, the chunks written so far stay in the file. Its VIDEO output works with "
+                        "ComfyUI's video nodes.\n\n"
                         + MODELS_NOTE)],
             links=BASE_LINKS[:5] + [(3, 0, 6, "vae")]),
         "magi1_t2v_multigpu": dict(

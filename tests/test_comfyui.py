@@ -455,7 +455,6 @@ def test_encode_node_gives_the_command_line_inputs():
     ("MagiDiTLoader", "block_swap", 65, "Value 65 bigger than max of 64"),  # ComfyUI's own check
     ("MagiVAELoader", "vae", "nope", "put the MAGI-1 VAE"),
     ("MagiT5Loader", "t5", "nope", "put t5xxl_fp16.safetensors"),
-    ("MagiSampler", "preview", "sometimes", "preview: 'sometimes'"),
 ])
 def test_bad_values_are_rejected_at_queue_time_once_on_their_input(server, node, field, value, needle):
     """One error, attached to the input it is about (ComfyUI attaches validate_inputs' answer to every input the
@@ -471,9 +470,22 @@ def test_bad_values_are_rejected_at_queue_time_once_on_their_input(server, node,
     assert set(r["node_errors"]) == {nid}
 
 
+def test_steps_that_do_not_fit_the_window_are_rejected_at_queue_time(server):
+    """steps 16 with window_size 3 (both within the widgets' limits): a 400 before anything runs or loads, on
+    the two inputs involved."""
+    prompt = tiny(api_twin("magi1_t2v"))
+    nid = node_of(prompt, "MagiSampler")
+    prompt[nid]["inputs"].update(steps=16, window_size=3)
+    status, r = server.queue(prompt)
+    assert status == 400
+    errors = r["node_errors"][nid]["errors"]
+    assert sorted(e["extra_info"]["input_name"] for e in errors) == ["steps", "window_size"], errors
+    assert all("steps must be a positive multiple of window_size (3), got 16" in e["details"] for e in errors)
+    assert set(r["node_errors"]) == {nid}
+
+
 @pytest.mark.parametrize("workflow, node, changes, needle", [
     ("magi1_t2v", "MagiSampler", dict(width=72), "width must be a positive multiple of 16, got 72"),
-    ("magi1_t2v", "MagiSampler", dict(steps=6), "steps must be a positive multiple of window_size (4)"),
     ("magi1_t2v", "MagiTextEncode", dict(prompt="0-2: a fox\n1-: a bird"), "overlap"),
     ("magi1_t2v", "MagiTextEncode", dict(prompt="0: a fox\n1-3: a bird"), "the video has only 1 chunk (0..0)"),
     ("magi1_i2v", "MagiSampler", dict(width=80, height=80), "prefix latent is 64x64 but the sampler makes 80x80"),
@@ -484,6 +496,7 @@ def test_bad_values_are_rejected_at_queue_time_once_on_their_input(server, node,
     ("magi1_t2v", "MagiDiTLoader", dict(variant="fp16"), "variant: 'fp16' is not one of the choices"),
     ("magi1_t2v", "MagiVAELoader", dict(dtype="int8"), "dtype: 'int8' is not one of the choices"),
     ("magi1_i2v", "MagiVAEEncode", dict(take="middle"), "take: 'middle' is not one of the choices"),
+    ("magi1_t2v", "MagiSampler", dict(preview="sometimes"), "preview: 'sometimes' is not one of the choices"),
     # the test server runs on the CPU, where block swap is refused first (the layer limit: test_nodes, fake GPU)
     ("magi1_t2v", "MagiDiTLoader", dict(block_swap=4), "set block swap to 0"),
     # prompt text is never dropped: a malformed schedule line, a prompt the caption cleaner empties
@@ -515,6 +528,13 @@ def test_routes(server):
     assert status == 200 and not r["ok"] and "line 2" in r["error"], r
     status, r = server.post("/api/magi/schedule", {"text": "x", "frames": "many"})
     assert status == 400 and "integers" in r["error"]
+    # widget values the sampler would refuse: 200 and the error, which the panel shows (no failed request logged)
+    r = server.get("/api/magi/chunk_info?frames=96&fps=24&steps=16&window_size=3")
+    assert r == {"error": r["error"]} and "multiple of window_size (3), got 16" in r["error"]
+    assert "at least 4" in server.get("/api/magi/chunk_info?frames=0&fps=24")["error"]
+    assert server.get("/api/magi/chunk_info?frames=96&fps=24&steps=16&window_size=4")["chunks"] == 4
+    status, r = server.post("/api/magi/schedule", {"text": "a fox", "frames": 0, "fps": 24})
+    assert status == 200 and "at least 4" in r["error"]
 
 
 def test_clip_bridge_matches_magi_t5():

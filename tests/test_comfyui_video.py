@@ -193,6 +193,43 @@ def test_interrupt_keeps_the_finished_chunks(server):
     assert not list((server.workdir / "output" / "video").glob(".interrupted*"))  # no temp file left
 
 
+def test_interrupt_while_sampling_keeps_the_finished_chunks(server):
+    """Cancel after the sampler's first finished chunk: the run ends interrupted (no LATENT output, nothing
+    cached), and the finished chunk is in the output folder as a playable mp4, which the node's text names."""
+    prompt = long_video(server, 24 * 6)
+    sampler = node_of(prompt, "MagiSampler")
+    out = server.workdir / "output"
+    before = set(out.glob("MAGI-1_unfinished*"))
+    ws = server.websocket()
+    try:
+        status, r = server.queue(prompt)
+        assert status == 200
+        texts, end, chunks = [], None, 0
+        deadline = time.time() + 600
+        while time.time() < deadline and end is None:
+            msg = ws.recv()
+            if isinstance(msg, bytes):  # previews, and node texts (kind 3)
+                n = struct.unpack(">I", msg[4:8])[0]
+                if struct.unpack(">I", msg[:4])[0] == 3 and msg[8:8 + n].decode() == sampler:
+                    texts.append(msg[8 + n:].decode())
+                continue
+            m = json.loads(msg)
+            if m["type"] == "magi.chunk" and m["data"].get("node") == sampler:
+                chunks += 1
+                if chunks == 1:
+                    server.post("/interrupt", {})
+            elif m["type"] in ("execution_interrupted", "execution_error", "execution_success"):
+                end = m
+    finally:
+        ws.close()
+    assert end["type"] == "execution_interrupted", end
+    files = sorted(set(out.glob("MAGI-1_unfinished*")) - before)
+    assert [f.suffix for f in files] == [".mp4"], files
+    assert 24 <= len(video_frames(files[0])) < 24 * 6  # the finished chunk(s), playable
+    assert any(files[0].name in t and "finished chunk" in t for t in texts), texts[-3:]
+    assert not list(out.glob(".MAGI-1_unfinished*"))  # no temporary file left
+
+
 def test_long_video_memory_stays_flat(server):
     """100 chunks (2400 frames) through the long-video workflow: the server's RSS after chunk 100 is within a few
     % of its RSS after chunk 10, for the sampler (chunk previews on) and for the file writer."""

@@ -511,6 +511,90 @@ def test_generation_checks_before_loading_and_cancels(tiny, t5):
     assert hooks.calls == 1 and not [e for e in hooks.events if e[0] == "chunk"]
 
 
+class StopAfterChunk(RecordingHooks):
+    """Cancels after `chunks` chunks finished, or raises `error` from the preview of the chunk after them; records
+    what keep_unfinished got."""
+
+    def __init__(self, chunks=1, error=None):
+        super().__init__()
+        self.after, self.error, self.kept = chunks, error, None
+
+    def cancelled(self):
+        return self.error is None and len([e for e in self.events if e[0] == "chunk"]) >= self.after
+
+    def chunk_done(self, index, total, frames):
+        if self.error is not None and index == self.after:
+            raise self.error
+        super().chunk_done(index, total, frames)
+
+    def keep_unfinished(self, latent, frames, vae):
+        self.kept = (latent, list(frames), vae)
+
+
+def read_frames(path):
+    from magi_core.video import read_video
+
+    return read_video(path)
+
+
+def test_a_stopped_run_keeps_its_finished_chunks(tiny, t5, vae, tmp_path):
+    from magi_core.pipeline import encode_prompts
+    from magi_core.sampling.executor import SamplingCancelled
+
+    unfinished = mod("unfinished")
+    cond = encode_prompts(t5, "a red fox")
+    hooks = StopAfterChunk(chunks=1)
+    with pytest.raises(SamplingCancelled):
+        generation.run(dit_handle(tiny), cond, run_settings(num_frames=72), hooks, vae=vae)
+    latent, frames, got_vae = hooks.kept
+    assert latent["magi_chunks"] == [6] and latent["magi_fps"] == 24 and len(frames) == 1 and got_vae is vae
+    # the same seed run to the end: its first chunk is the one kept (later chunks never change earlier ones)
+    whole = generation.run(dit_handle(tiny), cond, run_settings(num_frames=72), RecordingHooks(), vae=vae)
+    assert torch.equal(latent["samples"], whole["samples"][:, :, :6])
+
+    # with the preview frames: an mp4 of those frames, as write_mp4 encodes them (32x32 noise loses much to H.264's
+    # 4:2:0 chroma, so compare two encodings of the same frames, and the mean brightness)
+    from magi_core.video import write_mp4
+
+    [mp4] = unfinished.save_unfinished(latent, frames, vae, tmp_path / "a")
+    video = read_frames(mp4)
+    write_mp4(tmp_path / "ref.mp4", frames[0], 24)
+    ref = read_frames(tmp_path / "ref.mp4")  # x264's threads make two encodings differ slightly (mean 0.002 here,
+    assert mp4.name == "a.mp4" and (video - ref).abs().mean() < 0.02  # where each is 0.17 away from the frames)
+    assert abs(video.mean() - frames[0].mean()) < 0.02
+    # without them (a long video keeps no preview frames): decoded again, the same video
+    [mp4b] = unfinished.save_unfinished(latent, [], vae, tmp_path / "b")
+    assert (read_frames(mp4b) - video).abs().mean() < 0.02
+    # without a VAE: ComfyUI's .latent file (what native Load Latent reads)
+    from safetensors import safe_open
+
+    [lat] = unfinished.save_unfinished(latent, [], None, tmp_path / "c")
+    with safe_open(str(lat), "pt") as f:
+        assert set(f.keys()) == {"latent_tensor", "latent_format_version_0"}
+        assert torch.equal(f.get_tensor("latent_tensor"), latent["samples"])
+        assert f.metadata()["magi_chunks"] == "[6]"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "b.mp4", "c.latent", "ref.mp4"]  # no temp file
+
+
+def test_a_run_that_fails_keeps_its_finished_chunks_and_its_error(tiny, t5, vae, tmp_path):
+    from magi_core.pipeline import encode_prompts
+
+    unfinished = mod("unfinished")
+    hooks = StopAfterChunk(chunks=1, error=RuntimeError("out of memory (simulated)"))
+    with pytest.raises(RuntimeError, match="simulated"):  # the run's own error, not one from the saving
+        generation.run(dit_handle(tiny), encode_prompts(t5, "a fox"), run_settings(num_frames=72), hooks, vae=vae)
+    latent, frames, _ = hooks.kept
+    assert latent["magi_chunks"] == [6, 6] and len(frames) == 2  # the failing chunk's latent had finished too
+
+    class Broken:  # a VAE that fails to decode: the latent is kept instead
+        model = None
+
+    files = unfinished.save_unfinished(latent, [], Broken(), tmp_path / "d")
+    assert [p.name for p in files] == ["d.latent"]
+    files = unfinished.save_unfinished(latent, frames[:1], Broken(), tmp_path / "e")  # fails at chunk 2
+    assert [p.name for p in files] == ["e.mp4", "e.latent"] and read_frames(files[0]).shape[0] == 24
+
+
 # ----------------------------------------------------------------------------- performance switches
 class ModelHooks(RecordingHooks):
     """Records the DiT the run got and its compile_ops at every DiT call."""
