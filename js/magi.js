@@ -66,14 +66,21 @@ function inputNode(node, name) {
   return slot === undefined || slot < 0 ? null : node.getInputNode(slot);
 }
 
+// Is this IMAGE an image file (Load Image), seen through nodes that pass images on (scale, crop, ...)?
+function imageSource(src, depth = 0) {
+  if (!src || depth > 8) return false;
+  if (src.type === "LoadImage") return true;
+  const slot = (src.inputs ?? []).findIndex((i) => i.type === "IMAGE" && i.link != null);
+  return slot >= 0 && imageSource(src.getInputNode(slot), depth + 1);
+}
+
 // Pixel frames of the sampler's prefix: 0 (none), 1 (an image), the encode node's max_frames, or null (unknown).
 function prefixFrames(sampler) {
   const slot = sampler.findInputSlot?.("prefix");
   if (slot === undefined || slot < 0) return 0;
   const enc = sampler.getInputNode(slot);
   if (!enc) return 0;
-  const src = enc.getInputNode?.(enc.findInputSlot("image"));
-  if (src?.type === "LoadImage") return 1;
+  if (imageSource(enc.getInputNode?.(enc.findInputSlot("image")))) return 1;
   const max = value(enc, "max_frames", 0);
   return max > 0 ? max : null; // every frame goes to the VAE (magi_core.pipeline.prefix_latent_count)
 }
@@ -250,17 +257,37 @@ function setupSchedule(node) {
   });
 }
 
-// A text encoder whose prompt comes from this schedule shows the schedule (not a stale text of its own).
+// A text encoder whose prompt comes from this schedule shows the schedule (not a stale text of its own). The text
+// the user typed there is kept in the node's properties (saved with the workflow) and comes back when the schedule
+// is disconnected (setupTextEncoder).
 function mirrorSchedule(node) {
   const text = value(node, "schedule", "");
   for (const enc of node.getOutputNodes?.(0) ?? []) {
     if (!TEXT_ENCODERS.includes(enc.type)) continue;
     const w = widget(enc, "prompt");
     if (w && w.value !== text) {
+      enc.properties ??= {};
+      if (enc.properties.magi_own_prompt === undefined) enc.properties.magi_own_prompt = w.value;
       w.value = text;
       enc.setDirtyCanvas?.(true, true);
     }
   }
+}
+
+function setupTextEncoder(node) {
+  const timer = setInterval(() => {
+    const own = node.properties?.magi_own_prompt;
+    if (own === undefined || inputNode(node, "prompt")) return;
+    const w = widget(node, "prompt");
+    if (w) w.value = own;
+    delete node.properties.magi_own_prompt;
+    node.setDirtyCanvas?.(true, true);
+  }, POLL_MS);
+  const removed = node.onRemoved;
+  node.onRemoved = function () {
+    clearInterval(timer);
+    return removed?.apply(this, arguments);
+  };
 }
 
 function setupLoader(node) {
@@ -314,7 +341,8 @@ if (!app.extensions?.some((e) => e.name === NAME)) app.registerExtension({
   },
   nodeCreated(node) {
     const setup = { MagiSampler: setupSampler, MagiPromptSchedule: setupSchedule, MagiDiTLoader: setupLoader,
-      MagiDecodeToVideoFile: setupWriter }[node.comfyClass];
+      MagiDecodeToVideoFile: setupWriter, MagiTextEncode: setupTextEncoder, MagiCLIPTextEncode: setupTextEncoder,
+    }[node.comfyClass];
     if (setup) setup(node);
   },
 });

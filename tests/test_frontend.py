@@ -224,6 +224,50 @@ def test_schedule_shown_in_the_text_encoder(page):
     wait_value(page, "MagiTextEncode", "prompt", "0-: a heron in the rain")
 
 
+def test_a_connected_schedule_keeps_the_prompt_typed_in_the_encoder(page):
+    """Connecting a Prompt Schedule shows its text in the encoder; disconnecting it brings back what the user had
+    typed there (the mirror used to overwrite it for good)."""
+    load_workflow(page, "magi1_t2v")
+    own = node_value(page, "MagiTextEncode", "prompt")
+    page.evaluate(f"""() => {{
+        const app = {APP}, g = app.graph, enc = g.nodes.find(x => x.type === 'MagiTextEncode');
+        const s = {LITEGRAPH}.createNode('MagiPromptSchedule');
+        s.pos = [enc.pos[0], enc.pos[1] + 400];
+        g.add(s);
+        s.widgets.find(w => w.name === 'schedule').value = '0-: a heron in the rain';
+        s.connect(0, enc, enc.findInputSlot('prompt'));
+    }}""")
+    wait_value(page, "MagiTextEncode", "prompt", "0-: a heron in the rain")
+    page.evaluate(f"""() => {{
+        const enc = {APP}.graph.nodes.find(x => x.type === 'MagiTextEncode');
+        enc.disconnectInput(enc.findInputSlot('prompt'));
+    }}""")
+    wait_value(page, "MagiTextEncode", "prompt", own)
+
+
+def test_an_image_prefix_is_recognised_through_other_nodes(page):
+    """Load Image -> ImageScaleBy -> MAGI VAE Encode is still an image prefix: 120 frames, not a video prefix."""
+    load_workflow(page, "magi1_i2v")
+    wait_text(page, ".magi-panel", "(image prefix)")
+    page.evaluate(f"""() => {{
+        const g = {APP}.graph, load = g.nodes.find(x => x.type === 'LoadImage');
+        const enc = g.nodes.find(x => x.type === 'MagiVAEEncode');
+        const scale = {LITEGRAPH}.createNode('ImageScaleBy');
+        scale.pos = [load.pos[0], load.pos[1] + 500];
+        g.add(scale);
+        load.connect(0, scale, scale.findInputSlot('image'));
+        scale.connect(0, enc, enc.findInputSlot('image'));
+    }}""")
+    assert page.evaluate(f"""() => {{
+        const enc = {APP}.graph.nodes.find(x => x.type === 'MagiVAEEncode');
+        return enc.getInputNode(enc.findInputSlot('image'))?.type;
+    }}""") == "ImageScaleBy"
+    page.wait_for_timeout(3 * 700)  # three of the panel's polls: it has seen the new graph
+    texts = page.evaluate("[...document.querySelectorAll('.magi-panel')].map(e => e.innerText)")
+    assert any("image prefix" in t and "120 frames" in t for t in texts), texts
+    assert not any("video prefix" in t for t in texts), texts
+
+
 def test_frame_counts_and_fps_mismatch_are_shown(page):
     load_workflow(page, "magi1_t2v")
     wait_text(page, ".magi-panel", "4 chunks of 24 frames")
