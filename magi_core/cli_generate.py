@@ -265,6 +265,7 @@ def prepare(a) -> Job:
     try:
         validate(s, cfg, None, vae_cfg, n_prefix, tokens)
         schedule.resolve(chunk_count(s, n_prefix)[1], s.fps)
+        warnings += schedule.moved_times(s.fps)
     except ValueError as e:
         raise ValueError(_flags(str(e))) from None
     job = Job(settings=s, runtime=runtime, dit_cfg=cfg, dit=str(a.dit), variant=a.variant, vae=str(a.vae),

@@ -449,6 +449,12 @@ def write_mp4(path, frames, fps: float, crf: int = 23) -> str:
 
 
 # ---------------------------------------------------------------- frame counts (reference rules)
+def chunk_output_frames(fps: int) -> int:
+    """Pixel frames one chunk of 6 latent frames decodes to at this fps: 24 from 16 fps up, 6 below (the VAE's
+    time tiles of fps // 2 frames then hold one latent frame each, which decodes to one frame)."""
+    return reference_output_frames(CHUNK_WIDTH * FRAMES_PER_LATENT, 0, int(fps))
+
+
 def reference_output_frames(num_frames: int, prefix_latents: int = 0, fps: int = 24) -> int:
     """Pixel frames the reference writes for `num_frames` requested (see the module doc).
 

@@ -51,7 +51,7 @@ def chunk_info(num_frames: int, fps: int, prefix_frames: int = 0) -> dict:
                    "as the reference; MAGI-1 is trained at 24 fps)")
     note = f"{num_frames} frames asked -> {frames} out: " + "; ".join(why) if frames != num_frames else ""
     return dict(chunks=n, generated_chunks=generated, schedule_chunks=n - P // CHUNK_WIDTH,
-                frames_per_chunk=FRAMES_PER_CHUNK, chunk_seconds=FRAMES_PER_CHUNK / fps,
+                frames_per_chunk=per_chunk, chunk_seconds=per_chunk / fps,
                 output_frames=frames, seconds=frames / fps, note=note)
 
 
@@ -66,6 +66,7 @@ def schedule_info(text: str, num_frames: int, fps: int, prefix_frames: int = 0) 
     except ValueError as e:
         out.update(ok=False, error=str(e))
         return out
+    out["warnings"] = out["warnings"] + schedule.moved_times(fps)
     cs = out["chunk_seconds"]
     for r in schedule.ranges:
         first, stop = r.chunk_bounds(n, fps)

@@ -215,6 +215,13 @@ def test_fp8_attention_on_cpu_is_said_once_before_loading(models, tmp_path):
     assert "generating" in r.stdout
 
 
+def test_a_schedule_time_inside_a_chunk_is_said_before_the_run(models, tmp_path):
+    r, _ = cli(models, tmp_path, "--prompt", "0s-1.5s: a red fox\n1.5s-: a bird", "--frames", "72")
+    assert r.returncode == 0, r.stderr
+    assert "warning: line 1: 1.5s falls inside a chunk, so the prompt changes at 2s" in r.stderr
+    assert "generating" in r.stdout  # a note, not an error: the run goes on
+
+
 def test_missing_model_paths_say_where_install_py_puts_them():
     import install
 

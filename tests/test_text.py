@@ -407,6 +407,27 @@ def test_second_ranges_round_to_chunk_boundaries():
     assert r.chunk_bounds(10, fps=24) == (0, 1)  # 1.25 chunks -> 1
 
 
+def test_below_16_fps_seconds_follow_the_chunks_in_the_output_video():
+    """At 12 fps a chunk decodes to 6 frames (the VAE's time tiles of 6 frames hold one latent frame each), so it
+    lasts 0.5 s of the output video: '1s' is the boundary after 2 chunks, where the output's frame 12 begins."""
+    from magi_core.video import chunk_output_frames, reference_output_frames
+
+    assert chunk_output_frames(12) == reference_output_frames(24 * 4, 0, 12) // 4 == 6
+    assert chunk_output_frames(24) == chunk_output_frames(16) == 24
+    assert schedule.resolve_prompts("0s-1s: one\n1s-: two", 4, fps=12) == ["one", "one", "two", "two"]
+    assert schedule.resolve_prompts("0s-1s: one\n1s-: two", 4, fps=24) == ["one", "two", "two", "two"]
+
+
+def test_times_inside_a_chunk_are_reported_where_the_prompt_really_changes():
+    s = schedule.parse_schedule("0s-2.5s: a fox\n2.5s-: a bird")
+    assert s.resolve(4, fps=24) == ["a fox"] * 3 + ["a bird"]  # 2.5 s rounds (half up) to the boundary at 3 s
+    [note] = s.moved_times(24)  # 2.5 s ends line 1 and starts line 2: said once
+    assert note.startswith("line 1: 2.5s falls inside a chunk") and "changes at 3s" in note and "1 s at 24 fps" in note
+    assert schedule.parse_schedule("0s-2s: a\n2s-: b").moved_times(24) == []  # on boundaries: nothing to say
+    assert schedule.parse_schedule("0-1: a\n2-: b").moved_times(30) == []  # chunk indices never move
+    assert "changes at 2.4s" in schedule.parse_schedule("0s-2s: a\n2s-: b").moved_times(30)[0]  # 0.8 s chunks
+
+
 @pytest.mark.parametrize(
     "text, n, message",
     [

@@ -15,10 +15,12 @@ which stays a plain prompt, and a single line starting with one time or one chun
 ('1920s: a street', '1984: a city'), which could never be a whole schedule and is a plain prompt too (both with a
 warning from `check_captions`). En and em dashes count as '-'.
 
-Seconds are turned into chunk boundaries: one chunk lasts `frames_per_chunk / fps` seconds (24 frames,
-i.e. 1 s at 24 fps), and a time `s` becomes boundary `floor(s * fps / frames_per_chunk + 0.5)` (nearest
-chunk boundary, halves rounded up). So `0s-2s` at 24 fps is chunks 0 and 1; at 30 fps it is chunks 0..2
-(2 s = 2.5 chunks, rounded up to 3).
+Seconds are turned into chunk boundaries: one chunk lasts `frames_per_chunk / fps` seconds of the output video,
+where frames_per_chunk is what a chunk decodes to at that fps (`video.chunk_output_frames`: 24 frames, i.e. 1 s
+at 24 fps; 6 frames below 16 fps, i.e. 0.5 s at 12 fps), and a time `s` becomes boundary
+`floor(s * fps / frames_per_chunk + 0.5)` (nearest chunk boundary, halves rounded up). So `0s-2s` at 24 fps is
+chunks 0 and 1; at 30 fps it is chunks 0..2 (2 s = 2.5 chunks, rounded up to 3). A time that is not on a chunk
+boundary is reported by `PromptSchedule.moved_times`.
 
 The resolved schedule must cover chunks 0..n_chunks-1 exactly once: gaps, overlaps, empty prompts and
 ranges past the end are errors.
@@ -29,7 +31,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from ..video import CHUNK_WIDTH, FRAMES_PER_LATENT
+from ..video import CHUNK_WIDTH, FRAMES_PER_LATENT, chunk_output_frames
 from .cleaning import check_caption
 
 FRAMES_PER_CHUNK = CHUNK_WIDTH * FRAMES_PER_LATENT  # 24 pixel frames per chunk
@@ -56,10 +58,10 @@ class PromptRange:
     seconds: bool = False
     line: int = 0  # 1-based line number in the source text (0 = not from text)
 
-    def chunk_bounds(self, n_chunks: int, fps: float, frames_per_chunk: int = FRAMES_PER_CHUNK) -> tuple[int, int]:
-        """Half-open chunk range [first, stop)."""
+    def chunk_bounds(self, n_chunks: int, fps: float, frames_per_chunk: int | None = None) -> tuple[int, int]:
+        """Half-open chunk range [first, stop); frames_per_chunk: None = what a chunk decodes to at fps."""
         if self.seconds:
-            per_second = fps / frames_per_chunk
+            per_second = fps / (frames_per_chunk or chunk_output_frames(fps))
 
             def boundary(s: float) -> int:
                 return math.floor(s * per_second + 0.5)
@@ -127,11 +129,28 @@ class PromptSchedule:
             raise ValueError("prompt schedule: " + "; ".join(problems))
         return self
 
-    def resolve(self, n_chunks: int, fps: float = 24, frames_per_chunk: int = FRAMES_PER_CHUNK) -> list[str]:
+    def moved_times(self, fps: float, frames_per_chunk: int | None = None) -> list[str]:
+        """A note for each time (in seconds) that falls inside a chunk: where the prompt really changes."""
+        fpc = frames_per_chunk or chunk_output_frames(fps)
+        cs = fpc / fps
+        notes, seen = [], set()
+        for r in self.ranges:
+            for t in ((r.start, r.end) if r.seconds else ()):
+                if t is None or t in seen:  # a time that ends one range and starts the next: said once
+                    continue
+                seen.add(t)
+                b = math.floor(t * fps / fpc + 0.5)
+                if abs(b * cs - t) > 1e-9:
+                    notes.append(f"line {r.line}: {t:g}s falls inside a chunk, so the prompt changes at {b * cs:g}s, "
+                                 f"the nearest chunk boundary (a chunk lasts {cs:g} s at {fps:g} fps)")
+        return notes
+
+    def resolve(self, n_chunks: int, fps: float = 24, frames_per_chunk: int | None = None) -> list[str]:
         """One prompt per chunk, for chunks 0..n_chunks-1: ranges past the video's end first, then `check`, then
         what only the length and fps decide (overlaps and gaps of mixed units, ranges that round to no chunk)."""
         if n_chunks < 1:
             raise ValueError(f"n_chunks must be >= 1, got {n_chunks}")
+        frames_per_chunk = frames_per_chunk or chunk_output_frames(fps)
         bounds = [r.chunk_bounds(n_chunks, fps, frames_per_chunk) for r in self.ranges]
         longer = f"or make the video longer (a chunk is {frames_per_chunk} frames)"
         has = f"the video has only {n_chunks} chunk{'s' if n_chunks > 1 else ''} (0..{n_chunks - 1})"
@@ -270,7 +289,7 @@ def parse_schedule(text: str) -> PromptSchedule:
 
 
 def resolve_prompts(schedule: str | PromptSchedule, n_chunks: int, fps: float = 24,
-                    frames_per_chunk: int = FRAMES_PER_CHUNK) -> list[str]:
+                    frames_per_chunk: int | None = None) -> list[str]:
     """Schedule text (or a parsed schedule) -> one prompt per chunk."""
     if not isinstance(schedule, PromptSchedule):
         schedule = parse_schedule(schedule)
