@@ -42,6 +42,10 @@ class Hooks:
     def chunk_done(self, index: int, total: int, frames) -> None:
         """Each finished chunk, with its frames (T, H, W, 3) when decoded for a preview, else None."""
 
+    def note(self, text: str) -> None:
+        """Something the user should know about this run's settings (it still runs)."""
+        logging.warning("MAGI-1 Sampler: %s", text)
+
     def keep_unfinished(self, latent: dict, frames: list, vae: VAEHandle | None) -> None:
         """The run stopped (cancel, an error) after these chunks finished: `latent` (video_latent of them) and the
         frames decoded for the previews of the first len(frames). The node saves them (nodes/unfinished.py)."""
@@ -75,10 +79,32 @@ def check(model: DiTHandle, conditioning, s: SamplingSettings, prefix: dict | No
     return prefix_latents, prefix_frames, tokens
 
 
+# settings a run does not use, by the guidance passes it runs: widget (or Sampler Options) names
+_GUIDANCE_ONLY = (("text_scales", "text_scale / text_scales"), ("prev_chunk_scales", "prev_chunk_scale / prev_chunk_scales"))
+_ONE_PASS_ONLY = (("prev_chunks_scale", "prev_chunks_scale"),)
+
+
+def unused_settings(cfg, s: SamplingSettings) -> str | None:
+    """A note naming the settings changed from their defaults that this model will not use, or None: the guidance
+    scales when one pass runs (distill / fp8 models, or cfg_number 1), prev_chunks_scale when three run."""
+    default, passes = SamplingSettings(), s.for_model(cfg).cfg_number
+    names = _GUIDANCE_ONLY if passes == 1 else _ONE_PASS_ONLY
+    changed = [label for field, label in names if getattr(s, field) != getattr(default, field)]
+    if not changed:
+        return None
+    if passes == 1:
+        why = "a distill model" if (cfg.distill or cfg.fp8_quant) else "cfg_number 1"
+        return f"{', '.join(changed)} not used: this run makes one pass per step, without guidance ({why})"
+    return f"{', '.join(changed)} not used: it weighs the distill models' pass; this model runs three guidance passes"
+
+
 def run(model: DiTHandle, conditioning, s: SamplingSettings, hooks: Hooks, prefix: dict | None = None,
         vae: VAEHandle | None = None, preview: bool = True, multigpu: MultiGPUSettings | None = None) -> dict:
     """Generate; returns the LATENT dict (with the decoded frames when every chunk was decoded for previews)."""
     prefix_latents, prefix_frames, tokens = check(model, conditioning, s, prefix, vae, multigpu)
+    note = unused_settings(model.cfg, s)
+    if note:
+        hooks.note(note)
     _, n_out = chunk_count(s, prefix_frames)
     args = dict(prompts=conditioning, settings=s, prefix_latents=prefix_latents, prefix_frames=prefix_frames,
                 special_tokens=tokens, progress=hooks.progress, cancel=hooks.cancelled)

@@ -84,7 +84,10 @@ class DiTHandle:
         tokens = self.special_tokens.name if self.special_tokens else "none"
         perf = "".join([", compiled element-wise ops" if r.compile else "",
                         f", block swap {r.block_swap} of {d.cfg.num_layers} layers" if r.block_swap else ""])
-        return (f"MAGI-1 {d.size} {d.variant} (variant from {d.distill_source})\n"
+        why = {"caller": "variant set on the loader", "metadata": "variant from the file's metadata",
+               "name": "variant from the file name", "fp8 default": "the official fp8 weights are distill",
+               "default": "nothing in the name says distill; set variant if it is"}
+        return (f"MAGI-1 {d.size} {d.variant} ({why.get(d.distill_source, d.distill_source)})\n"
                 f"attention {r.attention or 'auto'}, precision {r.precision}, device {r.device}{perf}, "
                 f"special tokens {tokens}{notes}{_attention_note(r)}")
 

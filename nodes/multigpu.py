@@ -31,8 +31,8 @@ def parse_devices(text: str, cuda_count: int, leave_gpu0_free: bool = False, cp_
         raise ValueError(f"devices: {text!r} is not 'all', 'cpu' or a list of GPU numbers like '0,1,2,3'") from None
     bad = [i for i in ids if not 0 <= i < cuda_count]
     if bad or len(set(ids)) != len(ids) or not ids:
-        raise ValueError(f"devices: {text!r} names GPUs {bad or ids} but {cuda_count} are visible (0..{cuda_count - 1}), "
-                         "each at most once")
+        seen = f"{cuda_count} are visible (0..{cuda_count - 1})" if cuda_count else "no CUDA GPU is visible (use 'cpu')"
+        raise ValueError(f"devices: {text!r} names GPUs {bad or ids} but {seen}, each at most once")
     if leave_gpu0_free and 0 in ids:
         raise ValueError("devices lists GPU 0 but leave_gpu0_free is on: remove 0 or turn leave_gpu0_free off")
     return [f"cuda:{i}" for i in ids]

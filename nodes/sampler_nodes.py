@@ -55,6 +55,10 @@ class ComfyHooks(Hooks):
         else:
             self.show.chunk(index, total, frames, text)
 
+    def note(self, text):
+        super().note(text)
+        self.show.text(text)
+
     def keep_unfinished(self, latent, frames, vae):
         n, x = len(latent["magi_chunks"]), latent["samples"]
         self.show.text(f"stopped: saving the {n} finished chunk(s) ...")

@@ -330,7 +330,7 @@ def test_multigpu_devices():
     assert multigpu.parse_devices("cpu", 0, cp_size=2) == ["cpu", "cpu"]
     for text, n, free, needle in [("all", 0, False, "no usable CUDA GPU"), ("0,4", 4, False, "4 are visible"),
                                   ("1,1", 4, False, "at most once"), ("x", 4, False, "not 'all'"),
-                                  ("0,1", 4, True, "leave_gpu0_free")]:
+                                  ("0,1", 4, True, "leave_gpu0_free"), ("0,1", 0, False, "no CUDA GPU is visible")]:
         with pytest.raises(ValueError, match=None) as e:
             multigpu.parse_devices(text, n, free)
         assert needle in str(e.value)
@@ -383,8 +383,9 @@ def test_open_dit_reads_headers_only(tiny):
 
     assert h.nbytes == sum(t.numel() * t.element_size() for t in load_file(str(tiny["dit"])).values())
     assert h.loaded is None
-    assert "tiny distill" in h.describe() and "special_tokens.npz" in h.describe()
+    assert "tiny distill (variant from the file name)" in h.describe() and "special_tokens.npz" in h.describe()
     assert dit_handle(tiny, variant="base").detection.variant == "base"
+    assert "tiny base (variant set on the loader)" in dit_handle(tiny, variant="base").describe()
     with pytest.raises(Exception, match="wrong variant"):
         dit_handle(tiny, variant="distill-fp8")
 
@@ -593,6 +594,27 @@ def test_a_run_that_fails_keeps_its_finished_chunks_and_its_error(tiny, t5, vae,
     assert [p.name for p in files] == ["d.latent"]
     files = unfinished.save_unfinished(latent, frames[:1], Broken(), tmp_path / "e")  # fails at chunk 2
     assert [p.name for p in files] == ["e.mp4", "e.latent"] and read_frames(files[0]).shape[0] == 24
+
+
+def test_settings_the_model_will_not_use_are_named(tiny, t5, caplog):
+    """A distill model runs one pass: a changed text_scale is said (console and node), the default one is not."""
+    from magi_core.pipeline import encode_prompts
+
+    class NoteHooks(RecordingHooks):
+        def note(self, text):
+            super().note(text)
+            self.events.append(("note", text))
+
+    cond = encode_prompts(t5, "a red fox")
+    cfg = dit_handle(tiny, variant="distill").cfg
+    assert generation.unused_settings(cfg, run_settings()) is None
+    note = generation.unused_settings(cfg, run_settings(text_scale=3.0))
+    assert note.startswith("text_scale / text_scales not used") and "distill" in note
+    assert generation.unused_settings(dit_handle(tiny, variant="base").cfg, run_settings(prev_chunks_scale=0.5))
+    hooks = NoteHooks()
+    with caplog.at_level("WARNING"):
+        generation.run(dit_handle(tiny, variant="distill"), cond, run_settings(num_frames=24, text_scale=3.0), hooks)
+    assert ("note", note) in hooks.events and note in caplog.text
 
 
 # ----------------------------------------------------------------------------- performance switches
