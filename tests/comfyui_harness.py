@@ -387,7 +387,7 @@ def check_ui_workflow(workflow: dict, object_info: dict) -> list[str]:
 # their titles (the template browser shows the file name as the card's title), API twins in workflows/api/ under
 # the spec's key (stable names for scripts), and thumbnails. A UI workflow names its twin in extra.magi_api.
 # Widgets not given take their schema default. Nodes of a column (same x) are pushed down so none overlaps the
-# one above it (`build_ui`).
+# one above it (`build_ui`). Nothing sits below the sampler: its chunk previews make it taller after a run.
 SAMPLER = dict(width=720, height=720, num_frames=96, fps=24, steps=16, seed=1234, window_size=4)
 LOADERS = [
     (1, "MagiDiTLoader", (0, 0), dict(model="4.5B_distill"), None),
@@ -433,7 +433,7 @@ def _workflow_specs() -> dict:
             title="MAGI-1 image to video",
             nodes=[*LOADERS, text, sampler(), *OUTPUT,
                    (10, "LoadImage", (460, 1), dict(image="example.png"), None),
-                   (11, "MagiVAEEncode", (920, 1), dict(width=720, height=720), None),
+                   (11, "MagiVAEEncode", (460, 2), dict(width=720, height=720), None),
                    note("Image to video: the image is the first frame, resized to the sampler's size (MAGI VAE "
                         "Encode follows the sampler's width, height and fps).\n\n" + MODELS_NOTE)],
             links=BASE_LINKS + [(10, 0, 11, "image"), (3, 0, 11, "vae"), (11, 0, 5, "prefix")]),
@@ -442,7 +442,7 @@ def _workflow_specs() -> dict:
             nodes=[*LOADERS, text, sampler(), *OUTPUT,
                    (10, "LoadVideo", (460, 1), dict(file="magi1_prefix.mp4"), None),
                    (12, "GetVideoComponents", (460, 2), {}, None),
-                   (11, "MagiVAEEncode", (920, 1), dict(width=720, height=720, max_frames=32), None),
+                   (11, "MagiVAEEncode", (460, 3), dict(width=720, height=720, max_frames=32), None),
                    note("Video continuation: the last 32 frames of the clip are the prefix; the sampler makes "
                         "what follows. magi1_prefix.mp4 is a short example clip the pack puts in ComfyUI's input "
                         "folder: upload your own in Load Video.\n\n" + MODELS_NOTE)],

@@ -332,5 +332,30 @@ def test_chunk_previews_stream_during_a_run(page, server):
     shot(page, "chunk_previews")
 
 
+@pytest.mark.parametrize("name", ["magi1_i2v", "magi1_v2v"])
+def test_no_node_covers_another_after_a_run(page, server, name):
+    """The sampler's chunk previews make it taller after a run: the templates keep the space below it free (MAGI
+    VAE Encode sat there and was covered)."""
+    load_workflow(page, name)
+    for widget, value in (("width", 64), ("height", 64), ("steps", 4), ("num_frames", 24)):
+        set_widget(page, "MagiSampler", widget, value)
+    for t in ("MagiT5Loader", "MagiVAELoader"):
+        set_widget(page, t, "dtype", "fp32")
+    wait_value(page, "MagiVAEEncode", "width", 64)  # the encode node follows the sampler's size (js/magi.js)
+    wait_value(page, "MagiVAEEncode", "height", 64)
+    before = set(server.get("/history"))
+    page.evaluate(f"{APP}.queuePrompt(0)")
+    deadline = time.time() + 400
+    while time.time() < deadline and not set(server.get("/history")) - before:
+        time.sleep(1)
+    [pid] = set(server.get("/history")) - before
+    assert server.get("/history")[pid]["status"]["status_str"] == "success"
+    page.wait_for_function(f"{APP}.graph.nodes.find(x => x.type === 'MagiSampler').imgs?.length > 0",
+                           timeout=30_000)
+    page.wait_for_timeout(1000)
+    shot(page, f"after_run_{name}")
+    assert page.evaluate(OVERLAPS) == []
+
+
 def test_no_console_errors(page):
     assert page.magi_errors == []
