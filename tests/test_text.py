@@ -407,6 +407,15 @@ def test_second_ranges_round_to_chunk_boundaries():
     assert r.chunk_bounds(10, fps=24) == (0, 1)  # 1.25 chunks -> 1
 
 
+def test_a_comment_like_line_in_a_schedule_is_said_to_be_part_of_a_prompt():
+    s = schedule.parse_schedule("0: a fox\n# note to self\n1-: a bird")
+    assert s.resolve(2) == ["a fox # note to self", "a bird"]  # nothing dropped
+    [note] = s.check_captions()
+    assert note.startswith("prompt schedule line 2 '# note to self' is part of the prompt of line 1")
+    assert schedule.parse_schedule("0: a fox\nat dawn\n1-: a bird").check_captions() == []
+    assert schedule.parse_schedule("a beach at dusk\n#sunset #waves").check_captions() == []  # one prompt
+
+
 def test_below_16_fps_seconds_follow_the_chunks_in_the_output_video():
     """At 12 fps a chunk decodes to 6 frames (the VAE's time tiles of 6 frames hold one latent frame each), so it
     lasts 0.5 s of the output video: '1s' is the boundary after 2 chunks, where the output's frame 12 begins."""

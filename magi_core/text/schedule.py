@@ -83,11 +83,12 @@ class PromptRange:
 @dataclass(frozen=True)
 class PromptSchedule:
     ranges: tuple[PromptRange, ...]
+    notes: tuple[str, ...] = ()  # what parsing did that the user may not expect (check_captions reports them)
 
     def check_captions(self) -> list[str]:
         """`check_caption` for every prompt: the warnings (naming the line in a schedule of several ranges);
         raises ValueError for a prompt the caption cleaner empties."""
-        out = []
+        out = list(self.notes)
         if len(self.ranges) == 1 and _NO_COLON.match(self.ranges[0].prompt):
             m = _NO_COLON.match(self.ranges[0].prompt)
             out.append(f"the prompt {_shown(self.ranges[0].prompt)} starts like a schedule range without its ':', so "
@@ -261,12 +262,17 @@ def parse_schedule(text: str) -> PromptSchedule:
             f"({_EXAMPLE}); for one prompt, start no line with a number followed by ':' or '-'"
         )
     out: list[PromptRange] = []
+    notes = []
     for (number, line), kind in zip(lines, kinds):
         if kind in ("broken", "no colon"):
             raise _broken_line(number, line, kind)
         m = _RANGE_LINE.match(line)
         if m is None:  # continuation of the previous prompt
             prev = out[-1]
+            if line.lstrip().startswith(("#", "//")):  # reads like a comment: say where it went
+                notes.append(f"prompt schedule line {number} {_shown(line)} is part of the prompt of line "
+                             f"{prev.line} (a line without a range continues the prompt above it; there are no "
+                             "comments): delete it if it is a note")
             out[-1] = PromptRange(prev.start, prev.end, f"{prev.prompt} {line.strip()}".strip(), prev.seconds, prev.line)
             continue
         start, start_s = _bound(m["start"])
@@ -285,7 +291,7 @@ def parse_schedule(text: str) -> PromptSchedule:
         if start_s and m["dash"] is None:
             raise ValueError(f"{where}: a time needs a range, e.g. '{m['start']}-{start + 1:g}s:'")
         out.append(PromptRange(start, end, m["prompt"].strip(), start_s, number))
-    return PromptSchedule(tuple(out))
+    return PromptSchedule(tuple(out), tuple(notes))
 
 
 def resolve_prompts(schedule: str | PromptSchedule, n_chunks: int, fps: float = 24,
