@@ -153,16 +153,22 @@ function syncPrefixSize(node) {
   }
 }
 
-function setupSampler(node) {
-  const info = panel(node, "chunk_info", 120);
-  info.classList.add("magi-info");
+// A panel with a text line (returned) above the strip where onChunk shows each finished chunk.
+function chunkPanel(node, name, height, ...between) {
+  const el = panel(node, name, height);
+  el.classList.add("magi-info");
+  const box = document.createElement("div");
   const strip = document.createElement("div");
   strip.className = "magi-strip";
-  const box = document.createElement("div");
+  el.append(box, ...between, strip);
+  node.magiStrip = strip;
+  return box;
+}
+
+function setupSampler(node) {
   const warn = document.createElement("div");
   warn.className = "magi-warn";
-  info.append(box, warn, strip);
-  node.magiStrip = strip;
+  const box = chunkPanel(node, "chunk_info", 120, warn);
   const key = () => {
     markGuidance(node);
     syncPrefixSize(node);
@@ -305,15 +311,8 @@ function setupLoader(node) {
 }
 
 function setupWriter(node) {
-  const el = panel(node, "chunks", 96);
-  el.classList.add("magi-info");
-  const box = document.createElement("div");
-  box.textContent = "writes the video chunk by chunk; finished chunks show here";
-  const strip = document.createElement("div");
-  strip.className = "magi-strip";
-  el.append(box, strip);
-  node.magiStrip = strip;
-  node.magiStatus = box;
+  node.magiStatus = chunkPanel(node, "chunks", 96);
+  node.magiStatus.textContent = "writes the video chunk by chunk; finished chunks show here";
 }
 
 function onChunk({ detail }) {
