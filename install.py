@@ -135,8 +135,11 @@ def install_tokens(source: str | None = None, dest: Path = TOKENS["dest"], expec
         return f"{dest} is up to date"
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".part")
-    if source and Path(source).is_file():
-        shutil.copyfile(source, tmp)
+    if source and not source.startswith(("http://", "https://")) and not Path(source).expanduser().is_file():
+        raise SystemExit(f"--special-tokens {source}: no such file (give a local special_tokens.npz or an http(s) "
+                         "address)")
+    if source and Path(source).expanduser().is_file():
+        shutil.copyfile(Path(source).expanduser(), tmp)
     else:
         with urllib.request.urlopen(source or TOKENS["url"], timeout=60) as r, open(tmp, "wb") as f:
             shutil.copyfileobj(r, f)
@@ -197,6 +200,10 @@ def main(argv=None) -> int:
         for name, (src, dst) in ITEMS.items():
             print(f"{name:18s} {REPO_ID}/{src} -> models/{dst}")
         return 0
+    if a.dry_run and not a.download:
+        print("error: --dry-run shows what --download NAME would fetch: add --download (names: --list)",
+              file=sys.stderr)
+        return 2
     failed = 0  # exit 1 at the end when the special tokens could not be installed (a script chaining us notices)
     if not a.skip_special_tokens and not a.dry_run:
         try:

@@ -139,4 +139,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C while starting (imports, --demo's models): nothing was made yet
+        print("\ninterrupted: nothing written", file=sys.stderr)
+        sys.exit(130)

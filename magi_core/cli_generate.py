@@ -45,9 +45,9 @@ def add_arguments(p: argparse.ArgumentParser):
     g.add_argument("--image", help="image-to-video: the first frame")
     g.add_argument("--video", help="video continuation: the prefix video (at least 4 frames)")
     g.add_argument("--prefix-frames", type=int, default=None, help="v2v: prefix frames to use (default: all)")
-    g.add_argument("--prefix-from", default="end", choices=["end", "start"],
+    g.add_argument("--prefix-from", default=None, choices=["end", "start"],
                    help="v2v: take the prefix from the end or the start of the video (default: end)")
-    g.add_argument("--resize", default="stretch", choices=["stretch", "crop", "pad"],
+    g.add_argument("--resize", default=None, choices=["stretch", "crop", "pad"],
                    help="how the prefix is fitted to width x height (default: stretch, as the reference)")
     g.add_argument("--width", type=int, default=None, help=f"pixels, a multiple of 16 (default: {_D.width})")
     g.add_argument("--height", type=int, default=None, help=f"pixels, a multiple of 16 (default: {_D.height})")
@@ -94,7 +94,7 @@ def add_arguments(p: argparse.ArgumentParser):
 
 # ----------------------------------------------------------------------------- phase 1: checks
 
-_FLAGS = {"width": "--width", "height": "--height", "num_frames": "--frames", "fps": "--fps", "steps": "--steps",
+_FLAGS = {"temporal_overlap": "--temporal-overlap", "width": "--width", "height": "--height", "num_frames": "--frames", "fps": "--fps", "steps": "--steps",
           "seed": "--seed", "window_size": "--window", "block_swap": "--block-swap", "block swap": "--block-swap",
           "precision": "--precision", "weight_dtype": "--weight-dtype", "attention backend": "--attention"}
 
@@ -104,7 +104,7 @@ def _flags(msg: str) -> str:
     import re
 
     return re.sub(r"\b(" + "|".join(sorted(map(re.escape, _FLAGS), key=len, reverse=True)) + r")\b",
-                  lambda m: _FLAGS[m.group(1)], msg, count=1)
+                  lambda m: _FLAGS[m.group(1)], msg)
 
 
 @dataclass
@@ -128,11 +128,21 @@ class Job:
     warnings: list = field(default_factory=list)
 
 
-def settings_from_args(a) -> SamplingSettings:
-    """--config's sampler settings (or the defaults) with the command line's on top; checked."""
+def official_config(a):
+    """--config's official MAGI-1 config, or a user error naming the option."""
     from .config import load_official_config
 
-    base = load_official_config(a.config).sampler if a.config else SamplingSettings()
+    _exists("--config", a.config)
+    try:
+        return load_official_config(Path(a.config).expanduser())
+    except ValueError as e:  # json's errors say only where in the file
+        text = str(e) if str(a.config) in str(e) else f"not an official MAGI-1 config JSON ({e})"
+        raise ValueError(f"--config {a.config}: {text.replace(str(Path(a.config).expanduser()) + ': ', '')}") from None
+
+
+def settings_from_args(a) -> SamplingSettings:
+    """--config's sampler settings (or the defaults) with the command line's on top; checked."""
+    base = official_config(a).sampler if a.config else SamplingSettings()
     given = {k: v for k, v in (("width", a.width), ("height", a.height), ("num_frames", a.frames), ("fps", a.fps),
                                ("steps", a.steps), ("seed", a.seed), ("window_size", a.window)) if v is not None}
     try:
@@ -173,14 +183,34 @@ def _read(flag: str, path, what: str, reader):
         raise ValueError(f"{flag} {path}: cannot read it as {what} ({e})") from None
 
 
+def check_args(a):
+    """Options that contradict each other, before anything is read or made."""
+    if a.prompt is not None and a.prompt_file:
+        raise ValueError("pass --prompt or --prompt-file, not both")
+    if a.image and a.video:
+        raise ValueError("pass --image (image-to-video) or --video (continuation), not both")
+
+
+def _ignored(a) -> list[str]:
+    """Warnings for the prefix options given without the prefix they apply to."""
+    out = []
+    if not a.video:
+        out += [f"{flag} is used with --video only: ignored" for flag, v in
+                (("--prefix-frames", a.prefix_frames), ("--prefix-from", a.prefix_from)) if v is not None]
+    if a.resize is not None and not (a.image or a.video):
+        out.append("--resize is used with --image or --video only: ignored")
+    return out
+
+
 def prepare(a) -> Job:
     """Every check of a run; reads headers, configs, the prompt and the prefix pixels, never model weights.
     Raises ValueError (OSError for unreadable files) with what to change."""
     from .checkpoint import check, detect, open_checkpoint
     from .pipeline import chunk_count, prefix_latent_count, validate
     from .text import load_special_tokens, parse_schedule
-    from .text.t5 import load_tokenizer, t5_width
-    from .vae import find_vae
+    from .text.t5 import has_tokenizer, load_tokenizer, t5_width
+    from .vae.loader import check_vae
+    from .vae.tiling import check_temporal_overlap
     from .video import read_image, read_video
 
     if Path(a.output).is_dir():
@@ -190,38 +220,56 @@ def prepare(a) -> Job:
     missing = [n for n in ("dit", "vae", "t5") if not getattr(a, n)]
     if missing:
         raise ValueError(f"pass --{' --'.join(missing)} (the model paths), or --demo for tiny random models")
-    if a.image and a.video:
-        raise ValueError("pass --image (image-to-video) or --video (continuation), not both")
-    if a.temporal_overlap < 0:
-        raise ValueError(f"--temporal-overlap must be 0 or more, got {a.temporal_overlap}")
+    check_args(a)
     if a.prefix_frames is not None and a.prefix_frames < 1:
         raise ValueError(f"--prefix-frames must be at least 1, got {a.prefix_frames}")
-    prompt = _read("--prompt-file", a.prompt_file, "text", lambda p: Path(p).read_text()) if a.prompt_file else (a.prompt or "")
+    prompt_flag = "--prompt-file" if a.prompt_file else "--prompt"
+    prompt = _read("--prompt-file", a.prompt_file, "text", lambda p: Path(p).expanduser().read_text(
+        encoding="utf-8-sig")) if a.prompt_file else (a.prompt or "")  # utf-8-sig: a BOM (Windows editors) goes
     if not prompt.strip():
         raise ValueError("pass --prompt \"what the video shows\" (or --prompt-file)")
     for flag in ("dit", "vae", "t5", "t5_tokenizer", "image", "video"):
         if getattr(a, flag):
             _exists("--" + flag.replace("_", "-"), getattr(a, flag))
+    prefix = a.video or a.image
+    if prefix and Path(prefix).expanduser().resolve() == Path(a.output).expanduser().resolve():
+        raise ValueError(f"--output {a.output} is the {'--video' if a.video else '--image'} it starts from: the new "
+                         "video would replace it; write to another file")
 
     # the DiT: headers only
     ckpt = open_checkpoint(a.dit, a.variant)
     det = detect(ckpt, a.variant)
     check(ckpt, det.cfg, det)
     cfg = det.cfg
+    if a.config:  # its sampler settings are made for its model: guidance passes must match the DiT's
+        from .settings import default_cfg_number
+
+        oc = official_config(a)
+        if default_cfg_number(oc.dit) != default_cfg_number(cfg):
+            raise ValueError(f"--config {a.config} is for a {oc.dit.name} {oc.dit.variant()} model "
+                             f"({default_cfg_number(oc.dit)} guidance pass(es) per step) but --dit is a {cfg.name} "
+                             f"{cfg.variant()} model ({default_cfg_number(cfg)}): use that model's config")
     try:
         runtime.check_model(cfg, det.fp8)
     except ValueError as e:
         raise ValueError(f"{_flags(str(e))} ({a.dit})") from None
     vae_cfg = _read("--vae", a.vae, "a MAGI-1 VAE (config.json + diffusion_pytorch_model.safetensors)",
-                    lambda p: find_vae(Path(p))[1])
+                    lambda p: check_vae(Path(p).expanduser())[1])
+    try:
+        check_temporal_overlap(vae_cfg, s.fps, None, a.temporal_overlap)
+    except ValueError as e:
+        raise ValueError(_flags(str(e))) from None
     width = _read("--t5", a.t5, "a T5 encoder", t5_width)
     if width is not None and width != cfg.caption_channels:
         raise ValueError(f"--t5 {a.t5} gives {width}-d embeddings, the DiT expects {cfg.caption_channels}: use the "
                          "T5-XXL encoder that ships with MAGI-1")
     if a.t5_tokenizer:
         _read("--t5-tokenizer", a.t5_tokenizer, "a T5 tokenizer", load_tokenizer)
-    elif Path(a.t5).is_dir():
+    elif Path(a.t5).expanduser().is_dir():
         _read("--t5", a.t5, "a T5 folder with its tokenizer (spiece.model)", load_tokenizer)
+    elif not _read("--t5", a.t5, "a T5 encoder", has_tokenizer):
+        raise ValueError(f"--t5 {a.t5} is a single file without a tokenizer: pass --t5-tokenizer PATH (spiece.model "
+                         "or tokenizer.json; the official ckpt/t5/t5-v1_1-xxl folder has spiece.model)")
     # special tokens: as given; else the pack's (install.py puts them there), else beside the DiT, else in the
     # models folder's magi/ (where ComfyUI looks: models/magi/ next to models/diffusion_models/)
     dit_dir = Path(a.dit).expanduser().resolve().parent
@@ -236,12 +284,12 @@ def prepare(a) -> Job:
                          "or pass --special-tokens PATH, or --no-hq --no-duration")
 
     # the prefix pixels, scaled from the decoded pixels to the output size (as the reference's ffmpeg read)
-    frames, n_prefix, size = None, 0, (s.height, s.width)
+    frames, n_prefix, size, resize = None, 0, (s.height, s.width), a.resize or "stretch"
     if a.image:
-        frames = _read("--image", a.image, "an image", lambda p: read_image(p, size=size, policy=a.resize))
+        frames = _read("--image", a.image, "an image", lambda p: read_image(p, size=size, policy=resize))
     elif a.video:
         frames = _read("--video", a.video, "a video", lambda p: read_video(
-            p, fps=s.fps, max_frames=a.prefix_frames, take=a.prefix_from, size=size, policy=a.resize))
+            p, fps=s.fps, max_frames=a.prefix_frames, take=a.prefix_from or "end", size=size, policy=resize))
     if frames is not None:
         n_prefix = frames.shape[0]  # every prefix frame goes to the VAE
         try:
@@ -253,9 +301,9 @@ def prepare(a) -> Job:
     # the settings against the models, the prompt and the prefix
     try:
         schedule = parse_schedule(prompt)
-        warnings = schedule.check_captions()
+        warnings = _ignored(a) + schedule.check_captions()
     except ValueError as e:
-        raise ValueError(f"--prompt: {e}") from None
+        raise ValueError(f"{prompt_flag}: {e}") from None
     if runtime.attention == FP8:  # said here, before loading (DiTRuntime.configure's warning would repeat it)
         warnings.append(attention_fp8.choice_note(runtime.device).replace("attention ", "--attention ", 1))
         import warnings as py_warnings
@@ -270,7 +318,7 @@ def prepare(a) -> Job:
         raise ValueError(_flags(str(e))) from None
     job = Job(settings=s, runtime=runtime, dit_cfg=cfg, dit=str(a.dit), variant=a.variant, vae=str(a.vae),
               t5=str(a.t5), t5_tokenizer=a.t5_tokenizer, prompt=prompt, tokens=tokens, frames=frames,
-              prefix_frames=n_prefix, resize=a.resize, temporal_overlap=a.temporal_overlap, warnings=warnings)
+              prefix_frames=n_prefix, resize=resize, temporal_overlap=a.temporal_overlap, warnings=warnings)
     check_memory(job)
     return job
 
@@ -343,8 +391,14 @@ class Stopped(KeyboardInterrupt):
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+_stopped: list = []  # the signal that stopped this run, once one came
+
+
 def _raise_stopped(signum, _frame):
-    raise Stopped(signum)
+    """The first Ctrl-C or SIGTERM stops the run; later ones are ignored (the finished chunks are being saved)."""
+    if not _stopped:
+        _stopped.append(signum)
+        raise Stopped(signum)
 
 
 @contextlib.contextmanager
@@ -372,12 +426,24 @@ def _whole():
             yield
     finally:
         if got:
-            raise Stopped(got[0])
+            _raise_stopped(got[0], None)
 
 
+@contextlib.contextmanager
 def _stoppable():
-    """SIGTERM stops the run like Ctrl-C (the finished chunks are kept, the temporary file removed)."""
-    return _signals(_raise_stopped, (signal.SIGTERM,))
+    """Ctrl-C or SIGTERM stops the run (Stopped; the finished chunks are kept, the temporary file removed). Once
+    one did, both stay ignored after the block too: a second Ctrl-C cannot break the saving or the exit."""
+    _stopped.clear()
+    try:
+        old = {s: signal.signal(s, _raise_stopped) for s in _STOP_SIGNALS}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, signal.SIG_IGN if _stopped else h)
 
 
 def write_chunks(job: Job, chunks, vae, writer, log=print):
@@ -407,26 +473,47 @@ def _progress(i, total, chunk):
 
 
 def describe(job: Job) -> str:
-    from .pipeline import chunk_count, prefix_latent_count
-    from .video import reference_output_frames
+    from .pipeline import chunk_count, frames_note
 
     s = job.settings
-    out = reference_output_frames(s.num_frames, prefix_latent_count(job.prefix_frames, s.fps), s.fps)
+    out, note = frames_note(s.num_frames, s.fps, job.prefix_frames)
     return (f"{s.width}x{s.height}, {chunk_count(s, job.prefix_frames)[1]} chunk(s) -> {out} frames at {s.fps} fps"
-            + (f" ({s.num_frames} asked for: whole chunks of 24)" if out != s.num_frames and job.frames is None else "")
-            + f", {s.steps} steps, seed {s.seed}, {job.runtime.device}")
+            f", {s.steps} steps, seed {s.seed}, {job.runtime.device}" + (f" ({note})" if note else ""))
 
 
 def use_demo(a, tmp: str):
     """--demo: tiny random models written to `tmp`, CPU, a short two-prompt video (unless given)."""
     from .demo import make_tiny_assets
 
+    given = [f"--{n.replace('_', '-')}" for n in ("dit", "vae", "t5", "t5_tokenizer", "special_tokens") if getattr(a, n)]
+    if given:
+        raise ValueError(f"--demo makes tiny random models of its own: drop {', '.join(given)}, or drop --demo to "
+                         "run those models")
     paths = make_tiny_assets(tmp)
     a.dit, a.vae, a.t5, a.special_tokens = (str(paths[k]) for k in ("dit", "vae", "t5", "special_tokens"))
     a.device = a.device or "cpu"
-    a.prompt = DEMO_PROMPT if a.prompt is None and not a.prompt_file else a.prompt
     a.width, a.height = (128 if a.width is None else a.width), (128 if a.height is None else a.height)
     a.frames, a.steps = (48 if a.frames is None else a.frames), (8 if a.steps is None else a.steps)
+    if a.prompt is None and not a.prompt_file:  # the two-prompt schedule needs two chunks (28 frames or more)
+        a.prompt = DEMO_PROMPT if a.frames >= 28 else DEMO_PROMPT.split("\n")[0].split(": ", 1)[1]
+
+
+def _quiet():
+    """Ctrl-C and SIGTERM are ignored during the block: the finished chunks are being saved."""
+    return _signals(lambda signum, _: None)
+
+
+def _save(writer) -> tuple[Path | None, str]:
+    """After an interrupt or an error: the finished chunks kept as a playable file (signals ignored meanwhile)
+    -> (where, what to say)."""
+    with _quiet():
+        try:
+            path = writer.keep()
+        except Exception as e:  # noqa: BLE001 -- e.g. the disk is full
+            return None, f"the {writer.frames_written} finished frames could not be saved ({e}); nothing was written"
+    if path is None:
+        return None, "nothing was written"
+    return path, f"kept the finished chunks ({writer.frames_written} frames) in {path}"
 
 
 def run(a) -> int:
@@ -437,9 +524,9 @@ def run(a) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if a.demo:
             use_demo(a, tmp)
-        writer = VideoWriter(a.output, settings_from_args(a).fps)  # the output location first: a temporary file
+        writer = VideoWriter(Path(a.output).expanduser(), settings_from_args(a).fps)  # the output location first
         try:
-            with _stoppable(), writer:  # removed on an error before the first chunk; else renamed to a.output
+            with _stoppable():
                 job = prepare(a)
                 for w in job.warnings:
                     print(f"warning: {w}", file=sys.stderr)
@@ -454,17 +541,19 @@ def run(a) -> int:
         except KeyboardInterrupt as e:
             signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
             how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-            if writer.frames_written:
-                print(f"\n{how}: kept the finished chunks ({writer.frames_written} frames) in {writer.path}",
-                      file=sys.stderr)
-            else:
-                print(f"\n{how} before the first chunk finished: nothing written ({a.output} left as it was)",
-                      file=sys.stderr)
+            path, said = _save(writer)
+            if path is None and not writer.frames_written:
+                said = f"before the first chunk finished: nothing written ({a.output} left as it was)"
+            print(f"\n{how}: {said}", file=sys.stderr)
             return 128 + signum
         except Exception:
             if writer.frames_written:
-                print(f"the finished chunks ({writer.frames_written} frames) are in {writer.path}", file=sys.stderr)
+                print(_save(writer)[1], file=sys.stderr)
+            else:
+                writer.discard()
             raise
-    print(f"wrote {a.output} ({writer.codec}): {writer.frames_written} frames {writer.size[1]}x{writer.size[0]} at "
+        with _quiet():
+            writer.close()
+    print(f"wrote {writer.path} ({writer.codec}): {writer.frames_written} frames {writer.size[1]}x{writer.size[0]} at "
           f"{job.settings.fps} fps")
     return 0

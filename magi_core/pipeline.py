@@ -90,6 +90,29 @@ def check_prefix(prefix_latents: torch.Tensor | None, prefix_frames: int, fps: i
         raise ValueError(f"a {prefix_frames}-frame prefix needs {P} prefix latent frames")
 
 
+def frames_note(num_frames: int, fps: int, prefix_frames: int = 0) -> tuple[int, str]:
+    """(pixel frames the video will have, why that differs from num_frames, or '' when it does not)."""
+    from .video import chunk_output_frames, reference_output_frames
+
+    P = prefix_latent_count(prefix_frames, fps)
+    frames = reference_output_frames(num_frames, P, fps)
+    if frames == num_frames:
+        return frames, ""
+    why = []
+    if (num_frames // 4 + P) % CHUNK_WIDTH or num_frames % 4:
+        why.append(f"the video is made of whole chunks of 24 frames (frames // 4 latent frames, 6 per chunk)"
+                   + (" and the prefix fills the first ones" if P > 1 else ""))
+    if P == 1:
+        why.append("the image is one more latent frame, output with the video")
+    elif P:
+        why.append(f"the new frames follow the {prefix_frames}-frame prefix, which is not output")
+    per_chunk = chunk_output_frames(fps)
+    if per_chunk != CHUNK_WIDTH * FRAMES_PER_LATENT:
+        why.append(f"at {fps} fps a chunk decodes to {per_chunk} frames (the VAE works in tiles of fps/2 frames, "
+                   "as the reference; MAGI-1 is trained at 24 fps)")
+    return frames, f"{num_frames} frames asked -> {frames} out: " + "; ".join(why)
+
+
 def chunk_count(s: SamplingSettings, prefix_frames: int = 0) -> tuple[int, int]:
     """(total chunks incl. whole prefix chunks, generated chunks): num_frames // 4 new latents on top of the prefix."""
     P = prefix_latent_count(prefix_frames, s.fps)

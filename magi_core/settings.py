@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .sampling.executor import SEED_LIMIT
 from .sampling.schedule import check_shortcut_mode
 from .video import FRAMES_PER_LATENT
 
@@ -112,7 +113,8 @@ class SamplingSettings:
                              f"{self.num_frames}; the video is made of chunks of 24 frames")
         if _int("fps", self.fps) < 8:
             raise ValueError(f"fps must be at least 8 (the VAE decodes tiles of fps // 2 frames), got {self.fps}")
-        _int("seed", self.seed)
+        if not 0 <= _int("seed", self.seed) < SEED_LIMIT:
+            raise ValueError(f"seed must be between 0 and {SEED_LIMIT - 1} (2**64 - 1), got {self.seed}")
         _int("window_size", self.window_size, 1)
         if self.cfg_number is not None and self.cfg_number not in CFG_NUMBERS:
             raise ValueError(f"cfg_number must be 1 (distill/fp8 models) or 3 (base models), got {self.cfg_number!r}")

@@ -390,18 +390,36 @@ class VideoWriter:
         self.frames_written += data.shape[0]
 
     def close(self) -> Path:
-        """Finish the file and move it to `path`."""
+        """Finish the file and move it to `path`. If that fails (a full disk), the temporary file is removed and
+        the error raised: no unplayable file is left behind."""
         if self.frames_written == 0:
             self.discard()
             raise ValueError("no frames to write")
-        for packet in self._stream.encode():
-            self._container.mux(packet)
-        self._container.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp made it private; a finished video gets the usual permissions
-        os.replace(self._tmp, self.path)
+        try:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            self._container.close()
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp made it private; a finished video gets the usual permissions
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.discard()
+            raise
         return self.path
+
+    def keep(self) -> Path | None:
+        """After a failure or an interrupt: close what was written as a playable file and return where it went
+        (`NAME.partial.EXT` beside `path` when a file of that name exists, so an older video is never replaced
+        by a partial one), or remove the temporary file and return None when no frame was written."""
+        if not self.frames_written:
+            self.discard()
+            return None
+        if self.path.exists():
+            self.path = _free_name(self.path.with_name(f"{self.path.stem}.partial{self.path.suffix}"))
+        path = self.close()
+        self.interrupted = True
+        return path
 
     def discard(self) -> None:
         """Drop the temporary file; `path` is left as it was."""
@@ -417,13 +435,11 @@ class VideoWriter:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
             self.close()
-        elif self.frames_written:
-            self.interrupted = True
-            if self.path.exists():  # an existing file is replaced only by a finished video
-                self.path = _free_name(self.path.with_name(f"{self.path.stem}.partial{self.path.suffix}"))
-            self.close()
         else:
-            self.discard()
+            try:
+                self.keep()
+            except Exception:  # noqa: BLE001 -- e.g. the disk is full: the block's own error goes on (nothing kept)
+                pass
         return False
 
 
@@ -450,8 +466,9 @@ def write_mp4(path, frames, fps: float, crf: int = 23) -> str:
 
 # ---------------------------------------------------------------- frame counts (reference rules)
 def chunk_output_frames(fps: int) -> int:
-    """Pixel frames one chunk of 6 latent frames decodes to at this fps: 24 from 16 fps up, 6 below (the VAE's
-    time tiles of fps // 2 frames then hold one latent frame each, which decodes to one frame)."""
+    """Pixel frames one chunk of 6 latent frames decodes to at this fps, in the VAE's time tiles of fps // 2
+    frames: 24 at most rates; 6 below 16 fps (a tile holds one latent frame, which decodes to one frame); 21 at
+    40-47 fps (tiles of 5 latent frames and 1)."""
     return reference_output_frames(CHUNK_WIDTH * FRAMES_PER_LATENT, 0, int(fps))
 
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from magi_core.pipeline import CHUNK_WIDTH, chunk_count, prefix_latent_count
+from magi_core.pipeline import CHUNK_WIDTH, chunk_count, frames_note, prefix_latent_count
 from magi_core.settings import SamplingSettings
 from magi_core.text import PromptSchedule, clean_caption, parse_schedule
-from magi_core.text.schedule import FRAMES_PER_CHUNK
 
 MAX_LENGTH = 800  # caption_max_length
 
@@ -31,25 +30,13 @@ def check_prompt(text: str) -> tuple[PromptSchedule, list[str]]:
 # ----------------------------------------------------------------------------- chunk / timeline info
 def chunk_info(num_frames: int, fps: int, prefix_frames: int = 0) -> dict:
     """What the sampler will make of (frames, fps, prefix): chunk counts and the output length."""
-    from magi_core.video import reference_output_frames
+    from magi_core.video import chunk_output_frames
 
     s = SamplingSettings(num_frames=num_frames, fps=fps)
     n, generated = chunk_count(s, prefix_frames)
     P = prefix_latent_count(prefix_frames, fps)
-    frames = reference_output_frames(num_frames, P, fps)
-    per_chunk = reference_output_frames(FRAMES_PER_CHUNK, 0, fps)
-    why = []
-    if (num_frames // 4 + P) % CHUNK_WIDTH or num_frames % 4:
-        why.append(f"the video is generated in whole chunks of {FRAMES_PER_CHUNK} frames"
-                   + (" (the prefix fills the first ones)" if P > 1 else ""))
-    if P == 1:
-        why.append("the image is one more latent frame, output with the video")
-    elif P:
-        why.append(f"the new frames follow the {prefix_frames}-frame prefix, which is not output")
-    if per_chunk != FRAMES_PER_CHUNK:
-        why.append(f"at {fps} fps a chunk decodes to {per_chunk} frames (the VAE works in tiles of fps/2 frames, "
-                   "as the reference; MAGI-1 is trained at 24 fps)")
-    note = f"{num_frames} frames asked -> {frames} out: " + "; ".join(why) if frames != num_frames else ""
+    frames, note = frames_note(num_frames, fps, prefix_frames)
+    per_chunk = chunk_output_frames(fps)
     return dict(chunks=n, generated_chunks=generated, schedule_chunks=n - P // CHUNK_WIDTH,
                 frames_per_chunk=per_chunk, chunk_seconds=per_chunk / fps,
                 output_frames=frames, seconds=frames / fps, note=note)

@@ -68,12 +68,12 @@ def models(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("models")
     m = dict(root=root, **make_tiny_assets(root))
-    vae32 = root / "vae32"  # a VAE with 32 latent channels (the tiny DiT has 16), and weights that cannot load
-    vae32.mkdir()
-    cfg = json.loads((m["vae"] / "config.json").read_text())
+    from magi_core.vae.loader import save_vae
+    from magi_core.vae.model import VAEConfig, ViTVAE
+
+    cfg = json.loads((m["vae"] / "config.json").read_text())  # a VAE with 32 latent channels (the tiny DiT has 16)
     cfg["ddconfig"]["z_chans"] = 32
-    (vae32 / "config.json").write_text(json.dumps(cfg))
-    (vae32 / "diffusion_pytorch_model.safetensors").write_bytes(b"not weights")
+    save_vae(ViTVAE(VAEConfig.from_official(cfg)), root / "vae32")
     C = 64  # the tiny caption width
     np.savez(root / "tokens_keys.npz", caption=np.zeros((1, C)))
     np.savez(root / "tokens_width.npz", caption_token=np.zeros((1, 32)), logo_token=np.zeros((1, 32)),
@@ -82,6 +82,7 @@ def models(tmp_path_factory):
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 broken")
     write_mp4(root / "three.mp4", torch.rand(3, 64, 64, 3), 24)
+    (root / "prompt.txt").write_bytes("\ufeff0: a red fox runs\n1-: a cat sleeps\n".encode("utf-8"))  # Notepad's BOM
     site = root / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
@@ -129,7 +130,7 @@ BAD = [
     ("steps13", ["--steps", "13"], "got 13", False),
     ("window0", ["--window", "0"], "--window must be at least 1, got 0", False),
     ("fps", ["--fps", "4"], "got 4", False),
-    ("block-swap-cpu", ["--block-swap", "2"], "set block swap to 0", False),
+    ("block-swap-cpu", ["--block-swap", "2"], "set --block-swap to 0", False),
     ("attention-missing", ["--attention", "flash"], "--attention 'flash' can't run on cpu: flash_attn is not importable. "
                                                    "Usable there: auto, sdpa", False),
     ("attention-cuda-only", ["--attention", "cudnn"], "'cudnn' can't run on cpu: it needs a CUDA GPU", False),
@@ -158,6 +159,17 @@ BAD = [
     ("cjk-only", ["--prompt", "一只狐狸"], "--prompt", True),
     ("memory", ["--width", "16384", "--height", "16384"], "GiB", True),
     ("steps-vs-window", ["--steps", "8", "--window", "3"], "got 8", False),
+    ("prompt-and-file", ["--prompt-file", "{root}/prompt.txt"], "pass --prompt or --prompt-file, not both", False),
+    ("demo-with-models", ["--demo"], "--demo makes tiny random models of its own: drop --dit, --vae, --t5, "
+                                     "--special-tokens", False),
+    ("output-is-input", ["--video", "{root}/three.mp4", "-o", "{root}/three.mp4"], "is the --video it starts from",
+     True),  # the output's temporary file is opened (in the models folder here) before the check
+    ("seed-overflow", ["--seed", "99999999999999999999999"], "--seed must be between 0 and 18446744073709551615",
+     False),
+    ("temporal-overlap", ["--temporal-overlap", "3"], "--temporal-overlap must be an int in [0, 2]", True),
+    ("t5-file-no-tokenizer", ["--t5", "{root}/text_encoders/t5-tiny/model.safetensors"], "without a tokenizer", True),
+    ("vae-is-a-dit", ["--vae", "{root}/diffusion_models/magi1_tiny_distill.safetensors"],
+     "cannot read it as a MAGI-1 VAE", True),
 ]
 
 
@@ -186,6 +198,38 @@ def test_bad_input_is_one_clear_error_before_any_weight(bad_runs, models, name, 
     assert not weight_reads(acc), weight_reads(acc)  # no model weights read by a loader
     if not headers:  # a setting or a path: decided without opening any model file
         assert not acc, acc
+
+
+def _prepare(models, *args):
+    """cli_generate.prepare in this process (headers, configs, the prompt; no weights) for these arguments."""
+    import argparse
+
+    p = argparse.ArgumentParser()
+    cli_generate.add_arguments(p)
+    a = p.parse_args(["--dit", str(models["dit"]), "--vae", str(models["vae"]), "--t5", str(models["t5"]),
+                      "--special-tokens", str(models["special_tokens"]), "--device", "cpu", "--width", "64",
+                      "--height", "64", "--frames", "48", "--steps", "4", *args])
+    return cli_generate.prepare(a)
+
+
+def test_a_prompt_file_with_a_bom_reads_as_typed(models):
+    job = _prepare(models, "--prompt-file", str(models["root"] / "prompt.txt"))
+    assert job.prompt.startswith("0: a red fox") and job.warnings == []
+
+
+def test_prefix_options_without_a_prefix_are_said_to_be_ignored(models):
+    warnings = _prepare(models, "--prompt", "a fox", "--prefix-frames", "8", "--resize", "crop").warnings
+    assert "--prefix-frames is used with --video only: ignored" in warnings
+    assert "--resize is used with --image or --video only: ignored" in warnings
+    assert _prepare(models, "--prompt", "a fox").warnings == []
+
+
+def test_a_config_for_another_kind_of_model_is_refused(models, shared_file):
+    base = shared_file("4.5B_base_config.json")
+    with pytest.raises(ValueError, match="is for a 4.5B base model .*but --dit is a tiny distill model"):
+        _prepare(models, "--prompt", "a fox", "--config", str(base))
+    with pytest.raises(ValueError, match="--config .*: not an official MAGI-1 config JSON"):
+        _prepare(models, "--prompt", "a fox", "--config", str(models["root"] / "prompt.txt"))
 
 
 def test_output_is_written_only_when_complete(models, tmp_path):
@@ -276,15 +320,22 @@ def _wait_for(proc, text, timeout=300):
     raise AssertionError(f"{text!r} never came: {''.join(lines)}")
 
 
-@pytest.mark.parametrize("signum,said", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "stopped by SIGTERM")])
-def test_ctrl_c_keeps_the_finished_chunks(models, tmp_path, signum, said):
-    """Ctrl-C, or a SIGTERM from a job system: the finished chunks stay in a playable file, no temporary left."""
+@pytest.mark.parametrize("signum,said,repeats", [(signal.SIGINT, "interrupted", 1),
+                                                  (signal.SIGTERM, "stopped by SIGTERM", 1),
+                                                  (signal.SIGINT, "interrupted", 6)])
+def test_ctrl_c_keeps_the_finished_chunks(models, tmp_path, signum, said, repeats):
+    """Ctrl-C, or a SIGTERM from a job system: the finished chunks stay in a playable file, no temporary left.
+    Ctrl-C pressed again while they are saved changes nothing (it used to leave only the temporary file)."""
     out = tmp_path / "out.mp4"
     # 100 chunks: far more than can finish between "chunk 0:" and the signal, on a busy machine too
     proc, _ = cli(models, tmp_path, "--frames", "2400", popen=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for(proc, "chunk 0:")
-        proc.send_signal(signum)
+        for i in range(repeats):  # the later ones land while the file is being finished
+            if proc.poll() is not None:
+                break
+            proc.send_signal(signum)
+            time.sleep(0.01 * i)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
@@ -331,3 +382,13 @@ def test_special_tokens_found_where_comfyui_keeps_them(models, tmp_path):
             "-o", str(tmp_path / "out.mp4")]
     r, _ = cli(models, tmp_path, *args, base=False)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_demo_makes_one_chunk_videos_too(models, tmp_path):
+    """--demo's own two-prompt schedule needs two chunks: with --frames 24 it uses one prompt (it used to fail
+    with a schedule error the user never wrote)."""
+    out = tmp_path / "one.mp4"
+    r, _ = cli(models, tmp_path, "--demo", "--frames", "24", "--width", "64", "--height", "64", "--steps", "4",
+               "-o", str(out), base=False)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    assert read_video(out).shape[0] == 24

@@ -446,3 +446,29 @@ def test_video_writer_output_has_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "p.mp4").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_writer_that_cannot_finish_leaves_no_file(tmp_path, monkeypatch):
+    """A full disk at the end (here: the rename fails): the error is raised, the temporary file removed, and the
+    target untouched; keep() after an interrupt returns the playable file, or None when nothing was written."""
+    import errno
+    import os
+
+    from magi_core.video import VideoWriter
+
+    w = VideoWriter(tmp_path / "a.mp4", 24)
+    w.write(torch.rand(4, 16, 16, 3))
+
+    def full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", full)
+        with pytest.raises(OSError, match="No space"):
+            w.close()
+    assert list(tmp_path.iterdir()) == []
+    w = VideoWriter(tmp_path / "b.mp4", 24)
+    assert w.keep() is None and list(tmp_path.iterdir()) == []
+    w = VideoWriter(tmp_path / "c.mp4", 24)
+    w.write(torch.rand(4, 16, 16, 3))
+    assert w.keep() == tmp_path / "c.mp4" and w.interrupted and video.read_video(tmp_path / "c.mp4").shape[0] == 4

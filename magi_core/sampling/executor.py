@@ -31,12 +31,15 @@ class FinishedChunk:
     latents: torch.Tensor  # (1, C, frames, h, w) fp32
 
 
+SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes 0 .. 2**64 - 1
+
+
 def make_noise(shape, seed: int, device, per_chunk: bool = False, chunk_width: int = 6) -> torch.Tensor:
     """fp32 N(0,1) latent noise.
 
     Default = the reference: one randn over the whole latent right after seeding (on CUDA this reproduces the
     reference bit for bit; it changes when the video length changes). per_chunk=True: chunk c draws from seed
-    (seed, c), so a chunk's noise does not depend on how long the video is.
+    (seed, c) (seed * 1_000_003 + c, modulo 2**64), so a chunk's noise does not depend on how long the video is.
     """
     device = torch.device(device)
     if not per_chunk:
@@ -45,7 +48,7 @@ def make_noise(shape, seed: int, device, per_chunk: bool = False, chunk_width: i
     B, C, T, H, W = shape
     parts = []
     for c in range((T + chunk_width - 1) // chunk_width):
-        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + c)
+        gen = torch.Generator(device=device).manual_seed((seed * 1_000_003 + c) % SEED_LIMIT)
         parts.append(torch.randn((B, C, chunk_width, H, W), generator=gen, device=device, dtype=torch.float32))
     return torch.cat(parts, dim=2)[:, :, :T]
 

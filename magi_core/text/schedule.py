@@ -15,10 +15,12 @@ which stays a plain prompt, and a single line starting with one time or one chun
 ('1920s: a street', '1984: a city'), which could never be a whole schedule and is a plain prompt too (both with a
 warning from `check_captions`). En and em dashes count as '-'.
 
-Seconds are turned into chunk boundaries: one chunk lasts `frames_per_chunk / fps` seconds of the output video,
-where frames_per_chunk is what a chunk decodes to at that fps (`video.chunk_output_frames`: 24 frames, i.e. 1 s
-at 24 fps; 6 frames below 16 fps, i.e. 0.5 s at 12 fps), and a time `s` becomes boundary
-`floor(s * fps / frames_per_chunk + 0.5)` (nearest chunk boundary, halves rounded up). So `0s-2s` at 24 fps is
+Seconds are turned into chunk boundaries: one chunk lasts `frames_per_chunk / fps` seconds, where
+frames_per_chunk is what a chunk decodes to at that fps (`video.chunk_output_frames`: 24 frames at most rates,
+i.e. 1 s at 24 fps; 6 below 16 fps, i.e. 0.5 s at 12 fps; 21 at 40-47 fps), and a time `s` becomes boundary
+`floor(s * fps / frames_per_chunk + 0.5)` (nearest chunk boundary, halves rounded up, computed exactly on the
+numbers as written: `time_boundary`). With a video prefix the seconds count whole chunks from the first generated
+one, whose output is shorter (it holds the end of the prefix, which is not output). So `0s-2s` at 24 fps is
 chunks 0 and 1; at 30 fps it is chunks 0..2 (2 s = 2.5 chunks, rounded up to 3). A time that is not on a chunk
 boundary is reported by `PromptSchedule.moved_times`.
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 
 from ..video import CHUNK_WIDTH, FRAMES_PER_LATENT, chunk_output_frames
 from .cleaning import check_caption
@@ -48,6 +51,13 @@ _LONE_POINT = re.compile(r"^\s*(?:\d+(?:\.\d+)?s|0*[1-9]\d*)\s*:")
 _NO_COLON = re.compile(rf"^\s*{_NUMBER}\s*{_DASH}\s*(?:{_NUMBER})?(?=\s|$)")
 
 
+def time_boundary(t: float, fps: float, frames_per_chunk: int | None = None) -> int:
+    """The chunk boundary nearest to `t` seconds (halves rounded up), in exact arithmetic on the numbers as
+    written: a chunk lasts frames_per_chunk / fps seconds (None: what a chunk decodes to at fps)."""
+    chunks = Fraction(str(t)) * Fraction(str(fps)) / (frames_per_chunk or chunk_output_frames(fps))
+    return math.floor(chunks + Fraction(1, 2))
+
+
 @dataclass(frozen=True)
 class PromptRange:
     """One schedule line. Chunk ranges include `end`; second ranges exclude it; end None = to the last chunk."""
@@ -61,13 +71,8 @@ class PromptRange:
     def chunk_bounds(self, n_chunks: int, fps: float, frames_per_chunk: int | None = None) -> tuple[int, int]:
         """Half-open chunk range [first, stop); frames_per_chunk: None = what a chunk decodes to at fps."""
         if self.seconds:
-            per_second = fps / (frames_per_chunk or chunk_output_frames(fps))
-
-            def boundary(s: float) -> int:
-                return math.floor(s * per_second + 0.5)
-
-            first = boundary(self.start)
-            stop = n_chunks if self.end is None else boundary(self.end)
+            first = time_boundary(self.start, fps, frames_per_chunk)
+            stop = n_chunks if self.end is None else time_boundary(self.end, fps, frames_per_chunk)
         else:
             first = int(self.start)
             stop = n_chunks if self.end is None else int(self.end) + 1
@@ -132,18 +137,18 @@ class PromptSchedule:
 
     def moved_times(self, fps: float, frames_per_chunk: int | None = None) -> list[str]:
         """A note for each time (in seconds) that falls inside a chunk: where the prompt really changes."""
-        fpc = frames_per_chunk or chunk_output_frames(fps)
-        cs = fpc / fps
+        cs = Fraction(frames_per_chunk or chunk_output_frames(fps)) / Fraction(str(fps))
         notes, seen = [], set()
         for r in self.ranges:
             for t in ((r.start, r.end) if r.seconds else ()):
                 if t is None or t in seen:  # a time that ends one range and starts the next: said once
                     continue
                 seen.add(t)
-                b = math.floor(t * fps / fpc + 0.5)
-                if abs(b * cs - t) > 1e-9:
-                    notes.append(f"line {r.line}: {t:g}s falls inside a chunk, so the prompt changes at {b * cs:g}s, "
-                                 f"the nearest chunk boundary (a chunk lasts {cs:g} s at {fps:g} fps)")
+                at = time_boundary(t, fps, frames_per_chunk) * cs
+                if at != Fraction(str(t)):
+                    notes.append(f"line {r.line}: {t:g}s falls inside a chunk, so the prompt changes at "
+                                 f"{float(at):.4g}s, the nearest chunk boundary (a chunk lasts {float(cs):.4g} s at "
+                                 f"{fps:g} fps)")
         return notes
 
     def resolve(self, n_chunks: int, fps: float = 24, frames_per_chunk: int | None = None) -> list[str]:

@@ -146,6 +146,19 @@ def _weight_files(path: Path) -> tuple[list[Path], Path | None]:
     )
 
 
+def embedded_tokenizer(reader) -> str | None:
+    """The key of the sentencepiece model stored inside a single-file T5 checkpoint (ComfyUI's t5xxl files), or
+    None."""
+    return next((k for k in reader.keys() if k.endswith("spiece_model")), None)
+
+
+def has_tokenizer(weights: str | Path) -> bool:
+    """Whether a T5 checkpoint brings its tokenizer: an official folder does (load_tokenizer checks it), a single
+    file only when it embeds one (headers only)."""
+    weights = Path(weights)
+    return weights.is_dir() or embedded_tokenizer(_WeightReader(_weight_files(weights)[0])) is not None
+
+
 def t5_width(weights: str | Path) -> int | None:
     """d_model of a T5 checkpoint without reading tensor data (config.json, or the embedding's shape in the
     safetensors header); None when only .bin files hold it. FileNotFoundError / ValueError for no T5 there."""
@@ -311,10 +324,10 @@ class T5TextEncoder:
         elif weights.is_dir():
             tok = load_tokenizer(weights)
         else:
-            embedded = [k for k in reader.keys() if k.endswith("spiece_model")]
-            if not embedded:
+            embedded = embedded_tokenizer(reader)
+            if embedded is None:
                 raise ValueError(f"{weights} holds no tokenizer: pass tokenizer= (spiece.model or tokenizer.json)")
-            tok = SentencePieceTokenizer(reader.get(embedded[0]).numpy().tobytes())
+            tok = SentencePieceTokenizer(reader.get(embedded).numpy().tobytes())
         if config is None and config_json is not None:
             from transformers import T5Config
 

@@ -79,13 +79,9 @@ def check_vae_keys(expected: dict, found: dict, source: str) -> None:
                      f"(ckpt/vae) with its own config.json, and is the download complete?")
 
 
-def load_vae(path: str | Path, device="cpu", dtype: torch.dtype = torch.bfloat16, config=None) -> ViTVAE:
-    """Load the VAE from the official ckpt/vae directory or from a single .safetensors file (strict).
-
-    For a file, the config is `config` (preset name, VAEConfig, dict or json path), else `<file>.json` or
-    config.json next to it, else the released "magi1" preset. All weights are cast to `dtype` (the reference
-    casts the VAE to bf16). Key names and shapes are checked before any tensor is read.
-    """
+def check_vae(path: Path, config=None) -> tuple[Path, VAEConfig, ViTVAE]:
+    """find_vae, then the weight file's key names and shapes against the config (headers only) -> (weights file,
+    config, the model on the meta device)."""
     weights, cfg = find_vae(Path(path), config)
     with torch.device("meta"):
         model = ViTVAE(cfg)
@@ -93,6 +89,17 @@ def load_vae(path: str | Path, device="cpu", dtype: torch.dtype = torch.bfloat16
     with safe_open(str(weights), framework="pt") as f:
         found = {k: f.get_slice(k).get_shape() for k in f.keys()}
     check_vae_keys(expected, found, str(weights))
+    return weights, cfg, model
+
+
+def load_vae(path: str | Path, device="cpu", dtype: torch.dtype = torch.bfloat16, config=None) -> ViTVAE:
+    """Load the VAE from the official ckpt/vae directory or from a single .safetensors file (strict).
+
+    For a file, the config is `config` (preset name, VAEConfig, dict or json path), else `<file>.json` or
+    config.json next to it, else the released "magi1" preset. All weights are cast to `dtype` (the reference
+    casts the VAE to bf16). Key names and shapes are checked before any tensor is read.
+    """
+    weights, cfg, model = check_vae(Path(path), config)
     sd = load_file(str(weights), device=str(torch.device(device)))
     sd = {k: v.to(dtype) for k, v in sd.items()}
     model.load_state_dict(sd, strict=True, assign=True)

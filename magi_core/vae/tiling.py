@@ -141,6 +141,14 @@ def _tile_frames(cfg, fps: int, tile_frames: int | None) -> int:
     return frames
 
 
+def check_temporal_overlap(cfg, fps: int, tile_frames: int | None, temporal_overlap) -> int:
+    """The latent frames of a temporal decode tile, after checking that `temporal_overlap` fits in one."""
+    t_tile = _tile_frames(cfg, fps, tile_frames) // cfg.patch_length
+    if not (isinstance(temporal_overlap, int) and 0 <= temporal_overlap < t_tile):
+        raise ValueError(f"temporal_overlap must be an int in [0, {t_tile - 1}] latent frames, got {temporal_overlap}")
+    return t_tile
+
+
 def _encode_time_plan(frames: int, tile_frames: int, patch_length: int) -> AxisPlan:
     """Temporal tiles of an encode: `tile_frames` frames each without overlap; a tile of n frames gives
     n // patch_length latents (frames beyond a multiple are dropped, as the encoder's strided patch embedding
@@ -208,9 +216,7 @@ def tiled_decode(vae: ViTVAE, latent: torch.Tensor, fps: int = 24, *, tile_size:
     vae.check_latent(latent)
     tile, overlap = _spatial_tiles(cfg, tile_size, tile_overlap)
     p, pl = cfg.patch_size, cfg.patch_length
-    t_tile = _tile_frames(cfg, fps, tile_frames) // pl
-    if not (isinstance(temporal_overlap, int) and 0 <= temporal_overlap < t_tile):
-        raise ValueError(f"temporal_overlap must be an int in [0, {t_tile - 1}] latent frames, got {temporal_overlap}")
+    t_tile = check_temporal_overlap(cfg, fps, tile_frames, temporal_overlap)
     T, H, W = latent.shape[2:]
 
     def t_out(n):
