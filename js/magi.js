@@ -66,11 +66,17 @@ function inputNode(node, name) {
   return slot === undefined || slot < 0 ? null : node.getInputNode(slot);
 }
 
-// Is this IMAGE an image file (Load Image), seen through nodes that pass images on (scale, crop, ...)?
+// ComfyUI nodes that change an image but not how many there are: an image prefix stays one frame through them.
+const ONE_IMAGE_IN_ONE_OUT = new Set(["ImageScale", "ImageScaleBy", "ImageScaleToTotalPixels", "ImageCrop",
+  "ImageInvert", "ImageSharpen", "ImageBlur", "ImageQuantize", "ImageFlip", "ImageRotate", "ImagePadForOutpaint",
+  "ResizeAndPadImage", "Reroute"]);
+
+// Is this IMAGE one image file (Load Image), seen through nodes that keep it one image (scale, crop, ...)?
 function imageSource(src, depth = 0) {
   if (!src || depth > 8) return false;
   if (src.type === "LoadImage") return true;
-  const slot = (src.inputs ?? []).findIndex((i) => i.type === "IMAGE" && i.link != null);
+  if (!ONE_IMAGE_IN_ONE_OUT.has(src.type)) return false; // e.g. RepeatImageBatch: no longer one frame
+  const slot = (src.inputs ?? []).findIndex((i) => (i.type === "IMAGE" || i.type === "*") && i.link != null);
   return slot >= 0 && imageSource(src.getInputNode(slot), depth + 1);
 }
 
@@ -237,6 +243,12 @@ function renderTimeline(el, r) {
   axis.className = "magi-axis";
   axis.innerHTML = `<span>0 s</span><span>${n} chunks</span><span>${(n * r.chunk_seconds).toFixed(1)} s</span>`;
   el.append(bar, axis, legend);
+  for (const w of r.warnings ?? []) { // what the caption cleaner removes, times moved to chunk boundaries
+    const line = document.createElement("div");
+    line.className = "magi-warn";
+    line.textContent = w;
+    el.appendChild(line);
+  }
 }
 
 function setupSchedule(node) {

@@ -4,7 +4,6 @@ This glues text/, vae/, sampling/ and the DiT together; the ComfyUI nodes and th
 """
 from __future__ import annotations
 
-import logging
 
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -71,8 +70,6 @@ def validate(s: SamplingSettings, dit_cfg, prompts: PromptEmbeds | None = None, 
         raise ValueError("; ".join(errs))
     if prompts is not None:
         prompts.schedule.resolve(chunk_count(s, prefix_frames)[1], s.fps)  # generated chunks; raises on gaps etc.
-        for note in prompts.schedule.moved_times(s.fps):
-            logging.warning("MAGI-1 prompt schedule: %s", note)
 
 
 def prefix_latent_count(prefix_frames: int, fps: int = 24) -> int:

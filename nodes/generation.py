@@ -102,9 +102,9 @@ def run(model: DiTHandle, conditioning, s: SamplingSettings, hooks: Hooks, prefi
         vae: VAEHandle | None = None, preview: bool = True, multigpu: MultiGPUSettings | None = None) -> dict:
     """Generate; returns the LATENT dict (with the decoded frames when every chunk was decoded for previews)."""
     prefix_latents, prefix_frames, tokens = check(model, conditioning, s, prefix, vae, multigpu)
-    note = unused_settings(model.cfg, s)
-    if note:
-        hooks.note(note)
+    for note in [unused_settings(model.cfg, s)] + conditioning.schedule.moved_times(s.fps):
+        if note:
+            hooks.note(note)
     _, n_out = chunk_count(s, prefix_frames)
     args = dict(prompts=conditioning, settings=s, prefix_latents=prefix_latents, prefix_frames=prefix_frames,
                 special_tokens=tokens, progress=hooks.progress, cancel=hooks.cancelled)
@@ -126,6 +126,9 @@ def run(model: DiTHandle, conditioning, s: SamplingSettings, hooks: Hooks, prefi
             hooks.chunk_done(ch.index, n_out, f)
             del f
     except BaseException:  # cancel (SamplingCancelled, ComfyUI's interrupt), an error, Ctrl-C: keep what finished
+        close = getattr(chunks, "close", None)
+        if close is not None:  # stop sampling first (a pool's workers too), freeing its memory for the save
+            close()
         if latents:
             try:
                 hooks.keep_unfinished(video_latent(latents, s.fps), frames, vae)

@@ -164,6 +164,11 @@ def interrupted() -> bool:
     return mm.processing_interrupted()
 
 
+def clear_interrupt():
+    """Forget a Cancel that was already acted on (the next one is a new request)."""
+    mm.interrupt_current_processing(False)
+
+
 def raise_interrupt():
     """Raise ComfyUI's InterruptProcessingException (shown as 'interrupted', not as an error)."""
     mm.throw_exception_if_processing_interrupted()

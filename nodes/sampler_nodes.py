@@ -19,11 +19,16 @@ from .sampler_settings import build_settings, sampler_options
 from .types import CATEGORY, MagiConditioning, MagiModel, MagiMultiGPU, MagiSamplerOptions, MagiVAE
 from .unfinished import PREFIX, save_unfinished
 
+STEPS = dict(min=4, max=1000)  # the widgets' limits; validate_inputs checks them (ComfyUI does not, for these)
+WINDOW_SIZE = dict(min=1, max=16)
+
+
 class ComfyHooks(Hooks):
     """Hooks for a run inside ComfyUI: model management, progress bar, interrupt, previews."""
 
     def __init__(self, node_id: str, fps: int, device: str | None = None):
         self.device = device
+        self.notes = []  # shown under every chunk line (the node shows one text at a time)
         self.show = ChunkProgress(node_id, fps)
         self.loaded = None
 
@@ -49,7 +54,7 @@ class ComfyHooks(Hooks):
         return memory.interrupted()
 
     def chunk_done(self, index, total, frames):
-        text = f"chunk {index + 1}/{total} done"
+        text = "\n".join([f"chunk {index + 1}/{total} done", *self.notes])
         if frames is None:
             self.show.text(text)
         else:
@@ -57,14 +62,17 @@ class ComfyHooks(Hooks):
 
     def note(self, text):
         super().note(text)
-        self.show.text(text)
+        self.notes.append(text)
+        self.show.text("\n".join(self.notes))
 
     def keep_unfinished(self, latent, frames, vae):
         n, x = len(latent["magi_chunks"]), latent["samples"]
-        self.show.text(f"stopped: saving the {n} finished chunk(s) ...")
+        self.show.text(f"stopped: saving the {n} finished chunk(s) ... (Cancel again to keep only their latent)")
+        memory.clear_interrupt()  # a Cancel from now on means: stop decoding them for the video
         out_dir = folder_paths.get_output_directory()
         folder, name, counter, _, _ = folder_paths.get_save_image_path(PREFIX, out_dir, x.shape[4] * 8, x.shape[3] * 8)
-        files = save_unfinished(latent, frames, vae, Path(folder) / f"{name}_{counter:05}_")
+        files = save_unfinished(latent, frames, vae, Path(folder) / f"{name}_{counter:05}_", stop=memory.interrupted,
+                                progress=lambda i, total: self.show.text(f"stopped: saved chunk {i}/{total} ..."))
         where = " and ".join(str(Path(f).relative_to(out_dir)) for f in files)
         text = f"stopped after {n} finished chunk(s): kept in the output folder as {where}"
         logging.warning("MAGI-1 Sampler %s", text)
@@ -98,12 +106,12 @@ class MagiSampler(io.ComfyNode):
                              tooltip="MAGI-1 is trained at 24 fps. As in the reference, fps also sets the VAE's "
                                      "temporal tiles (fps/2 frames), so below 24 a chunk decodes to fewer frames "
                                      "(12 fps: 6 per chunk). Give Create Video the same fps"),
-                io.Int.Input("steps", default=16, min=4, max=1000, step=4,
+                io.Int.Input("steps", default=16, **STEPS, step=4,
                              tooltip="denoising steps per chunk; a multiple of window_size and of 4 (e.g. 16 for "
                                      "distill, 32-64 for base)"),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="noise seed; the same seed and settings give the same video"),
-                io.Int.Input("window_size", default=4, min=1, max=16,
+                io.Int.Input("window_size", default=4, **WINDOW_SIZE,
                              tooltip="chunks denoised together (4 = reference; 1 = least memory)"),
                 io.Float.Input("text_scale", default=7.5, min=0.0, max=30.0, step=0.1,
                                tooltip="text guidance (base models only: distill/fp8 run without guidance and "
@@ -137,6 +145,9 @@ class MagiSampler(io.ComfyNode):
         sampler starts, before the DiT loads (execute, nodes/generation.check)."""
         if None in (steps, window_size):  # linked: not known yet
             return True
+        for name, v, lim in (("steps", steps, STEPS), ("window_size", window_size, WINDOW_SIZE)):
+            if not lim["min"] <= v <= lim["max"]:  # ComfyUI skips its own min/max check for these two
+                return f"{name} must be between {lim['min']} and {lim['max']}, got {v}"
         return steps_problem(steps, window_size) or True
 
     @classmethod

@@ -22,26 +22,37 @@ from .latents import DEFAULT_TILING, split_chunks, tiling_kwargs
 PREFIX = "MAGI-1_unfinished"  # file names in the output folder: MAGI-1_unfinished_00001_.mp4
 
 
-def save_unfinished(latent: dict, frames: list, vae, stem: Path, crf: int = 23) -> list[Path]:
+class StoppedSaving(Exception):
+    """Cancel pressed again while the finished chunks were being decoded for the video."""
+
+
+def save_unfinished(latent: dict, frames: list, vae, stem: Path, crf: int = 23, stop=lambda: False,
+                    progress=lambda done, total: None) -> list[Path]:
     """Write the finished chunks of `latent` (nodes.latents.video_latent) next to `stem` (a path without suffix).
 
     frames: the decoded frames (T, H, W, 3) of the first len(frames) chunks (the sampler's previews); the other
-    chunks are decoded with `vae` (a VAEHandle, or None). Returns the files written: the mp4; the .latent file
-    without a VAE, or as well when the video could not be finished (the error is logged; the chunks written so far
+    chunks are decoded with `vae` (a VAEHandle, or None), unless stop() turns true (a second Cancel: decoding a
+    long video again takes a while). Returns the files written: the mp4; the .latent file without a VAE, or as
+    well when the video could not be finished (stopped, or an error, which is logged; the chunks written so far
     stay a playable mp4)."""
     fps = int(latent["magi_fps"])
     if vae is None:
         return [save_latent(latent, stem.with_name(stem.name + ".latent"))]
     out = None
+    pieces = split_chunks(latent)
     try:
         with VideoWriter(stem.with_name(stem.name + ".mp4"), fps, crf=crf) as out:
-            for i, piece in enumerate(split_chunks(latent)):
+            for i, piece in enumerate(pieces):
+                if i >= len(frames) and stop():
+                    raise StoppedSaving()
                 out.write(frames[i] if i < len(frames) else
                           decode_chunk(vae.model, piece, fps, **tiling_kwargs(DEFAULT_TILING, fps)))
+                progress(i + 1, len(pieces))
         return [out.path]
-    except Exception as e:  # noqa: BLE001 -- e.g. out of memory again: keep the whole latent too
-        logging.warning("MAGI-1: the finished chunks could not all be written as a video (%s: %s); keeping their "
-                        "latent too", type(e).__name__, e)
+    except Exception as e:  # noqa: BLE001 -- stopped, or e.g. out of memory again: keep the whole latent too
+        why = "cancelled again" if isinstance(e, StoppedSaving) else f"{type(e).__name__}: {e}"
+        logging.warning("MAGI-1: the finished chunks were not all written as a video (%s); keeping their latent too",
+                        why)
         kept = [out.path] if out is not None and out.interrupted else []
         return kept + [save_latent(latent, stem.with_name(stem.name + ".latent"))]
 

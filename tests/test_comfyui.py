@@ -482,6 +482,12 @@ def test_steps_that_do_not_fit_the_window_are_rejected_at_queue_time(server):
     assert sorted(e["extra_info"]["input_name"] for e in errors) == ["steps", "window_size"], errors
     assert all("steps must be a positive multiple of window_size (3), got 16" in e["details"] for e in errors)
     assert set(r["node_errors"]) == {nid}
+    for field, value, needle in (("steps", 1004, "steps must be between 4 and 1000, got 1004"),
+                                 ("window_size", 17, "window_size must be between 1 and 16, got 17")):
+        bad = tiny(api_twin("magi1_t2v"))
+        bad[nid]["inputs"][field] = value
+        status, r = server.queue(bad)
+        assert status == 400 and all(needle in e["details"] for e in r["node_errors"][nid]["errors"]), r
 
 
 @pytest.mark.parametrize("workflow, node, changes, needle", [

@@ -196,7 +196,7 @@ def test_interrupt_keeps_the_finished_chunks(server):
 def test_interrupt_while_sampling_keeps_the_finished_chunks(server):
     """Cancel after the sampler's first finished chunk: the run ends interrupted (no LATENT output, nothing
     cached), and the finished chunk is in the output folder as a playable mp4, which the node's text names."""
-    prompt = long_video(server, 24 * 6)
+    prompt = long_video(server, 24 * 6, seed=int(time.time()))  # a seed no other test ran: nothing cached
     sampler = node_of(prompt, "MagiSampler")
     out = server.workdir / "output"
     before = set(out.glob("MAGI-1_unfinished*"))
@@ -214,6 +214,8 @@ def test_interrupt_while_sampling_keeps_the_finished_chunks(server):
                     texts.append(msg[8 + n:].decode())
                 continue
             m = json.loads(msg)
+            if m.get("data", {}).get("prompt_id") not in (None, r["prompt_id"]):
+                continue
             if m["type"] == "magi.chunk" and m["data"].get("node") == sampler:
                 chunks += 1
                 if chunks == 1:

@@ -266,6 +266,19 @@ def test_an_image_prefix_is_recognised_through_other_nodes(page):
     texts = page.evaluate("[...document.querySelectorAll('.magi-panel')].map(e => e.innerText)")
     assert any("image prefix" in t and "120 frames" in t for t in texts), texts
     assert not any("video prefix" in t for t in texts), texts
+    # a node that makes a batch of it (RepeatImageBatch) is no longer one frame
+    page.evaluate(f"""() => {{
+        const g = {APP}.graph, load = g.nodes.find(x => x.type === 'LoadImage');
+        const enc = g.nodes.find(x => x.type === 'MagiVAEEncode');
+        const rep = {LITEGRAPH}.createNode('RepeatImageBatch');
+        rep.pos = [load.pos[0], load.pos[1] + 700];
+        g.add(rep);
+        load.connect(0, rep, rep.findInputSlot('image'));
+        rep.connect(0, enc, enc.findInputSlot('image'));
+    }}""")
+    page.wait_for_timeout(3 * 700)
+    texts = page.evaluate("[...document.querySelectorAll('.magi-panel')].map(e => e.innerText)")
+    assert not any("image prefix" in t for t in texts), texts
 
 
 def test_frame_counts_and_fps_mismatch_are_shown(page):
@@ -310,6 +323,9 @@ def test_schedule_timeline_and_chunk_count(page):
     set_widget(page, "MagiPromptSchedule", "schedule", "0-2: a fox\n2-: a bird")
     wait_text(page, ".magi-error", "overlap")
     shot(page, "schedule_error")
+    # a time inside a chunk: the panel says where the prompt really changes
+    set_widget(page, "MagiPromptSchedule", "schedule", "0s-2.5s: a fox\n2.5s-: a bird")
+    wait_text(page, ".magi-warn", "2.5s falls inside a chunk, so the prompt changes at 3s")
 
 
 def test_chunk_previews_stream_during_a_run(page, server):

@@ -594,6 +594,11 @@ def test_a_run_that_fails_keeps_its_finished_chunks_and_its_error(tiny, t5, vae,
     assert [p.name for p in files] == ["d.latent"]
     files = unfinished.save_unfinished(latent, frames[:1], Broken(), tmp_path / "e")  # fails at chunk 2
     assert [p.name for p in files] == ["e.mp4", "e.latent"] and read_frames(files[0]).shape[0] == 24
+    # Cancel pressed again while chunks are decoded for the video: the decoding stops, the latent is kept whole
+    asked = []
+    files = unfinished.save_unfinished(latent, [], vae, tmp_path / "f", stop=lambda: asked.append(1) or len(asked) > 1)
+    assert [p.name for p in files] == ["f.mp4", "f.latent"] and read_frames(files[0]).shape[0] == 24
+    assert len(asked) == 2  # asked before each decode, not for the preview frames it already had
 
 
 def test_settings_the_model_will_not_use_are_named(tiny, t5, caplog):
