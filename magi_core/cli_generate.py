@@ -191,7 +191,12 @@ def check_args(a):
         raise ValueError("pass --image (image-to-video) or --video (continuation), not both")
 
 
-def _ignored(a) -> list[str]:
+def check_output(a):
+    if Path(a.output).expanduser().is_dir():
+        raise ValueError(f"--output {a.output} is a folder: give a file name such as {Path(a.output) / 'out.mp4'}")
+
+
+def _ignored(a, device: str) -> list[str]:
     """Warnings for the prefix options given without the prefix they apply to."""
     out = []
     if not a.video:
@@ -199,6 +204,8 @@ def _ignored(a) -> list[str]:
                 (("--prefix-frames", a.prefix_frames), ("--prefix-from", a.prefix_from)) if v is not None]
     if a.resize is not None and not (a.image or a.video):
         out.append("--resize is used with --image or --video only: ignored")
+    if a.compile and torch.device(device).type != "cuda":
+        out.append(f"--compile fuses the element-wise ops on CUDA GPUs only: no effect on {device}")
     return out
 
 
@@ -213,8 +220,7 @@ def prepare(a) -> Job:
     from .vae.tiling import check_temporal_overlap
     from .video import read_image, read_video
 
-    if Path(a.output).is_dir():
-        raise ValueError(f"--output {a.output} is a folder: give a file name such as {Path(a.output) / 'out.mp4'}")
+    check_output(a)
     s = settings_from_args(a)
     runtime = runtime_from_args(a)
     missing = [n for n in ("dit", "vae", "t5") if not getattr(a, n)]
@@ -301,7 +307,7 @@ def prepare(a) -> Job:
     # the settings against the models, the prompt and the prefix
     try:
         schedule = parse_schedule(prompt)
-        warnings = _ignored(a) + schedule.check_captions()
+        warnings = _ignored(a, runtime.device) + schedule.check_captions()
     except ValueError as e:
         raise ValueError(f"{prompt_flag}: {e}") from None
     if runtime.attention == FP8:  # said here, before loading (DiTRuntime.configure's warning would repeat it)
@@ -481,6 +487,22 @@ def describe(job: Job) -> str:
             f", {s.steps} steps, seed {s.seed}, {job.runtime.device}" + (f" ({note})" if note else ""))
 
 
+def prompt_lines(job: Job) -> list[str]:
+    """For a per-chunk schedule: which chunks get which prompt (as the run will resolve it)."""
+    from .pipeline import chunk_count
+    from .text import parse_schedule
+
+    schedule = parse_schedule(job.prompt)
+    if len(schedule.ranges) < 2:
+        return []
+    n = chunk_count(job.settings, job.prefix_frames)[1]
+    out = []
+    for r in schedule.ranges:
+        first, stop = r.chunk_bounds(n, job.settings.fps)
+        out.append(f"  chunk {first}: {r.prompt}" if stop - first == 1 else f"  chunks {first}-{stop - 1}: {r.prompt}")
+    return out
+
+
 def use_demo(a, tmp: str):
     """--demo: tiny random models written to `tmp`, CPU, a short two-prompt video (unless given)."""
     from .demo import make_tiny_assets
@@ -524,13 +546,14 @@ def run(a) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if a.demo:
             use_demo(a, tmp)
+        check_output(a)
         writer = VideoWriter(Path(a.output).expanduser(), settings_from_args(a).fps)  # the output location first
         try:
             with _stoppable():
                 job = prepare(a)
                 for w in job.warnings:
                     print(f"warning: {w}", file=sys.stderr)
-                print(f"generating {describe(job)}", flush=True)
+                print("\n".join([f"generating {describe(job)}", *prompt_lines(job)]), flush=True)
                 t0 = time.perf_counter()
                 dit, info = load_dit(job.dit, job.runtime, variant=job.variant)
                 vae, prompts, prefix = load_models(job, job.runtime.device)

@@ -159,6 +159,7 @@ BAD = [
     ("cjk-only", ["--prompt", "一只狐狸"], "--prompt", True),
     ("memory", ["--width", "16384", "--height", "16384"], "GiB", True),
     ("steps-vs-window", ["--steps", "8", "--window", "3"], "got 8", False),
+    ("output-folder", ["-o", "{root}"], "is a folder: give a file name such as", False),
     ("prompt-and-file", ["--prompt-file", "{root}/prompt.txt"], "pass --prompt or --prompt-file, not both", False),
     ("demo-with-models", ["--demo"], "--demo makes tiny random models of its own: drop --dit, --vae, --t5, "
                                      "--special-tokens", False),
@@ -218,9 +219,10 @@ def test_a_prompt_file_with_a_bom_reads_as_typed(models):
 
 
 def test_prefix_options_without_a_prefix_are_said_to_be_ignored(models):
-    warnings = _prepare(models, "--prompt", "a fox", "--prefix-frames", "8", "--resize", "crop").warnings
+    warnings = _prepare(models, "--prompt", "a fox", "--prefix-frames", "8", "--resize", "crop", "--compile").warnings
     assert "--prefix-frames is used with --video only: ignored" in warnings
     assert "--resize is used with --image or --video only: ignored" in warnings
+    assert "--compile fuses the element-wise ops on CUDA GPUs only: no effect on cpu" in warnings
     assert _prepare(models, "--prompt", "a fox").warnings == []
 
 
@@ -264,6 +266,7 @@ def test_a_schedule_time_inside_a_chunk_is_said_before_the_run(models, tmp_path)
     assert r.returncode == 0, r.stderr
     assert "warning: line 1: 1.5s falls inside a chunk, so the prompt changes at 2s" in r.stderr
     assert "generating" in r.stdout  # a note, not an error: the run goes on
+    assert "  chunks 0-1: a red fox\n  chunk 2: a bird\n" in r.stdout  # which chunk gets which prompt
 
 
 def test_missing_model_paths_say_where_install_py_puts_them():
