@@ -164,7 +164,11 @@ def t5_width(weights: str | Path) -> int | None:
     safetensors header); None when only .bin files hold it. FileNotFoundError / ValueError for no T5 there."""
     files, config_json = _weight_files(Path(weights))
     if config_json is not None:
-        return int(json.loads(config_json.read_text())["d_model"])
+        d_model = json.loads(config_json.read_text()).get("d_model")
+        if d_model is None:
+            raise ValueError(f"{config_json} is not a T5 config (it has no d_model): is this the T5 encoder's folder "
+                             "(ckpt/t5/t5-v1_1-xxl)?")
+        return int(d_model)
     if files[0].suffix != ".safetensors":
         return None
     from safetensors import safe_open
