@@ -408,9 +408,9 @@ def _raise_stopped(signum, _frame):
 
 
 @contextlib.contextmanager
-def _signals(handler, signums=_STOP_SIGNALS):
-    """The block runs with `handler` for these signals, the old handlers restored after (main thread only:
-    elsewhere Python cannot set handlers, and the block runs as it is)."""
+def _signals(handler, signums=_STOP_SIGNALS, restore=lambda old: old):
+    """The block runs with `handler` for these signals, then each gets restore(its old handler) (main thread
+    only: elsewhere Python cannot set handlers, and the block runs as it is)."""
     try:
         old = {s: signal.signal(s, handler) for s in signums}
     except ValueError:  # not the main thread
@@ -420,7 +420,7 @@ def _signals(handler, signums=_STOP_SIGNALS):
         yield
     finally:
         for s, h in old.items():
-            signal.signal(s, h)
+            signal.signal(s, restore(h))
 
 
 @contextlib.contextmanager
@@ -440,16 +440,8 @@ def _stoppable():
     """Ctrl-C or SIGTERM stops the run (Stopped; the finished chunks are kept, the temporary file removed). Once
     one did, both stay ignored after the block too: a second Ctrl-C cannot break the saving or the exit."""
     _stopped.clear()
-    try:
-        old = {s: signal.signal(s, _raise_stopped) for s in _STOP_SIGNALS}
-    except ValueError:  # not the main thread
+    with _signals(_raise_stopped, restore=lambda old: signal.SIG_IGN if _stopped else old):
         yield
-        return
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, signal.SIG_IGN if _stopped else h)
 
 
 def write_chunks(job: Job, chunks, vae, writer, log=print):

@@ -245,39 +245,34 @@ def test_a_connected_schedule_keeps_the_prompt_typed_in_the_encoder(page):
     wait_value(page, "MagiTextEncode", "prompt", own)
 
 
-def test_an_image_prefix_is_recognised_through_other_nodes(page):
-    """Load Image -> ImageScaleBy -> MAGI VAE Encode is still an image prefix: 120 frames, not a video prefix."""
-    load_workflow(page, "magi1_i2v")
-    wait_text(page, ".magi-panel", "(image prefix)")
-    page.evaluate(f"""() => {{
+def _between_image_and_encoder(page, node_type: str) -> list[str]:
+    """Put a new `node_type` between Load Image and MAGI VAE Encode; -> the panels' texts three polls later."""
+    page.evaluate(f"""t => {{
         const g = {APP}.graph, load = g.nodes.find(x => x.type === 'LoadImage');
         const enc = g.nodes.find(x => x.type === 'MagiVAEEncode');
-        const scale = {LITEGRAPH}.createNode('ImageScaleBy');
-        scale.pos = [load.pos[0], load.pos[1] + 500];
-        g.add(scale);
-        load.connect(0, scale, scale.findInputSlot('image'));
-        scale.connect(0, enc, enc.findInputSlot('image'));
-    }}""")
+        const mid = {LITEGRAPH}.createNode(t);
+        mid.pos = [load.pos[0], load.pos[1] + 500 + 200 * g.nodes.length];
+        g.add(mid);
+        load.connect(0, mid, mid.findInputSlot('image'));
+        mid.connect(0, enc, enc.findInputSlot('image'));
+    }}""", node_type)
     assert page.evaluate(f"""() => {{
         const enc = {APP}.graph.nodes.find(x => x.type === 'MagiVAEEncode');
         return enc.getInputNode(enc.findInputSlot('image'))?.type;
-    }}""") == "ImageScaleBy"
+    }}""") == node_type
     page.wait_for_timeout(3 * 700)  # three of the panel's polls: it has seen the new graph
-    texts = page.evaluate("[...document.querySelectorAll('.magi-panel')].map(e => e.innerText)")
+    return page.evaluate("[...document.querySelectorAll('.magi-panel')].map(e => e.innerText)")
+
+
+def test_an_image_prefix_is_recognised_through_other_nodes(page):
+    """Load Image -> ImageScaleBy -> MAGI VAE Encode is still an image prefix: 120 frames, not a video prefix;
+    through RepeatImageBatch (a batch of it) it is not."""
+    load_workflow(page, "magi1_i2v")
+    wait_text(page, ".magi-panel", "(image prefix)")
+    texts = _between_image_and_encoder(page, "ImageScaleBy")
     assert any("image prefix" in t and "120 frames" in t for t in texts), texts
     assert not any("video prefix" in t for t in texts), texts
-    # a node that makes a batch of it (RepeatImageBatch) is no longer one frame
-    page.evaluate(f"""() => {{
-        const g = {APP}.graph, load = g.nodes.find(x => x.type === 'LoadImage');
-        const enc = g.nodes.find(x => x.type === 'MagiVAEEncode');
-        const rep = {LITEGRAPH}.createNode('RepeatImageBatch');
-        rep.pos = [load.pos[0], load.pos[1] + 700];
-        g.add(rep);
-        load.connect(0, rep, rep.findInputSlot('image'));
-        rep.connect(0, enc, enc.findInputSlot('image'));
-    }}""")
-    page.wait_for_timeout(3 * 700)
-    texts = page.evaluate("[...document.querySelectorAll('.magi-panel')].map(e => e.innerText)")
+    texts = _between_image_and_encoder(page, "RepeatImageBatch")
     assert not any("image prefix" in t for t in texts), texts
 
 
