@@ -198,7 +198,8 @@ function setupSampler(node) {
     const size = `${value(node, "width")}x${value(node, "height")}`;
     box.textContent = `${r.generated_chunks} chunk${r.generated_chunks === 1 ? "" : "s"} of ${r.frames_per_chunk} ` +
       `frames (${r.chunk_seconds.toFixed(2)} s) -> ${r.output_frames} frames, ${r.seconds.toFixed(2)} s at ${size}` +
-      (prefix === null ? " (+ video prefix)" : prefix === 1 ? " (image prefix)" : prefix ? ` (${prefix}-frame prefix)` : "");
+      (prefix === null ? " (+ video prefix)" : prefix === 1 ? " (image prefix)" :
+        prefix ? ` (${prefix}-frame prefix, if the video has that many)` : "");
     const notes = r.note ? [r.note] : [];
     for (const cv of createVideoNodes(node)) {
       const cvFps = value(cv, "fps");

@@ -102,7 +102,9 @@ def run(model: DiTHandle, conditioning, s: SamplingSettings, hooks: Hooks, prefi
         vae: VAEHandle | None = None, preview: bool = True, multigpu: MultiGPUSettings | None = None) -> dict:
     """Generate; returns the LATENT dict (with the decoded frames when every chunk was decoded for previews)."""
     prefix_latents, prefix_frames, tokens = check(model, conditioning, s, prefix, vae, multigpu)
-    for note in [unused_settings(model.cfg, s)] + conditioning.schedule.moved_times(s.fps):
+    no_vae = ("preview 'decoded chunks' needs the vae input: connect the VAE loader to the sampler to see each "
+              "chunk (no previews this run)") if preview and vae is None else None
+    for note in [unused_settings(model.cfg, s), no_vae] + conditioning.schedule.moved_times(s.fps):
         if note:
             hooks.note(note)
     _, n_out = chunk_count(s, prefix_frames)

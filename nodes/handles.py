@@ -82,7 +82,12 @@ class DiTHandle:
         d, r = self.detection, self.runtime
         notes = "".join(f"\n- {n}" for n in d.notes)
         tokens = self.special_tokens.name if self.special_tokens else "none"
-        perf = "".join([", compiled element-wise ops" if r.compile else "",
+        import torch
+
+        cuda = r.device.startswith("cuda") or (r.device == "auto" and torch.cuda.is_available())
+        perf = "".join([f", weights stored as {r.weight_dtype}" if r.weight_dtype not in (None, "auto") else "",
+                        (", compiled element-wise ops" if cuda else f", compile: no effect on {r.device} (CUDA only)")
+                        if r.compile else "",
                         f", block swap {r.block_swap} of {d.cfg.num_layers} layers" if r.block_swap else ""])
         why = {"caller": "variant set on the loader", "metadata": "variant from the file's metadata",
                "name": "variant from the file name", "fp8 default": "the official fp8 weights are distill",

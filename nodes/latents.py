@@ -91,6 +91,16 @@ def video_latent(chunks: list, fps: int, decoded: dict | None = None) -> dict:
     return out
 
 
+def missing_keys_note(latent: dict) -> str | None:
+    """What decoding assumes for a latent that lost the sampler's keys (native Load Latent keeps only the
+    samples), or None."""
+    if not isinstance(latent, dict) or "magi_fps" in latent:
+        return None
+    return ("this latent carries no MAGI-1 fps or chunk sizes (native Load Latent and some other nodes drop them): "
+            "it is decoded at 24 fps in one piece. A video sampled at another fps, or with a video prefix, then "
+            "gets a different frame count; decode the sampler's own output for its exact frames")
+
+
 def split_chunks(latent: dict) -> list[torch.Tensor]:
     """The latent cut into the sampler's chunks (one piece if it did not come from the sampler)."""
     x = latent["samples"]

@@ -9,8 +9,8 @@ from magi_core.settings import SamplingSettings
 from magi_core.vae.tiling import encoded_frames
 from magi_core.video import select_prefix_frames
 
-from . import choices, memory
-from .latents import decode_video
+from . import choices, memory, messages
+from .latents import decode_video, missing_keys_note
 from .types import CATEGORY, MagiVAE
 
 
@@ -60,6 +60,7 @@ class MagiVAEEncode(io.ComfyNode):
                              tooltip="same as the sampler's: the VAE encodes video in tiles of fps // 2 frames"),
             ],
             outputs=[io.Latent.Output(display_name="prefix")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
@@ -74,8 +75,12 @@ class MagiVAEEncode(io.ComfyNode):
         s = SamplingSettings(width=width, height=height, fps=fps)
         latents = encode_prefix(vae.model, frames, s, policy=resize, tile_size=tile_size, tile_overlap=tile_overlap,
                                 tile_frames=tile_frames or None)
+        notes = [f"max_frames {max_frames}, but the {'video has' if image.shape[0] > 1 else 'image is'} "
+                 f"{image.shape[0]} frame{'s' if image.shape[0] > 1 else ''}: the prefix is all of "
+                 f"{'them' if image.shape[0] > 1 else 'it'} (the sampler's panel counted {max_frames})"] \
+            if max_frames and max_frames > image.shape[0] else []
         return io.NodeOutput({"samples": latents.cpu(), "magi_prefix_frames": int(frames.shape[0]),
-                              "magi_fps": int(fps)})
+                              "magi_fps": int(fps)}, ui=messages.warn("MAGI-1 VAE Encode", cls.hidden.unique_id, notes))
 
 
 class MagiVAEDecode(io.ComfyNode):
@@ -91,17 +96,19 @@ class MagiVAEDecode(io.ComfyNode):
                 *decode_tile_inputs(),
             ],
             outputs=[io.Image.Output(display_name="images")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, vae, samples, tile_size, tile_overlap, tile_frames, temporal_overlap):
+        note = missing_keys_note(samples)
         tiling = dict(tile_size=tile_size, tile_overlap=tile_overlap, tile_frames=tile_frames,
                       temporal_overlap=temporal_overlap)
         memory.use(vae.loaded)
         pbar = comfy.utils.ProgressBar(1)
         frames = decode_video(vae.model, samples, tiling, vae_key=vae.key,
                               progress=lambda done, total: pbar.update_absolute(done, total))
-        return io.NodeOutput(frames)
+        return io.NodeOutput(frames, ui=messages.warn("MAGI-1 VAE Decode", cls.hidden.unique_id, [note] if note else []))
 
 
 NODES = [MagiVAEEncode, MagiVAEDecode]

@@ -14,9 +14,9 @@ from comfy_api.latest import InputImpl, io, ui
 
 from magi_core.video import VideoWriter
 
-from . import memory
+from . import memory, messages
 from .chunk_progress import ChunkProgress
-from .latents import decode_chunks
+from .latents import decode_chunks, missing_keys_note
 from .types import CATEGORY, MagiVAE
 from .vae_nodes import decode_tile_inputs
 
@@ -51,6 +51,9 @@ class MagiDecodeToVideoFile(io.ComfyNode):
         tiling = dict(tile_size=tile_size, tile_overlap=tile_overlap, tile_frames=tile_frames,
                       temporal_overlap=temporal_overlap)
         chunks = decode_chunks(vae.model, samples, tiling, who="MAGI Decode to Video File")
+        note = missing_keys_note(samples)
+        if note:
+            messages.warn("MAGI-1 Decode to Video File", cls.hidden.unique_id, [note])
         x, fps = samples["samples"], int(samples.get("magi_fps", 24))
         out_dir = folder_paths.get_output_directory()
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(

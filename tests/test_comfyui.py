@@ -264,6 +264,18 @@ def test_interrupt_stops_within_a_dit_call_and_the_next_run_works(server):
     assert run(server, tiny(api_twin("magi1_t2v")))["status"]["status_str"] == "success"
 
 
+def test_max_frames_beyond_the_clip_is_said_on_the_encoder(server):
+    """The sampler's panel counts max_frames before the clip is read; a shorter clip gives a shorter prefix, which
+    the encoder says (the run itself is right: every frame of the clip is the prefix)."""
+    prompt = tiny(api_twin("magi1_v2v"))
+    enc = node_of(prompt, "MagiVAEEncode")
+    prompt[enc]["inputs"]["max_frames"] = 1000
+    h = run(server, prompt)
+    assert h["status"]["status_str"] == "success"
+    [text] = h["outputs"][enc]["text"]
+    assert text.startswith("max_frames 1000, but the video has ") and "the prefix is all of them" in text
+
+
 def test_prompts_without_the_newer_inputs_still_run(server):
     prompt = tiny(api_twin("magi1_t2v"))
     for name in ("compile", "block_swap"):

@@ -620,6 +620,11 @@ def test_settings_the_model_will_not_use_are_named(tiny, t5, caplog):
     with caplog.at_level("WARNING"):
         generation.run(dit_handle(tiny, variant="distill"), cond, run_settings(num_frames=24, text_scale=3.0), hooks)
     assert ("note", note) in hooks.events and note in caplog.text
+    hooks = NoteHooks()  # previews asked for (the default) without a VAE: said, not silently skipped
+    generation.run(dit_handle(tiny), cond, run_settings(num_frames=24), hooks, vae=None, preview=True)
+    assert [e[1] for e in hooks.events if e[0] == "note"] == [
+        "preview 'decoded chunks' needs the vae input: connect the VAE loader to the sampler to see each chunk "
+        "(no previews this run)"]
 
 
 # ----------------------------------------------------------------------------- performance switches
@@ -649,6 +654,19 @@ def test_info_panel_says_when_fp8_attention_cannot_run(tiny, monkeypatch):
     assert "fp8-approx is APPROXIMATE" in dit_handle(tiny, attention="fp8-approx").describe()
 
 
+def test_loader_panel_names_weight_storage_and_compile_where_it_works(tiny, fake_gpu):
+    assert "compiled element-wise ops" in dit_handle(tiny, compile=True, device="cuda:0").describe()
+    assert "weights stored as fp8_e4m3fn" in dit_handle(tiny, weight_dtype="fp8_e4m3fn").describe()
+    assert "weights stored" not in dit_handle(tiny).describe()
+
+
+def test_decoding_a_latent_without_the_samplers_keys_is_said():
+    x = torch.zeros(1, 16, 6, 4, 4)
+    note = latents.missing_keys_note({"samples": x})  # what native Load Latent returns
+    assert "decoded at 24 fps in one piece" in note
+    assert latents.missing_keys_note(latents.video_latent([x], 12)) is None
+
+
 def test_compile_is_a_run_time_setting_that_reaches_the_dit_and_the_workers(tiny, t5):
     from magi_core.parallel.worker import ModelSpec
     from magi_core.pipeline import encode_prompts
@@ -656,7 +674,7 @@ def test_compile_is_a_run_time_setting_that_reaches_the_dit_and_the_workers(tiny
     on, off = dit_handle(tiny, compile=True), dit_handle(tiny)
     assert on.runtime.compile and not off.runtime.compile and on.key == off.key  # not part of the weights
     assert ModelSpec.from_dict(on.spec()).runtime.compile and not ModelSpec.from_dict(off.spec()).runtime.compile
-    assert "compiled element-wise ops" in on.describe() and "compiled" not in off.describe()
+    assert "compile: no effect on cpu (CUDA only)" in on.describe() and "compile" not in off.describe()
     cond = encode_prompts(t5, "a red fox")
     runs = []
     for handle in (on, off, on):
