@@ -14,6 +14,11 @@ def server():
         return None
 
 
+def node_id(cls):
+    """The running node's id (ComfyUI's hidden unique_id), or None when execute is called outside a prompt."""
+    return getattr(getattr(cls, "hidden", None), "unique_id", None)
+
+
 def show_text(node_id, text: str) -> None:
     """Text under the node in the UI (ComfyUI's progress text; '' clears it)."""
     s = server()

@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from magi_core.sampling.executor import SamplingCancelled
 from magi_core.settings import steps_problem
 
-from . import choices, memory
+from . import choices, memory, messages
 from .chunk_progress import ChunkProgress
 from .generation import Hooks, run
 from .loading import load_dit_weights
@@ -159,7 +159,7 @@ class MagiSampler(io.ComfyNode):
                            prev_chunks_scale, use_hq, use_duration, options)
         show = preview != "off"
         one_gpu = multigpu.devices[0] if multigpu is not None and not multigpu.wants_pool else None
-        hooks = ComfyHooks(str(cls.hidden.unique_id), fps, device=one_gpu)
+        hooks = ComfyHooks(str(messages.node_id(cls)), fps, device=one_gpu)
         if multigpu is not None and multigpu.wants_pool:
             memory.track_pool(release_pool)  # ComfyUI frees the workers with its models (memory.py)
         try:

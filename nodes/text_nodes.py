@@ -33,7 +33,7 @@ class MagiTextEncode(io.ComfyNode):
     @classmethod
     def execute(cls, t5, prompt):
         schedule, warnings = check_prompt(prompt)
-        ui = messages.warn("MAGI-1 Text Encode", cls.hidden.unique_id, warnings)
+        ui = messages.warn("MAGI-1 Text Encode", messages.node_id(cls), warnings)
         memory.use(t5.loaded)
         return io.NodeOutput(encode_prompts(t5.encoder, schedule), ui=ui)
 
@@ -55,7 +55,7 @@ class MagiPromptSchedule(io.ComfyNode):
     @classmethod
     def execute(cls, schedule):
         _, warnings = check_prompt(schedule)
-        return io.NodeOutput(schedule, ui=messages.warn("MAGI-1 Prompt Schedule", cls.hidden.unique_id, warnings))
+        return io.NodeOutput(schedule, ui=messages.warn("MAGI-1 Prompt Schedule", messages.node_id(cls), warnings))
 
 
 class MagiCLIPTextEncode(io.ComfyNode):
@@ -77,7 +77,7 @@ class MagiCLIPTextEncode(io.ComfyNode):
     @classmethod
     def execute(cls, clip, prompt):
         schedule, warnings = check_prompt(prompt)
-        ui = messages.warn("MAGI-1 Text Encode (ComfyUI T5 CLIP)", cls.hidden.unique_id, warnings)
+        ui = messages.warn("MAGI-1 Text Encode (ComfyUI T5 CLIP)", messages.node_id(cls), warnings)
         return io.NodeOutput(encode_prompts(ClipT5(clip), schedule), ui=ui)
 
 

@@ -80,7 +80,7 @@ class MagiVAEEncode(io.ComfyNode):
                  f"{'them' if image.shape[0] > 1 else 'it'} (the sampler's panel counted {max_frames})"] \
             if max_frames and max_frames > image.shape[0] else []
         return io.NodeOutput({"samples": latents.cpu(), "magi_prefix_frames": int(frames.shape[0]),
-                              "magi_fps": int(fps)}, ui=messages.warn("MAGI-1 VAE Encode", cls.hidden.unique_id, notes))
+                              "magi_fps": int(fps)}, ui=messages.warn("MAGI-1 VAE Encode", messages.node_id(cls), notes))
 
 
 class MagiVAEDecode(io.ComfyNode):
@@ -108,7 +108,7 @@ class MagiVAEDecode(io.ComfyNode):
         pbar = comfy.utils.ProgressBar(1)
         frames = decode_video(vae.model, samples, tiling, vae_key=vae.key,
                               progress=lambda done, total: pbar.update_absolute(done, total))
-        return io.NodeOutput(frames, ui=messages.warn("MAGI-1 VAE Decode", cls.hidden.unique_id, [note] if note else []))
+        return io.NodeOutput(frames, ui=messages.warn("MAGI-1 VAE Decode", messages.node_id(cls), [note] if note else []))
 
 
 NODES = [MagiVAEEncode, MagiVAEDecode]

@@ -53,7 +53,7 @@ class MagiDecodeToVideoFile(io.ComfyNode):
         chunks = decode_chunks(vae.model, samples, tiling, who="MAGI Decode to Video File")
         note = missing_keys_note(samples)
         if note:
-            messages.warn("MAGI-1 Decode to Video File", cls.hidden.unique_id, [note])
+            messages.warn("MAGI-1 Decode to Video File", messages.node_id(cls), [note])
         x, fps = samples["samples"], int(samples.get("magi_fps", 24))
         out_dir = folder_paths.get_output_directory()
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
@@ -61,7 +61,7 @@ class MagiDecodeToVideoFile(io.ComfyNode):
         file = f"{name}_{counter:05}_.mp4"
         path = Path(folder) / file
         path.parent.mkdir(parents=True, exist_ok=True)
-        show = ChunkProgress(str(cls.hidden.unique_id), fps)
+        show = ChunkProgress(str(messages.node_id(cls)), fps)
         memory.use(vae.loaded)
         writer = VideoWriter(path, fps, crf=crf)
         try:
