@@ -56,7 +56,8 @@ function panel(node, name, height) {
   const el = document.createElement("div");
   el.className = "magi-panel";
   const w = node.addDOMWidget(name, "magi_" + name, el, { serialize: false, hideOnZoom: false,
-    getMinHeight: () => height, getValue: () => undefined, setValue: () => {} });
+    getMinHeight: () => Math.max(height, el.scrollHeight), // long notes push the chunk strip down, not out
+    getValue: () => undefined, setValue: () => {} });
   w.serialize = false; // never part of widgets_values: saved workflows keep their widget order
   return el;
 }

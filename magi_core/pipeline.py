@@ -97,8 +97,8 @@ def frames_note(num_frames: int, fps: int, prefix_frames: int = 0) -> tuple[int,
         return frames, ""
     why = []
     if (num_frames // 4 + P) % CHUNK_WIDTH or num_frames % 4:
-        why.append(f"the video is made of whole chunks of 24 frames (frames // 4 latent frames, 6 per chunk)"
-                   + (" and the prefix fills the first ones" if P > 1 else ""))
+        why.append("the video is generated in whole chunks of 24 frames" + (" (the prefix fills the first ones)"
+                                                                            if P > 1 else ""))
     if P == 1:
         why.append("the image is one more latent frame, output with the video")
     elif P:
