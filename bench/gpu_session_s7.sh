@@ -1,0 +1,38 @@
+#!/bin/bash
+# Session 7 (2026-12-07): issue 14's rows on one H100 (device tool, nvidia-h100-x1), every bf16 baseline re-run in
+# the same call. Needs the nvidia-cudnn-frontend 1.32.0 wheel (cp312 manylinux) in .whl (carry it).
+#   bash bench/gpu_session_s7.sh x   # fp8 GPU tests; kernel rows (quantization overhead after the one-pass
+#                                    # scale change); P1 bf16 vs fp8; P6 windows; per-forward DiT error (4.5B)
+#   bash bench/gpu_session_s7.sh y   # P2 bf16 and fp8 (+ deviation of the two generations); P7 bf16 and fp8
+#   bash bench/gpu_session_s7.sh z   # P4b under a 22 GiB cap with decode; per-forward DiT error (24B)
+# Each step prints its wall time; results are JSON lines in $OUT/s7<part>.jsonl.
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+J=$OUT/s7$1.jsonl
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl \
+  && export PYTHONPATH=/tmp/site
+quiet() { grep -v "^ - \|nanobind\|Warning: \|warnings.warn" ; }
+step() { local s=$SECONDS; eval "$1" 2>&1 | quiet | tail -n "${2:-1}"; echo "   [$((SECONDS - s)) s]"; }
+date -u; nvidia-smi -L; python3 -c 'import torch, cudnn; print(torch.__version__, torch.backends.cudnn.version(), cudnn.backend_version())' 2>&1 | tail -n 2
+W="python3 bench/window_forward.py --size 4.5B"
+G="python3 bench/generate.py --size 4.5B --variant distill --steps 16 --decode --t5 --compile --warmup"
+G24="python3 bench/generate.py --size 24B --variant distill --steps 16 --weight-fp8"
+if [ "$1" = x ]; then
+  step "timeout 150 python3 -m pytest -m gpu -q -s -p no:cacheprovider tests/test_attention_fp8.py | grep -E 'rel L2|passed|failed|Error'" 12
+  step "timeout 80 python3 bench/fp8_attention.py kernel --size 4.5B --keys 1,5 --json $J | grep randn" 4
+  step "timeout 75 $W --mode cached --compile --backend cudnn --json $J"
+  step "timeout 90 $W --mode cached --compile --backend fp8-approx --json $J"
+  step "timeout 75 $W --mode extra --compile --backend cudnn --json $J"
+  step "timeout 90 $W --variant distill-fp8 --mode extra --compile --backend fp8-approx --json $J"
+  step "timeout 80 python3 bench/fp8_attention.py dit --size 4.5B --json $J"
+elif [ "$1" = y ]; then
+  step "timeout 110 $G --backend cudnn --save-latents /tmp/p2_bf16.pt --json $J"
+  step "timeout 110 $G --backend fp8-approx --save-latents /tmp/p2_fp8.pt --json $J"
+  step "python3 bench/fp8_attention.py compare /tmp/p2_bf16.pt /tmp/p2_fp8.pt --json $J"
+  step "timeout 100 $G --backend cudnn --early-first-chunk --json $J"
+  step "timeout 100 $G --backend fp8-approx --early-first-chunk --json $J"
+elif [ "$1" = z ]; then
+  step "timeout 280 $G24 --height 720 --width 720 --block-swap 40 --decode --mem-cap-gib 22 --json $J" 2
+  step "timeout 150 python3 bench/fp8_attention.py dit --size 24B --json $J"
+fi
+echo done
