@@ -4,6 +4,7 @@
   python bench/fp8_attention.py dit --size 4.5B                         # per-forward error of the DiT velocity
   python bench/fp8_attention.py compare a.pt b.pt                       # deviation of two saved generations
   python bench/fp8_attention.py quant --device cpu                      # the compiled quantization alone
+  python bench/fp8_attention.py profile --size 4.5B                     # GPU kernels of one P1-window call
 
 kernel: one chunk of queries (all heads) against 1..5 chunks of keys, random inputs (N(0,1), and the same with a
 common offset added to K and V, which real activations have), for bf16 cuDNN SDPA (native GQA), the fp8 backend
@@ -200,6 +201,37 @@ def quant(a, dev):
               ms=round(sorted(times[2:])[2] * 1e3, 2), device=str(dev), torch=torch.__version__), a.json)
 
 
+def profile(a, dev):
+    """torch.profiler over one self-attention call of the P1 window (4 query chunks, block-causal over 5 key
+    chunks) with the fp8 backend and with bf16 cuDNN: the GPU time of each kernel, to see where the
+    quantization overhead goes."""
+    from torch.profiler import ProfilerActivity, profile as prof
+
+    cfg = preset(a.size)
+    nh, g, d = cfg.num_attention_heads, cfg.num_query_groups, cfg.kv_channels
+    ctn = 6 * (a.height // 16) * (a.width // 16)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    q = torch.randn(4 * ctn, nh, d, device=dev, generator=gen).bfloat16()
+    k, v = (torch.randn(5 * ctn, g, d, device=dev, generator=gen).bfloat16() for _ in range(2))
+    qr = [(i * ctn, (i + 1) * ctn) for i in range(4)]
+    kr = [(0, (i + 2) * ctn) for i in range(4)]
+    out = torch.empty_like(q)
+    for backend in ("cudnn", "fp8-approx"):
+        call = lambda: range_attention(q, k, v, qr, kr, backend=backend, out=out)  # noqa: E731
+        ms = _time(call, iters=5, warmup=3) * 1e3
+        with prof(activities=[ProfilerActivity.CUDA]) as p:
+            for _ in range(3):
+                call()
+            torch.cuda.synchronize()
+        rows = sorted(((e.key, e.device_time_total / 3e3, e.count // 3) for e in p.key_averages()
+                       if e.device_time_total > 0), key=lambda r: -r[1])
+        print(f"{backend}: {ms:.2f} ms per call (timed), GPU kernels per call:")
+        for name, t, n in rows[:12]:
+            print(f"  {t:7.3f} ms  x{n:<3d} {name[:110]}")
+        emit(dict(bench="fp8_attention_profile", model=a.size, backend=backend, ms=round(ms, 2),
+                  kernels=[[name[:80], round(t, 3), n] for name, t, n in rows[:12]], **device_info(dev)), a.json)
+
+
 def compare(a):
     x, y = torch.load(a.files[0]), torch.load(a.files[1])
     per_chunk = [f"{rel(p, q):.3e}" for p, q in zip(x, y)]
@@ -210,7 +242,7 @@ def compare(a):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["kernel", "dit", "compare", "diag", "quant"])
+    ap.add_argument("what", choices=["kernel", "dit", "compare", "diag", "quant", "profile"])
     ap.add_argument("files", nargs="*")
     ap.add_argument("--size", default="4.5B")
     ap.add_argument("--variant", default="distill", choices=["base", "distill", "distill-fp8"])
@@ -224,7 +256,7 @@ def main():
     if a.what == "compare":
         return compare(a)
     dev = torch.device(a.device)
-    {"kernel": kernel, "dit": dit, "diag": diag, "quant": quant}[a.what](a, dev)
+    {"kernel": kernel, "dit": dit, "diag": diag, "quant": quant, "profile": profile}[a.what](a, dev)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 #!/bin/bash
 # Session 7 (2026-12-07): issue 14's rows on one H100 (device tool, nvidia-h100-x1), every bf16 baseline re-run in
 # the same call. Needs the nvidia-cudnn-frontend 1.32.0 wheel (cp312 manylinux) in .whl (carry it).
-#   bash bench/gpu_session_s7.sh x   # fp8 GPU tests; kernel rows (quantization overhead after the one-pass
-#                                    # scale change); P1 bf16 vs fp8; P6 windows; per-forward DiT error (4.5B)
+#   bash bench/gpu_session_s7.sh x   # fp8 GPU tests; kernel rows and a kernel profile (quantization overhead
+#                                    # after the one-pass scale change); P1 bf16 vs fp8; P6 windows; per-forward DiT error (4.5B)
 #   bash bench/gpu_session_s7.sh y   # P2 bf16 and fp8 (+ deviation of the two generations); P7 bf16 and fp8
 #   bash bench/gpu_session_s7.sh z   # P4b under a 22 GiB cap with decode; per-forward DiT error (24B)
 # Each step prints its wall time; results are JSON lines in $OUT/s7<part>.jsonl.
@@ -20,6 +20,7 @@ G24="python3 bench/generate.py --size 24B --variant distill --steps 16 --weight-
 if [ "$1" = x ]; then
   step "timeout 150 python3 -m pytest -m gpu -q -s -p no:cacheprovider tests/test_attention_fp8.py | grep -E 'rel L2|passed|failed|Error'" 12
   step "timeout 80 python3 bench/fp8_attention.py kernel --size 4.5B --keys 1,5 --json $J | grep randn" 4
+  step "timeout 60 python3 bench/fp8_attention.py profile --size 4.5B --json $J | grep -v '^{'" 30
   step "timeout 75 $W --mode cached --compile --backend cudnn --json $J"
   step "timeout 90 $W --mode cached --compile --backend fp8-approx --json $J"
   step "timeout 75 $W --mode extra --compile --backend cudnn --json $J"
