@@ -214,10 +214,22 @@ def main(argv=None) -> int:
                   "use_duration are off. Rerun install.py when online, or --special-tokens PATH", file=sys.stderr)
     if not a.download:
         return failed
-    models = a.models_dir or comfyui_models_dir()
-    if models is None:
-        raise SystemExit("cannot tell where ComfyUI's models folder is: pass --models-dir")
-    items = items_for(a.download, not a.no_vae, not a.no_t5)
+    try:
+        items = items_for(a.download, not a.no_vae, not a.no_t5)
+        models = a.models_dir.expanduser() if a.models_dir else comfyui_models_dir()
+        if a.models_dir and not models.is_dir():
+            raise SystemExit(f"--models-dir {a.models_dir} is not a folder: give ComfyUI's models folder (the one "
+                             "holding checkpoints/ and vae/)")
+        if models is None and not a.dry_run:
+            raise SystemExit("cannot tell where ComfyUI's models folder is (this folder is not in "
+                             "ComfyUI/custom_nodes/): pass --models-dir")
+    except SystemExit as e:  # a mistake in the command: exit 2, as argparse and python -m magi_core do
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if models is None:  # a dry run outside ComfyUI: the plan relative to the models folder
+        models = Path("<ComfyUI models folder>")
+        print("(this folder is not in ComfyUI/custom_nodes/: paths are shown relative to ComfyUI's models folder; "
+              "the download itself needs --models-dir)")
     if a.dry_run:  # offline: what would go where, and what is there already (file names and sizes: the hub's)
         for item in items:
             src, dst = ITEMS[item]

@@ -109,6 +109,20 @@ def _lazy(module: str) -> Command:
     return Command(mod.HELP, mod.add_arguments, mod.run)
 
 
+def unrecognized(parser: argparse.ArgumentParser, unknown: list[str]):
+    """parser.error for arguments it does not know (exit 2), naming the options a misspelled one may mean."""
+    import difflib
+
+    options = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+    hints = []
+    for arg in unknown:
+        if arg.startswith("-"):
+            close = difflib.get_close_matches(arg.split("=", 1)[0], options, n=2, cutoff=0.7)
+            if close:
+                hints.append(f"{arg.split('=', 1)[0]}: did you mean {' or '.join(close)}?")
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}" + ("; " + "; ".join(hints) if hints else ""))
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     commands = dict(COMMANDS)
@@ -118,13 +132,16 @@ def main(argv=None) -> int:
     for name, module in LAZY_COMMANDS.items():
         if name == chosen:
             commands[name] = _lazy(module)
+    parsers = {}
     for name, cmd in commands.items():
-        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        p = parsers[name] = sub.add_parser(name, help=cmd.help, description=cmd.help)
         cmd.add_arguments(p)
         p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     for name in LAZY_COMMANDS.keys() - commands.keys():
         sub.add_parser(name, help=f"(see: python -m magi_core {name} -h)")
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's own parser (its usage line), with the nearest option names
+        unrecognized(parsers.get(args.command, parser), unknown)
     if args.command is None:
         parser.print_help()
         return 2

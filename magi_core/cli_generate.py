@@ -191,6 +191,11 @@ def check_args(a):
         raise ValueError("pass --image (image-to-video) or --video (continuation), not both")
 
 
+def left_as_it_was(output) -> str:
+    """What a run that wrote nothing says about its --output: ' (PATH left as it was)' when the file exists."""
+    return f" ({output} left as it was)" if Path(output).expanduser().exists() else ""
+
+
 def check_output(a):
     if Path(a.output).expanduser().is_dir():
         raise ValueError(f"--output {a.output} is a folder: give a file name such as {Path(a.output) / 'out.mp4'}")
@@ -233,7 +238,8 @@ def prepare(a) -> Job:
     prompt = _read("--prompt-file", a.prompt_file, "text", lambda p: Path(p).expanduser().read_text(
         encoding="utf-8-sig")) if a.prompt_file else (a.prompt or "")  # utf-8-sig: a BOM (Windows editors) goes
     if not prompt.strip():
-        raise ValueError("pass --prompt \"what the video shows\" (or --prompt-file)")
+        raise ValueError(f"--prompt-file {a.prompt_file} is empty: write the prompt into it" if a.prompt_file else
+                         "pass --prompt \"what the video shows\" (or --prompt-file)")
     for flag in ("dit", "vae", "t5", "t5_tokenizer", "image", "video"):
         if getattr(a, flag):
             _exists("--" + flag.replace("_", "-"), getattr(a, flag))
@@ -291,6 +297,7 @@ def prepare(a) -> Job:
 
     # the prefix pixels, scaled from the decoded pixels to the output size (as the reference's ffmpeg read)
     frames, n_prefix, size, resize = None, 0, (s.height, s.width), a.resize or "stretch"
+    early_notes = []
     if a.image:
         frames = _read("--image", a.image, "an image", lambda p: read_image(p, size=size, policy=resize))
     elif a.video:
@@ -298,6 +305,9 @@ def prepare(a) -> Job:
             p, fps=s.fps, max_frames=a.prefix_frames, take=a.prefix_from or "end", size=size, policy=resize))
     if frames is not None:
         n_prefix = frames.shape[0]  # every prefix frame goes to the VAE
+        if a.video and a.prefix_frames and n_prefix < a.prefix_frames:
+            early_notes = [f"--prefix-frames {a.prefix_frames}: --video {a.video} has {n_prefix} frames at {s.fps} "
+                           "fps; all of them are the prefix"]
         try:
             prefix_latent_count(n_prefix, s.fps)
         except ValueError as e:
@@ -307,7 +317,7 @@ def prepare(a) -> Job:
     # the settings against the models, the prompt and the prefix
     try:
         schedule = parse_schedule(prompt)
-        warnings = _ignored(a, runtime.device) + schedule.check_captions()
+        warnings = early_notes + _ignored(a, runtime.device) + schedule.check_captions()
     except ValueError as e:
         raise ValueError(f"{prompt_flag}: {e}") from None
     if runtime.attention == FP8:  # said here, before loading (DiTRuntime.configure's warning would repeat it)
@@ -329,10 +339,10 @@ def prepare(a) -> Job:
     return job
 
 
-def estimate_bytes(job: Job) -> tuple[int, str]:
-    """(bytes, where) a run needs at its peak on its device ('GPU' or 'host'): DiT weights there, the largest
-    forward's activations and KV cache (parallel/memory.py, measured), the latent video (noise and state, fp32)
-    and one decoded chunk."""
+def estimate_bytes(job: Job) -> tuple[int, str, int]:
+    """(bytes, where, per_chunk) a run needs at its peak on its device ('GPU' or 'host'): DiT weights there, the
+    largest forward's activations and KV cache (parallel/memory.py, measured), the latent video (noise and state,
+    fp32; per_chunk bytes of it per chunk) and one decoded chunk."""
     from .parallel.memory import GIB, OVERHEAD_GIB, run_bytes, weights_gib
     from .pipeline import chunk_count
     from .video import CHUNK_WIDTH
@@ -341,10 +351,10 @@ def estimate_bytes(job: Job) -> tuple[int, str]:
     n = chunk_count(s, job.prefix_frames)[0]
     need = weights_gib(cfg, rt.weight_dtype == "fp8_e4m3fn", rt.block_swap) * GIB
     need += run_bytes(cfg, s.height, s.width, 1, min(n, s.window_size + 1))
-    need += 2 * n * CHUNK_WIDTH * cfg.vae_channels * (s.height // 8) * (s.width // 8) * 4
-    need += 4 * 24 * s.height * s.width * 3 * 4
+    per_chunk = 2 * CHUNK_WIDTH * cfg.vae_channels * (s.height // 8) * (s.width // 8) * 4
+    need += n * per_chunk + 4 * 24 * s.height * s.width * 3 * 4
     gpu = torch.device(rt.device).type == "cuda"
-    return int(need + (OVERHEAD_GIB * GIB if gpu else 0)), "GPU" if gpu else "host"
+    return int(need + (OVERHEAD_GIB * GIB if gpu else 0)), "GPU" if gpu else "host", per_chunk
 
 
 def _available(device: str) -> int:
@@ -357,13 +367,23 @@ def _available(device: str) -> int:
 
 
 def check_memory(job: Job):
-    need, where = estimate_bytes(job)
+    from .pipeline import chunk_count
+    from .video import CHUNK_WIDTH, FRAMES_PER_LATENT
+
+    need, where, per_chunk = estimate_bytes(job)
     have = _available(job.runtime.device)
     if need > 0.95 * have:
         s = job.settings
-        raise ValueError(f"{s.width}x{s.height} needs about {need / 2**30:.1f} GiB of {where} memory, and "
-                         f"{have / 2**30:.1f} GiB are available on {job.runtime.device}: use a smaller --width/"
-                         "--height, --window 1, or (on a GPU) --weight-dtype fp8_e4m3fn / --block-swap N")
+        n = chunk_count(s, job.prefix_frames)[0]
+        what = f"{s.width}x{s.height}"
+        fix = "use a smaller --width/--height, --window 1, or (on a GPU) --weight-dtype fp8_e4m3fn / --block-swap N"
+        if n * per_chunk > need / 2:  # mostly the length of the video (its latents stay in memory)
+            fit = int((0.95 * have - (need - n * per_chunk)) // per_chunk) - 1
+            what = f"{s.width}x{s.height} with {s.num_frames} frames ({n} chunks of latents)"
+            fix = (f"use fewer --frames (about {fit * CHUNK_WIDTH * FRAMES_PER_LATENT} fit at this size) or a smaller "
+                   "--width/--height" if fit >= 1 else "use fewer --frames and a smaller --width/--height")
+        raise ValueError(f"{what} needs about {need / 2**30:.1f} GiB of {where} memory, and "
+                         f"{have / 2**30:.1f} GiB are available on {job.runtime.device}: {fix}")
 
 
 # ----------------------------------------------------------------------------- phase 2: models, chunks
@@ -539,6 +559,7 @@ def run(a) -> int:
         if a.demo:
             use_demo(a, tmp)
         check_output(a)
+        untouched = left_as_it_was(a.output)
         writer = VideoWriter(Path(a.output).expanduser(), settings_from_args(a).fps)  # the output location first
         try:
             with _stoppable():
@@ -558,7 +579,7 @@ def run(a) -> int:
             how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
             path, said = _save(writer)
             if path is None and not writer.frames_written:
-                said = f"before the first chunk finished: nothing written ({a.output} left as it was)"
+                said = f"before the first chunk finished: nothing written{untouched}"
             print(f"\n{how}: {said}", file=sys.stderr)
             return 128 + signum
         except Exception:

@@ -22,6 +22,7 @@ from .sampling.schedule import check_shortcut_mode
 from .video import FRAMES_PER_LATENT
 
 SIZE_MULTIPLE = 16  # VAE stride 8 x DiT patch 2
+FPS_MIN, FPS_MAX = 8, 120  # below 8 the VAE's fps // 2 frame tiles are too short; 120 is ComfyUI's usual video maximum
 CFG_NUMBERS = (1, 3)  # 1: distill / fp8 models (one pass); 3: base models (text, previous-chunk, unconditional)
 
 
@@ -79,7 +80,7 @@ class SamplingSettings:
     # New frames to generate. The reference makes num_frames // 4 latent frames, rounded up to whole chunks of 6
     # (24 pixel frames): 4-27 frames give 24, 28-51 give 48, ... (video.reference_output_frames).
     num_frames: int = 96
-    fps: int = 24  # >= 8 (the VAE decodes tiles of fps // 2 frames); the model is trained at 24
+    fps: int = 24  # FPS_MIN..FPS_MAX (the VAE decodes tiles of fps // 2 frames); the model is trained at 24
     steps: int | None = None  # Euler steps per chunk; None: the model's default (`default_steps`)
     seed: int = 0  # (the official configs say 1234)
     window_size: int = 4  # chunks denoised together (4 = reference; 1 = least memory)
@@ -111,8 +112,9 @@ class SamplingSettings:
         if _int("num_frames", self.num_frames) < FRAMES_PER_LATENT:
             raise ValueError(f"num_frames must be at least {FRAMES_PER_LATENT} (one latent frame), got "
                              f"{self.num_frames}; the video is made of chunks of 24 frames")
-        if _int("fps", self.fps) < 8:
-            raise ValueError(f"fps must be at least 8 (the VAE decodes tiles of fps // 2 frames), got {self.fps}")
+        if not FPS_MIN <= _int("fps", self.fps) <= FPS_MAX:
+            raise ValueError(f"fps must be between {FPS_MIN} (the VAE decodes tiles of fps // 2 frames) and {FPS_MAX}, "
+                             f"got {self.fps}; the model is trained at 24")
         if not 0 <= _int("seed", self.seed) < SEED_LIMIT:
             raise ValueError(f"seed must be between 0 and {SEED_LIMIT - 1} (2**64 - 1), got {self.seed}")
         _int("window_size", self.window_size, 1)

@@ -8,7 +8,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from magi_core.sampling.executor import SamplingCancelled
-from magi_core.settings import steps_problem
+from magi_core.settings import FPS_MAX, FPS_MIN, steps_problem
 
 from . import choices, memory, messages
 from .chunk_progress import ChunkProgress
@@ -102,7 +102,7 @@ class MagiSampler(io.ComfyNode):
                                      "a video prefix is not output, so the chunk holding its end outputs only its "
                                      "new frames (32-frame prefix, 96 asked -> 109); fps below 24 gives fewer frames "
                                      "per chunk"),
-                io.Int.Input("fps", default=24, min=8, max=120,
+                io.Int.Input("fps", default=24, min=FPS_MIN, max=FPS_MAX,
                              tooltip="MAGI-1 is trained at 24 fps. As in the reference, fps also sets the VAE's "
                                      "temporal tiles (fps/2 frames), so below 24 a chunk decodes to fewer frames "
                                      "(12 fps: 6 per chunk). Give Create Video the same fps"),

@@ -5,7 +5,7 @@ import comfy.utils
 from comfy_api.latest import io
 
 from magi_core.pipeline import encode_prefix
-from magi_core.settings import SamplingSettings
+from magi_core.settings import FPS_MAX, FPS_MIN, SamplingSettings
 from magi_core.vae.tiling import encoded_frames
 from magi_core.video import select_prefix_frames
 
@@ -56,7 +56,7 @@ class MagiVAEEncode(io.ComfyNode):
                                tooltip="video prefix: the last frames (continue the clip) or the first ones"),
                 *tile_inputs(0, "frames per temporal tile; 0 = fps // 2 (the reference)"),
                 # appended last: widgets saved in older workflows keep their positions
-                io.Int.Input("fps", default=24, min=8, max=120,
+                io.Int.Input("fps", default=24, min=FPS_MIN, max=FPS_MAX,
                              tooltip="same as the sampler's: the VAE encodes video in tiles of fps // 2 frames"),
             ],
             outputs=[io.Latent.Output(display_name="prefix")],

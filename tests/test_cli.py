@@ -130,6 +130,9 @@ BAD = [
     ("steps13", ["--steps", "13"], "got 13", False),
     ("window0", ["--window", "0"], "--window must be at least 1, got 0", False),
     ("fps", ["--fps", "4"], "got 4", False),
+    ("fps-huge", ["--fps", "2147483648"], "--fps must be between 8", False),  # was accepted, then failed at the end
+    ("fps-121", ["--fps", "121"], "and 120, got 121", False),
+    ("memory-frames", ["--frames", "1000000000"], "use fewer --frames (about", True),
     ("block-swap-cpu", ["--block-swap", "2"], "set --block-swap to 0", False),
     ("attention-missing", ["--attention", "flash"], "--attention 'flash' can't run on cpu: flash_attn is not importable. "
                                                    "Usable there: auto, sdpa", False),
@@ -300,6 +303,42 @@ def test_inspect_json_is_indented():
     assert r.returncode == 0 and r.stdout.startswith("{\n  ") and json.loads(r.stdout)["size"] == "tiny"
 
 
+def test_a_misspelled_option_shows_the_commands_usage_and_the_nearest_name():
+    r = subprocess.run([sys.executable, "-m", "magi_core", "generate", "--demo", "--ouptut", "x.mp4"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "usage: python -m magi_core generate" in r.stderr and "did you mean --output?" in r.stderr, r.stderr
+
+
+def test_an_empty_prompt_file_is_said(models, tmp_path):
+    empty = tmp_path / "prompt.txt"
+    empty.write_text("  \n\n")
+    with pytest.raises(ValueError, match=r"--prompt-file .*prompt.txt is empty"):
+        _prepare(models, "--prompt-file", str(empty))
+
+
+def test_a_prefix_frames_longer_than_the_video_is_said(models, tmp_path):
+    write_mp4(tmp_path / "v.mp4", torch.rand(24, 64, 64, 3), 24)
+    job = _prepare(models, "--prompt", "a fox", "--video", str(tmp_path / "v.mp4"), "--prefix-frames", "500")
+    assert job.prefix_frames == 24
+    assert any("--prefix-frames 500" in w and "has 24 frames" in w for w in job.warnings), job.warnings
+    assert not _prepare(models, "--prompt", "a fox", "--video", str(tmp_path / "v.mp4"), "--prefix-frames", "24").warnings
+
+
+@pytest.mark.parametrize("args,rc,needle", [
+    (["--download", "4.5B-distil", "--dry-run"], 2, "error: unknown download 4.5B-distil"),
+    (["--download", "4.5B-distill", "--models-dir", "/nonexistent/models", "--dry-run"], 2, "is not a folder"),
+    (["--download", "vae", "--dry-run"], 0, "nothing downloaded"),  # no ComfyUI around: a plan all the same
+])
+def test_install_mistakes_exit_2_and_a_dry_run_needs_no_comfyui(tmp_path, args, rc, needle):
+    pack = tmp_path / "pack"  # a clone outside ComfyUI/custom_nodes
+    pack.mkdir()
+    (pack / "install.py").write_bytes((ROOT / "install.py").read_bytes())
+    r = subprocess.run([sys.executable, "install.py", "--skip-special-tokens", *args], cwd=pack, capture_output=True,
+                       text=True, timeout=60, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert r.returncode == rc and needle in r.stdout + r.stderr and "Traceback" not in r.stderr, r.stdout + r.stderr
+
+
 def test_install_dry_run_is_offline(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")
     t0 = time.perf_counter()
@@ -395,3 +434,10 @@ def test_demo_makes_one_chunk_videos_too(models, tmp_path):
                "-o", str(out), base=False)
     assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
     assert read_video(out).shape[0] == 24
+
+
+def test_an_interrupt_before_any_chunk_mentions_the_output_only_if_it_existed(tmp_path):
+    out = tmp_path / "out.mp4"
+    assert cli_generate.left_as_it_was(str(out)) == ""  # nothing was there: nothing to be "left as it was"
+    out.write_bytes(b"an earlier video")
+    assert cli_generate.left_as_it_was(str(out)) == f" ({out} left as it was)"

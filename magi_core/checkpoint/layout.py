@@ -18,7 +18,7 @@ def parse_variant(variant: str) -> tuple[bool, bool]:
     """'base' | 'distill' | 'fp8' | 'distill-fp8' (also 'distill_quant', ...) -> (fp8, distill)."""
     words = set(re.split(r"[-_.+ ]+", variant.lower())) - {""}
     if not words or words - {"base", "distill", "fp8", "quant"} or ("base" in words and len(words) > 1):
-        raise CheckpointError(f"unknown variant {variant!r}: use base, distill, fp8 or distill-fp8")
+        raise CheckpointError(f"unknown variant {variant!r}: use base, distill or distill-fp8")
     return bool(words & {"fp8", "quant"}), "distill" in words
 
 

@@ -65,7 +65,8 @@ def main(argv=None) -> int:
     """The checks, streaming output and Ctrl-C handling of `magi_core generate` (cli_generate), on every rank of
     the group: rank 0 checks everything and opens the output before any rank loads a weight."""
     from ..checkpoint import load_dit
-    from ..cli_generate import add_arguments, describe, load_models, prepare, settings_from_args, use_demo, write_chunks
+    from ..cli_generate import (add_arguments, check_output, describe, left_as_it_was, load_models, prepare,
+                                settings_from_args, use_demo, write_chunks)
     from ..pipeline import sample
     from ..video import VideoWriter
 
@@ -77,11 +78,14 @@ def main(argv=None) -> int:
     rank, world = dist.get_rank(), dist.get_world_size()
     tmp = tempfile.TemporaryDirectory() if rank == 0 else None
     job = writer = None
+    untouched = ""
     try:
         if rank == 0:  # one machine for --demo: the other ranks read the same files
             if a.demo:
                 use_demo(a, tmp.name)
             a.device = a.device or device.type  # each rank runs on its own device (below)
+            check_output(a)
+            untouched = left_as_it_was(a.output)
             writer = VideoWriter(a.output, settings_from_args(a).fps)  # the output location first
             job = prepare(a)
             check_cp_size(job.dit_cfg, world)
@@ -129,7 +133,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # torchrun passes SIGINT on to every rank
         if rank == 0:
             kept = f"kept the finished chunks ({writer.frames_written} frames) in {writer.path}" if writer.frames_written \
-                else f"nothing written ({a.output} left as it was)"
+                else f"nothing written{untouched}"
             print(f"\ninterrupted: {kept}", file=sys.stderr)
         return 130
     if rank == 0:
