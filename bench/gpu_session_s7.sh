@@ -7,6 +7,7 @@
 #   bash bench/gpu_session_s7.sh w   # one call only (the session's device time was mostly spent on refused starts):
 #                                    # kernel rows + profile, P1 bf16 vs fp8, P2 bf16 vs fp8 (+ deviation)
 #   bash bench/gpu_session_s7.sh v   # shorter still: kernel rows + profile, P1 bf16 vs fp8
+#   bash bench/gpu_session_s7.sh u   # the least: kernel rows + profile
 #   bash bench/gpu_session_s7.sh z   # P4b under a 22 GiB cap with decode; per-forward DiT error (24B)
 # Each step prints its wall time; results are JSON lines in $OUT/s7<part>.jsonl.
 export PYTHONUNBUFFERED=1
@@ -37,6 +38,9 @@ elif [ "$1" = w ]; then
   step "timeout 110 $G --backend cudnn --save-latents /tmp/p2_bf16.pt --json $J"
   step "timeout 110 $G --backend fp8-approx --save-latents /tmp/p2_fp8.pt --json $J"
   step "python3 bench/fp8_attention.py compare /tmp/p2_bf16.pt /tmp/p2_fp8.pt --json $J"
+elif [ "$1" = u ]; then
+  step "timeout 70 python3 bench/fp8_attention.py kernel --size 4.5B --keys 1,5 --json $J | grep randn" 4
+  step "timeout 50 python3 bench/fp8_attention.py profile --size 4.5B --json $J | grep -v '^{'" 30
 elif [ "$1" = v ]; then
   step "timeout 70 python3 bench/fp8_attention.py kernel --size 4.5B --keys 1,5 --json $J | grep randn" 4
   step "timeout 50 python3 bench/fp8_attention.py profile --size 4.5B --json $J | grep -v '^{'" 30
