@@ -181,7 +181,7 @@ function setupSampler(node) {
     syncPrefixSize(node);
     return JSON.stringify([value(node, "num_frames"), value(node, "fps"), prefixFrames(node),
       value(node, "width"), value(node, "height"), value(node, "steps"), value(node, "window_size"),
-      createVideoNodes(node).map((cv) => value(cv, "fps"))]);
+      createVideoNodes(node).map((cv) => value(cv, "fps")), value(node, "preview"), !!inputNode(node, "vae")]);
   };
   poll(node, key, async () => {
     const prefix = prefixFrames(node);
@@ -202,6 +202,11 @@ function setupSampler(node) {
       (prefix === null ? " (+ video prefix)" : prefix === 1 ? " (image prefix)" :
         prefix ? ` (${prefix}-frame prefix, if the video has that many)` : "");
     const notes = r.note ? [r.note] : [];
+    const preview = value(node, "preview", "off");
+    if (preview !== "off" && !inputNode(node, "vae")) { // the run says it too (nodes/generation.run), after the fact
+      notes.push(`preview '${preview}' needs the vae input: connect the VAE loader to the sampler to see each chunk ` +
+        "(no previews this run)");
+    }
     for (const cv of createVideoNodes(node)) {
       const cvFps = value(cv, "fps");
       if (cvFps !== undefined && Number(cvFps) !== Number(fps)) {
@@ -294,15 +299,17 @@ function mirrorSchedule(node) {
   }
 }
 
+function restoreOwnPrompt(node) {
+  const own = node.properties?.magi_own_prompt;
+  if (own === undefined || inputNode(node, "prompt")) return;
+  const w = widget(node, "prompt");
+  if (w) w.value = own;
+  delete node.properties.magi_own_prompt;
+  node.setDirtyCanvas?.(true, true);
+}
+
 function setupTextEncoder(node) {
-  const timer = setInterval(() => {
-    const own = node.properties?.magi_own_prompt;
-    if (own === undefined || inputNode(node, "prompt")) return;
-    const w = widget(node, "prompt");
-    if (w) w.value = own;
-    delete node.properties.magi_own_prompt;
-    node.setDirtyCanvas?.(true, true);
-  }, POLL_MS);
+  const timer = setInterval(() => restoreOwnPrompt(node), POLL_MS);
   const removed = node.onRemoved;
   node.onRemoved = function () {
     clearInterval(timer);
@@ -344,6 +351,16 @@ function onChunk({ detail }) {
   node.setDirtyCanvas?.(true, true);
 }
 
+// What the polls keep in step (widget values that go into the prompt), done at once when a prompt is made: a run
+// queued right after typing a size must not find the encoder at the old one (it lagged up to POLL_MS).
+function syncBeforeQueue() {
+  for (const node of app.graph?.nodes ?? app.graph?._nodes ?? []) {
+    if (node.comfyClass === "MagiSampler") syncPrefixSize(node);
+    else if (node.comfyClass === "MagiPromptSchedule") mirrorSchedule(node);
+    else if (TEXT_ENCODERS.includes(node.comfyClass)) restoreOwnPrompt(node);
+  }
+}
+
 const NAME = "magi1.nodes";
 // ComfyUI may serve js/ under two names (WEB_DIRECTORY and pyproject's [tool.comfy] web): register once.
 if (!app.extensions?.some((e) => e.name === NAME)) app.registerExtension({
@@ -351,6 +368,15 @@ if (!app.extensions?.some((e) => e.name === NAME)) app.registerExtension({
   setup() {
     addStyle();
     api.addEventListener("magi.chunk", onChunk);
+    const graphToPrompt = app.graphToPrompt;
+    app.graphToPrompt = async function () {
+      try {
+        syncBeforeQueue();
+      } catch (e) {
+        console.warn("MAGI-1 extension:", e);
+      }
+      return graphToPrompt.apply(this, arguments);
+    };
   },
   nodeCreated(node) {
     const setup = { MagiSampler: setupSampler, MagiPromptSchedule: setupSchedule, MagiDiTLoader: setupLoader,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import folder_paths
@@ -21,6 +22,7 @@ from .unfinished import PREFIX, save_unfinished
 
 STEPS = dict(min=4, max=1000)  # the widgets' limits; validate_inputs checks them (ComfyUI does not, for these)
 WINDOW_SIZE = dict(min=1, max=16)
+PROGRESS_TEXT_S = 1.0  # the "DiT pass i/total" line under the sampler is sent at most this often
 
 
 class ComfyHooks(Hooks):
@@ -31,6 +33,8 @@ class ComfyHooks(Hooks):
         self.notes = []  # shown under every chunk line (the node shows one text at a time)
         self.show = ChunkProgress(node_id, fps)
         self.loaded = None
+        self.done = None  # (finished chunks, chunks) once the first chunk is done
+        self.shown_at = 0.0  # when the progress line was last sent
 
     @property
     def images(self):
@@ -49,11 +53,17 @@ class ComfyHooks(Hooks):
 
     def progress(self, i, total, chunk):
         self.show.progress(i, total)  # also raises if the user pressed cancel
+        now = time.monotonic()
+        if now - self.shown_at >= PROGRESS_TEXT_S or i == total:  # a line the user reads, not one per pass
+            self.shown_at = now
+            done = f"{self.done[0]}/{self.done[1]} chunks done" if self.done else "first chunk in progress"
+            self.show.text("\n".join([f"DiT pass {i}/{total}, {done}", *self.notes]))
 
     def cancelled(self):
         return memory.interrupted()
 
     def chunk_done(self, index, total, frames):
+        self.done, self.shown_at = (index + 1, total), time.monotonic()  # the chunk line stays a moment
         text = "\n".join([f"chunk {index + 1}/{total} done", *self.notes])
         if frames is None:
             self.show.text(text)

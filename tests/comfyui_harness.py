@@ -4,7 +4,7 @@ Used by tests/test_comfyui.py and tests/test_frontend.py (marker `comfyui`, COMF
 tests/setup_comfyui.sh). Also converts UI-format workflows to API format the way the frontend does
 (graphToPrompt) and checks them against /object_info.
 
-    python tests/comfyui_harness.py serve       # a server with tiny models; prints its URL, runs until ^C
+    python tests/comfyui_harness.py serve       # a server with tiny models; prints its URL, runs until ^C or kill
     python tests/comfyui_harness.py workflows   # rebuild workflows/*.json, workflows/api/*.json, thumbnails
     python tests/comfyui_harness.py clip-bridge # compare the native-CLIP bridge with MAGI's T5 path (JSON)
 """
@@ -676,7 +676,13 @@ def main(argv):
         return 0
     if argv not in (["serve"], ["workflows"]):
         print(__doc__)
-        return 2
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    import signal
+
+    def stop(signum, frame):  # kill (SIGTERM) stops ComfyUI too, as ^C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     with tempfile.TemporaryDirectory(prefix="magi-comfy-") as tmp:
         server = running_server(Path(tmp))
         try:
@@ -684,7 +690,8 @@ def main(argv):
                 for p in build_workflows(server.get("/object_info")):
                     print("wrote", p.relative_to(ROOT))
             else:
-                print(server.url, flush=True)
+                print(f"{server.url}  (ComfyUI with this pack and tiny models; ^C or kill {os.getpid()} stops it)",
+                      flush=True)
                 server.proc.wait()
         except KeyboardInterrupt:
             pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import sys
 import time
@@ -262,6 +263,41 @@ def test_interrupt_stops_within_a_dit_call_and_the_next_run_works(server):
     h = server.wait(r["prompt_id"])
     assert h["status"]["status_str"] == "error"
     assert run(server, tiny(api_twin("magi1_t2v")))["status"]["status_str"] == "success"
+
+
+def test_the_sampler_says_where_it_is_before_its_first_chunk(server):
+    """The text under the sampler (ComfyUI's progress text, binary websocket messages of type 3) tells the DiT pass
+    and how many chunks are done; before the first chunk it showed only the plan for minutes on a CPU."""
+    import struct
+
+    prompt = tiny(api_twin("magi1_t2v"), num_frames=48)
+    sampler = node_of(prompt, "MagiSampler")
+    texts = []
+    ws = server.websocket()
+    try:
+        status, r = server.queue(prompt)
+        assert status == 200
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            msg = ws.recv()
+            if isinstance(msg, str):
+                m = json.loads(msg)
+                if m["type"] in ("execution_error", "execution_success", "execution_interrupted") and \
+                        m["data"].get("prompt_id") == r["prompt_id"]:
+                    break
+                continue
+            if struct.unpack(">I", msg[:4])[0] == 3:  # BinaryEventTypes.TEXT: node id length, node id, text
+                n = struct.unpack(">I", msg[4:8])[0]
+                if msg[8:8 + n].decode() == sampler:
+                    texts.append(msg[8 + n:].decode())
+    finally:
+        ws.close()
+    assert m["type"] == "execution_success", m
+    first_done = next(i for i, t in enumerate(texts) if t.startswith("chunk 1/2 done"))
+    assert re.match(r"DiT pass 1/\d+, first chunk in progress", texts[0]), texts
+    assert all("first chunk in progress" in t for t in texts[1:first_done] if t.startswith("DiT pass")), texts
+    assert any(re.match(r"DiT pass (\d+)/\1, 1/2 chunks done", t) for t in texts), texts  # the last pass: always
+    assert texts[-1].startswith("chunk 2/2 done"), texts
 
 
 def test_max_frames_beyond_the_clip_is_said_on_the_encoder(server):

@@ -216,6 +216,36 @@ def test_prefix_size_follows_the_sampler(page):
     wait_value(page, "MagiVAEEncode", "fps", 16)
 
 
+def test_a_run_queued_right_after_a_size_change_gets_it_on_the_encoder(page):
+    """The prompt made in the same moment as the sampler's new size (no poll in between) has it on VAE Encode too:
+    a user pressing Run right after typing got 'prefix latent is 720x720 but the sampler makes 128x128'."""
+    load_workflow(page, "magi1_i2v")
+    page.wait_for_timeout(1500)  # the polls have run: the encoder is at the sampler's current size
+    encoder = page.evaluate(f"""async () => {{
+        const app = {APP}, s = app.graph.nodes.find(x => x.type === 'MagiSampler');
+        for (const [n, v] of [['width', 128], ['height', 96], ['fps', 16]]) s.widgets.find(w => w.name === n).value = v;
+        const p = await app.graphToPrompt();
+        const enc = Object.values(p.output).find(x => x.class_type === 'MagiVAEEncode');
+        return [enc.inputs.width, enc.inputs.height, enc.inputs.fps];
+    }}""")
+    assert encoder == [128, 96, 16]
+
+
+def test_previews_without_a_vae_are_said_before_the_run(page):
+    load_workflow(page, "magi1_t2v")
+    wait_text(page, ".magi-panel", "4 chunks of 24 frames")
+    assert not page.evaluate("[...document.querySelectorAll('.magi-warn')].some(e => /needs the vae/.test(e.innerText))")
+    page.evaluate(f"""() => {{
+        const s = {APP}.graph.nodes.find(x => x.type === 'MagiSampler');
+        s.disconnectInput(s.findInputSlot('vae'));
+    }}""")
+    wait_text(page, ".magi-warn", "preview 'decoded chunks' needs the vae input")
+    shot(page, "preview_without_vae")
+    set_widget(page, "MagiSampler", "preview", "off")
+    page.wait_for_function("![...document.querySelectorAll('.magi-warn')].some(e => /needs the vae/.test(e.innerText))",
+                           timeout=10_000)
+
+
 def test_schedule_shown_in_the_text_encoder(page):
     load_workflow(page, "magi1_prompt_schedule")
     schedule = node_value(page, "MagiPromptSchedule", "schedule")
