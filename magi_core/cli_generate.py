@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .settings import DiTRuntime, SamplingSettings
+from .settings import FPS_MAX, FPS_MIN, DiTRuntime, SamplingSettings
 from .kernels import attention_fp8
 from .kernels.attention import FP8
 
@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser):
                    help=f"new frames (default: {_D.num_frames}). The video is made of chunks of 24 frames: "
                         "frames // 4 latent frames, rounded up to whole chunks of 6, so 4-27 give 24 frames, "
                         "28-51 give 48, and so on")
-    g.add_argument("--fps", type=int, default=None, help=f"frames per second, at least 8 (default: {_D.fps})")
+    g.add_argument("--fps", type=int, default=None, help=f"frames per second, {FPS_MIN} to {FPS_MAX} (default: {_D.fps}; the model is trained at 24)")
     g.add_argument("--steps", type=int, default=None,
                    help="denoising steps per chunk, a multiple of 4 and of --window (default: 16 for distill "
                         "models, 64 for 4.5B base, 32 for 24B base)")
