@@ -77,6 +77,13 @@ def test_spread_from_max_and_min_equals_the_centred_amax_bit_for_bit():
         assert torch.equal(attention_fp8._spread(x, m), (x - m).abs().amax(0))
 
 
+def test_head_amax_in_two_steps_equals_the_one_step_amax_bit_for_bit():
+    gen = torch.Generator().manual_seed(22)
+    x = torch.randn(3001, 6, 128, generator=gen) * torch.logspace(-4, 3, 6)[:, None]
+    x[17, 2, 5] = -1e5  # a negative extreme
+    assert torch.equal(attention_fp8._head_amax(x), x.abs().amax((0, 2)))
+
+
 def test_zero_heads_give_finite_scales():
     q, k, v = qkv(64, 64, 4, 2)
     q[:, 0] = 0
