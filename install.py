@@ -219,7 +219,7 @@ def main(argv=None) -> int:
         models = a.models_dir.expanduser() if a.models_dir else comfyui_models_dir()
         if a.models_dir and not models.is_dir():
             raise SystemExit(f"--models-dir {a.models_dir} is not a folder: give ComfyUI's models folder (the one "
-                             "holding checkpoints/ and vae/)")
+                             "holding checkpoints/ and vae/), or create the folder first if you mean a new one")
         if models is None and not a.dry_run:
             raise SystemExit("cannot tell where ComfyUI's models folder is (this folder is not in "
                              "ComfyUI/custom_nodes/): pass --models-dir")

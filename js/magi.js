@@ -354,7 +354,8 @@ function onChunk({ detail }) {
 // What the polls keep in step (widget values that go into the prompt), done at once when a prompt is made: a run
 // queued right after typing a size must not find the encoder at the old one (it lagged up to POLL_MS).
 function syncBeforeQueue() {
-  for (const node of app.graph?.nodes ?? app.graph?._nodes ?? []) {
+  const graphs = [app.graph, ...(app.graph?.subgraphs?.values?.() ?? [])]; // nodes inside subgraphs too
+  for (const node of graphs.flatMap((g) => g?.nodes ?? g?._nodes ?? [])) {
     if (node.comfyClass === "MagiSampler") syncPrefixSize(node);
     else if (node.comfyClass === "MagiPromptSchedule") mirrorSchedule(node);
     else if (TEXT_ENCODERS.includes(node.comfyClass)) restoreOwnPrompt(node);

@@ -115,11 +115,12 @@ def unrecognized(parser: argparse.ArgumentParser, unknown: list[str]):
 
     options = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
     hints = []
-    for arg in unknown:
-        if arg.startswith("-"):
-            close = difflib.get_close_matches(arg.split("=", 1)[0], options, n=2, cutoff=0.7)
+    for arg in unknown[:unknown.index("--")] if "--" in unknown else unknown:  # after '--': not options
+        name = arg.split("=", 1)[0]
+        if name.startswith("-") and name not in options:
+            close = difflib.get_close_matches(name, options, n=2, cutoff=0.7)
             if close:
-                hints.append(f"{arg.split('=', 1)[0]}: did you mean {' or '.join(close)}?")
+                hints.append(f"{name}: did you mean {' or '.join(close)}?")
     parser.error(f"unrecognized arguments: {' '.join(unknown)}" + ("; " + "; ".join(hints) if hints else ""))
 
 

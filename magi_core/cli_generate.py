@@ -367,7 +367,7 @@ def _available(device: str) -> int:
 
 
 def check_memory(job: Job):
-    from .pipeline import chunk_count
+    from .pipeline import chunk_count, prefix_latent_count
     from .video import CHUNK_WIDTH, FRAMES_PER_LATENT
 
     need, where, per_chunk = estimate_bytes(job)
@@ -378,10 +378,11 @@ def check_memory(job: Job):
         what = f"{s.width}x{s.height}"
         fix = "use a smaller --width/--height, --window 1, or (on a GPU) --weight-dtype fp8_e4m3fn / --block-swap N"
         if n * per_chunk > need / 2:  # mostly the length of the video (its latents stay in memory)
-            fit = int((0.95 * have - (need - n * per_chunk)) // per_chunk) - 1
+            fit = int((0.95 * have - (need - n * per_chunk)) // per_chunk) - 1  # chunks, the prefix's included
+            new = (fit * CHUNK_WIDTH - prefix_latent_count(job.prefix_frames, s.fps)) * FRAMES_PER_LATENT
             what = f"{s.width}x{s.height} with {s.num_frames} frames ({n} chunks of latents)"
-            fix = (f"use fewer --frames (about {fit * CHUNK_WIDTH * FRAMES_PER_LATENT} fit at this size) or a smaller "
-                   "--width/--height" if fit >= 1 else "use fewer --frames and a smaller --width/--height")
+            fix = (f"use fewer --frames (about {new} fit at this size) or a smaller --width/--height" if new > 0
+                   else "use fewer --frames and a smaller --width/--height")
         raise ValueError(f"{what} needs about {need / 2**30:.1f} GiB of {where} memory, and "
                          f"{have / 2**30:.1f} GiB are available on {job.runtime.device}: {fix}")
 

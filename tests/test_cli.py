@@ -441,3 +441,34 @@ def test_an_interrupt_before_any_chunk_mentions_the_output_only_if_it_existed(tm
     assert cli_generate.left_as_it_was(str(out)) == ""  # nothing was there: nothing to be "left as it was"
     out.write_bytes(b"an earlier video")
     assert cli_generate.left_as_it_was(str(out)) == f" ({out} left as it was)"
+
+
+def test_the_frames_the_memory_error_suggests_do_fit(models, tmp_path, monkeypatch):
+    """With a video prefix of two chunks: the --frames the error proposes pass the same check (it used to count the
+    prefix's chunks as new frames)."""
+    import re
+
+    write_mp4(tmp_path / "v.mp4", torch.rand(48, 64, 64, 3), 24)
+    args = ("--prompt", "a fox", "--video", str(tmp_path / "v.mp4"))
+    monkeypatch.setattr(cli_generate, "_available", lambda device: 1 << 50)
+    job = _prepare(models, *args, "--frames", "24000")
+    need, _, per_chunk = cli_generate.estimate_bytes(job)
+    from magi_core.pipeline import chunk_count
+
+    n = chunk_count(job.settings, job.prefix_frames)[0]
+    fixed = need - n * per_chunk
+    monkeypatch.setattr(cli_generate, "_available", lambda device: int((fixed + 40.5 * per_chunk) / 0.95))
+    with pytest.raises(ValueError, match=r"use fewer --frames \(about (\d+) fit") as e:
+        _prepare(models, *args, "--frames", "24000")
+    frames = int(re.search(r"about (\d+) fit", str(e.value)).group(1))
+    assert frames > 0
+    _prepare(models, *args, "--frames", str(frames))  # fits
+    with pytest.raises(ValueError, match="needs about"):
+        _prepare(models, *args, "--frames", str(frames + 2 * 24))  # and not much more would
+
+
+def test_no_option_hint_after_a_double_dash():
+    r = subprocess.run([sys.executable, "-m", "magi_core", "inspect", "tiny", "--", "--json"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "unrecognized arguments: --json" in r.stderr and "did you mean" not in r.stderr, \
+        r.stderr
