@@ -179,14 +179,20 @@ def dit(a, dev):
               peak_GiB=round(torch.cuda.max_memory_allocated() / 2**30, 2), **device_info(dev)), a.json)
 
 
-def quant(a, dev):
-    """The compiled quantize_qkv alone at the P1 window's shapes (4 query chunks, 5 key chunks), median of 5."""
+def p1_qkv(a, dev):
+    """Random bf16 q (4 chunks), k, v (5 chunks) at the P1 window's self-attention shapes -> q, k, v, tokens/chunk."""
     cfg = preset(a.size)
     nh, g, d = cfg.num_attention_heads, cfg.num_query_groups, cfg.kv_channels
     ctn = 6 * (a.height // 16) * (a.width // 16)
     gen = torch.Generator(device=dev).manual_seed(0)
     q = torch.randn(4 * ctn, nh, d, device=dev, generator=gen).bfloat16()
     k, v = (torch.randn(5 * ctn, g, d, device=dev, generator=gen).bfloat16() for _ in range(2))
+    return q, k, v, ctn
+
+
+def quant(a, dev):
+    """The compiled quantize_qkv alone at the P1 window's shapes (4 query chunks, 5 key chunks), median of 5."""
+    q, k, v, ctn = p1_qkv(a, dev)
     fn = torch.compile(attention_fp8.quantize_qkv, dynamic=True, fullgraph=True)
     times = []
     for i in range(7):
@@ -207,12 +213,7 @@ def profile(a, dev):
     quantization overhead goes."""
     from torch.profiler import ProfilerActivity, profile as prof
 
-    cfg = preset(a.size)
-    nh, g, d = cfg.num_attention_heads, cfg.num_query_groups, cfg.kv_channels
-    ctn = 6 * (a.height // 16) * (a.width // 16)
-    gen = torch.Generator(device=dev).manual_seed(0)
-    q = torch.randn(4 * ctn, nh, d, device=dev, generator=gen).bfloat16()
-    k, v = (torch.randn(5 * ctn, g, d, device=dev, generator=gen).bfloat16() for _ in range(2))
+    q, k, v, ctn = p1_qkv(a, dev)
     qr = [(i * ctn, (i + 1) * ctn) for i in range(4)]
     kr = [(0, (i + 2) * ctn) for i in range(4)]
     out = torch.empty_like(q)

@@ -8,16 +8,7 @@
 #   (all three ran on an H200, 2026-12-07: BENCHMARKS.md session 5; no H100 could be started)
 #   bash bench/gpu_session_s5.sh e   # after the one-pass scale reductions: kernel rows (backend vs kernel alone), P1 fp8
 #   bash bench/gpu_session_s5.sh d   # next: P4b under a real 22 GiB cap with VAE decode, P5 bf16 baseline on the same card
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p $OUT
-J=$OUT/s5$1.jsonl
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site
-quiet() { grep -v "^ - \|nanobind\|Warning: \|warnings.warn" ; }
-nvidia-smi -L; python3 -c 'import torch, cudnn; print(torch.__version__, torch.backends.cudnn.version(), cudnn.backend_version())' 2>&1 | tail -n 2
-W="python3 bench/window_forward.py --size 4.5B"
-G="python3 bench/generate.py --size 4.5B --variant distill --steps 16 --decode --t5 --compile --warmup"
-G24="python3 bench/generate.py --size 24B --variant distill --steps 16 --weight-fp8"
+source bench/gpu_env.sh s5 "$1"
 if [ "$1" = a ]; then
   timeout 120 python3 -m pytest -m gpu -q -s -p no:cacheprovider tests/test_attention_fp8.py 2>&1 \
     | grep -E "rel L2|passed|failed|Error" | head -n 12

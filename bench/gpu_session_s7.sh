@@ -10,17 +10,9 @@
 #   bash bench/gpu_session_s7.sh u   # the least: kernel rows + profile
 #   bash bench/gpu_session_s7.sh z   # P4b under a 22 GiB cap with decode; per-forward DiT error (24B)
 # Each step prints its wall time; results are JSON lines in $OUT/s7<part>.jsonl.
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p $OUT
-J=$OUT/s7$1.jsonl
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site
-quiet() { grep -v "^ - \|nanobind\|Warning: \|warnings.warn" ; }
+source bench/gpu_env.sh s7 "$1"
 step() { local s=$SECONDS; eval "$1" 2>&1 | quiet | tail -n "${2:-1}"; echo "   [$((SECONDS - s)) s]"; }
-date -u; nvidia-smi -L; python3 -c 'import torch, cudnn; print(torch.__version__, torch.backends.cudnn.version(), cudnn.backend_version())' 2>&1 | tail -n 2
-W="python3 bench/window_forward.py --size 4.5B"
-G="python3 bench/generate.py --size 4.5B --variant distill --steps 16 --decode --t5 --compile --warmup"
-G24="python3 bench/generate.py --size 24B --variant distill --steps 16 --weight-fp8"
+date -u
 if [ "$1" = x ]; then
   step "timeout 150 python3 -m pytest -m gpu -q -s -p no:cacheprovider tests/test_attention_fp8.py | grep -E 'rel L2|passed|failed|Error'" 12
   step "timeout 80 python3 bench/fp8_attention.py kernel --size 4.5B --keys 1,5 --json $J | grep randn" 4
