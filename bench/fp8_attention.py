@@ -155,7 +155,9 @@ def dit(a, dev):
     outs, times = {}, {}
     # bf16 twice (its run-to-run difference is the floor); fp8 twice (the first compiles the quantization kernels);
     # "fp8" is the backend as shipped (the caption's cross-attention stays bf16), "fp8-all" puts it in fp8 too
-    for run in ("cudnn", "fp8", "cudnn", "fp8-all", "fp8"):
+    # "fp8-bf16-q": the queries leave the norm+RoPE island in bf16 and the backend quantizes them (amax per head)
+    for run in ("cudnn", "fp8", "cudnn", "fp8-all", "fp8", "fp8-bf16-q"):
+        model._e4m3_queries = (lambda *_: False) if run == "fp8-bf16-q" else type(model)._e4m3_queries.__get__(model)
         model.attn_backend = "cudnn"
         w.gen.manual_seed(1)
         cache = w.prefill(model, dt)  # the same bf16 cache for every run
@@ -175,7 +177,8 @@ def dit(a, dev):
               weight_fp8=a.weight_fp8, velocity_rel_l2_fp8=f"{rel(outs['fp8'][0], ref):.3e}",
               velocity_rel_l2_fp8_again=f"{rel(outs['fp8'][1], ref):.3e}",
               velocity_rel_l2_bf16_rerun=f"{rel(outs['cudnn'][1], ref):.3e}",
-              velocity_rel_l2_fp8_all=f"{rel(outs['fp8-all'][0], ref):.3e}", eager_s=times, build_s=round(build_s, 1),
+              velocity_rel_l2_fp8_all=f"{rel(outs['fp8-all'][0], ref):.3e}",
+              velocity_rel_l2_fp8_bf16_q=f"{rel(outs['fp8-bf16-q'][0], ref):.3e}", eager_s=times, build_s=round(build_s, 1),
               peak_GiB=round(torch.cuda.max_memory_allocated() / 2**30, 2), **device_info(dev)), a.json)
 
 
@@ -217,8 +220,12 @@ def profile(a, dev):
     qr = [(i * ctn, (i + 1) * ctn) for i in range(4)]
     kr = [(0, (i + 2) * ctn) for i in range(4)]
     out = torch.empty_like(q)
-    for backend in ("cudnn", "fp8-approx"):
-        call = lambda: range_attention(q, k, v, qr, kr, backend=backend, out=out)  # noqa: E731
+    # "fp8-e4m3-q": queries made in e4m3 by the layer's norm+RoPE island (the DiT's path): no Q passes here
+    q8, q_descale = attention_fp8.quantize_q_bound(q.float(), attention_fp8.E4M3_MAX / (2 * q.float().abs().amax()))
+    calls = {"cudnn": lambda: range_attention(q, k, v, qr, kr, backend="cudnn", out=out),
+             "fp8-approx": lambda: range_attention(q, k, v, qr, kr, backend="fp8-approx", out=out),
+             "fp8-e4m3-q": lambda: attention_fp8.fp8_range_attention(q8, k, v, qr, kr, out=out, q_descale=q_descale)}
+    for backend, call in calls.items():
         ms = _time(call, iters=5, warmup=3) * 1e3
         with prof(activities=[ProfilerActivity.CUDA]) as p:
             for _ in range(3):

@@ -95,36 +95,74 @@ def _head_amax(x):
     return x.abs().amax(2).amax(0)
 
 
+def _stats(kf, vf, smooth: bool):
+    """K's and V's means over the keys (zero without smoothing) and max |x - mean| per (head, channel)."""
+    if smooth:
+        k_mean, v_mean = kf.mean(0), vf.mean(0)  # (g, d)
+        return k_mean, v_mean, _spread(kf, k_mean), _spread(vf, v_mean)
+    zero = kf.new_zeros(kf.shape[1:])
+    return zero, zero, kf.abs().amax(0), vf.abs().amax(0)
+
+
+def _to_e4m3(x, scale):
+    return (x * scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
+
+
 def quantize_qkv(q, k, v, smooth: bool = True, per_head: bool = True):
     """q (Sq, nh, d), k/v (Sk, g, d) -> e4m3 q8, k8, v8 and the fp32 factors that undo the scaling.
 
     Returns q8, k8, v8, qk_descale (1,): multiply q8·k8 by it to get q·k (after K smoothing);
     o_scale (nh, d): divide the P·v8 output by it; o_shift (nh, d): then add this (V's mean).
     smooth=False / per_head=False (no mean subtraction / one amax per tensor) exist to measure what they buy.
-    Two passes over K and V (reductions, then the casts) and two over Q.
+    Two passes over K and V (reductions, then the casts) and two over Q. A query quantized where it is made
+    (quantize_q_bound) skips both Q passes: quantize_kv.
     """
-    nh, g, d = q.shape[1], k.shape[1], q.shape[2]
+    nh, g = q.shape[1], k.shape[1]
     r = nh // g
     qf, kf, vf = q.float(), k.float(), v.float()
-    if smooth:
-        k_mean, v_mean = kf.mean(0), vf.mean(0)  # (g, d)
-        k_ch, v_ch = _spread(kf, k_mean), _spread(vf, v_mean)
-    else:
-        k_mean = v_mean = kf.new_zeros(g, d)
-        k_ch, v_ch = kf.abs().amax(0), vf.abs().amax(0)
+    k_mean, v_mean, k_ch, v_ch = _stats(kf, vf, smooth)
     q_head = _head_amax(qf)  # (nh,)
     if not per_head:
-        k_ch, v_ch, q_head = k_ch.amax().expand(g, d), v_ch.amax().expand(g, d), q_head.amax().expand(nh)
+        k_ch, v_ch, q_head = k_ch.amax().expand_as(k_ch), v_ch.amax().expand_as(v_ch), q_head.amax().expand(nh)
     k_scale = E4M3_MAX / k_ch.amax(1).clamp_min(1e-12)  # (g,)
     q_pre = q_head.clamp_min(1e-12) / k_scale.repeat_interleave(r)  # (nh,) amax of q / its K head's scale
     shared = E4M3_MAX / q_pre.amax()  # scalar: q_scale_h = shared / k_scale_g(h)
     q_scale = shared / k_scale.repeat_interleave(r)
     v_scale = V_RANGE / v_ch.clamp_min(1e-12)  # (g, d)
-    q8 = (qf * q_scale[:, None]).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
-    k8 = ((kf - k_mean) * k_scale[:, None]).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
-    v8 = ((vf - v_mean) * v_scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
+    q8 = _to_e4m3(qf, q_scale[:, None])
+    k8, v8 = _to_e4m3(kf - k_mean, k_scale[:, None]), _to_e4m3(vf - v_mean, v_scale)
     qk_descale = (1.0 / shared).reshape(1)
     return q8, k8, v8, qk_descale, v_scale.repeat_interleave(r, 0), v_mean.repeat_interleave(r, 0)
+
+
+def q_scale_bound(w, b):
+    """e4m3 scale for queries made by a per-head LayerNorm over d channels (effective weight w, bias b, both (d,))
+    followed by a rotary embedding, known before the queries exist: 448 / B with B >= every |q_c|.
+
+    B = max|w|·sqrt(d) + ||b||_2: the normalized x̂ has ||x̂||_2 = sqrt(d·var/(var+eps)) <= sqrt(d), so
+    ||w x̂ + b||_2 <= B, and RoPE rotates channel pairs (norm kept), so no channel exceeds the head's norm.
+    B is a few times the largest query of a real batch; e4m3 rounds relative to each value, so only values
+    below ~B·2^-15 (which add nothing to q·k) lose precision to the looser scale."""
+    bound = w.float().abs().amax() * w.shape[0] ** 0.5 + b.float().norm()
+    return E4M3_MAX / bound.clamp_min(1e-12)
+
+
+def quantize_q_bound(q, scale):
+    """fp32 queries (any shape) and q_scale_bound's scale -> (e4m3 q8, q_descale (1,)): q ≈ q8 · q_descale."""
+    return _to_e4m3(q, scale), (1.0 / scale).reshape(1)
+
+
+def quantize_kv(k, v, heads: int):
+    """quantize_qkv's K and V for queries quantized ahead with one scale for all heads (quantize_q_bound): the
+    q·k descale is one scalar, so K gets one scale for the tensor (not one per head); smoothing and V's
+    per-channel scales as in quantize_qkv. Returns k8, v8, k_descale (1,), o_scale, o_shift ((heads, d))."""
+    r = heads // k.shape[1]
+    kf, vf = k.float(), v.float()
+    k_mean, v_mean, k_ch, v_ch = _stats(kf, vf, True)
+    k_scale = E4M3_MAX / k_ch.amax().clamp_min(1e-12)
+    v_scale = V_RANGE / v_ch.clamp_min(1e-12)
+    k8, v8 = _to_e4m3(kf - k_mean, k_scale), _to_e4m3(vf - v_mean, v_scale)
+    return k8, v8, (1.0 / k_scale).reshape(1), v_scale.repeat_interleave(r, 0), v_mean.repeat_interleave(r, 0)
 
 
 def dequantize_out(o8, o_scale, o_shift, dtype):
@@ -267,25 +305,39 @@ def _run_gqa(q8, k8, v8, o8, live, qk_descale, attn_scale):
     run_ranges(q8, k8, v8, o8, live, qk_descale, attn_scale)
 
 
-def fp8_range_attention(q, k, v, q_ranges, k_ranges, scale=None, out=None, min_keys: int | None = None, **quant):
+def fp8_range_attention(q, k, v, q_ranges, k_ranges, scale=None, out=None, min_keys: int | None = None,
+                        q_descale=None, **quant):
     """Range attention with Q, K, V and the output in e4m3 (cuDNN FP8 SDPA per live range pair).
 
-    min_keys: calls whose longest key range is shorter run bf16 cuDNN instead (default MIN_KEYS: the caption's
-    cross-attention); quant: quantize_qkv's switches (measurements only)."""
+    q: bf16/fp16 (Sq, nh, d), or e4m3 queries quantized where they were made (quantize_q_bound) with their
+    q_descale (1,); then `out` (the output's dtype) is required. min_keys: calls whose longest key range is
+    shorter run bf16 cuDNN instead (default MIN_KEYS: the caption's cross-attention); quant: quantize_qkv's
+    switches (measurements only)."""
     from .attention import _as_pairs, _live_pairs, _zero_uncovered, cudnn_range_attention, sdpa_range_attention
 
-    exact = cudnn_range_attention if q.is_cuda else sdpa_range_attention
+    if q_descale is not None and out is None:
+        raise ValueError("e4m3 queries need `out` (it gives the output's dtype)")
+
+    def exact():  # bf16 attention for this call (an e4m3 query is dequantized first)
+        qx = q if q_descale is None else (q.float() * q_descale).to(out.dtype)
+        fn = cudnn_range_attention if q.is_cuda else sdpa_range_attention
+        return fn(qx, k, v, q_ranges, k_ranges, scale=scale, out=out)
+
     live = _live_pairs(_as_pairs(q_ranges), _as_pairs(k_ranges))
     if max((ke - ks for _, (ks, ke) in live), default=0) < (MIN_KEYS if min_keys is None else min_keys):
-        return exact(q, k, v, q_ranges, k_ranges, scale=scale, out=out)
+        return exact()
     attn_scale = float(scale) if scale is not None else q.shape[2] ** -0.5
-    q8, k8, v8, qk_descale, o_scale, o_shift = maybe_compiled(quantize_qkv, True, q)(q, k, v, **quant)
+    if q_descale is None:
+        q8, k8, v8, qk_descale, o_scale, o_shift = maybe_compiled(quantize_qkv, True, q)(q, k, v, **quant)
+    else:
+        k8, v8, k_descale, o_scale, o_shift = maybe_compiled(quantize_kv, True, k)(k, v, q.shape[1])
+        q8, qk_descale = q, q_descale * k_descale
     o8 = torch.empty(q.shape, dtype=E4M3, device=q.device)
     try:
         _run_gqa(q8, k8, v8, o8, live, qk_descale, attn_scale)
     except RuntimeError as e:  # a shape this cuDNN refuses: exact bf16 attention for this call
         warnings.warn(f"{e}; those attention calls run in bf16 instead.", RuntimeWarning, stacklevel=2)
-        return exact(q, k, v, q_ranges, k_ranges, scale=scale, out=out)
+        return exact()
     out = torch.empty_like(q) if out is None else out
     maybe_compiled(dequantize_into, True, q)(out, o8, o_scale, o_shift)
     return _zero_uncovered(out, [a for a, _ in live])

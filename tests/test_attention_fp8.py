@@ -14,6 +14,7 @@ import torch
 
 from magi_core.kernels import attention, attention_fp8, capability
 from magi_core.kernels.attention import FP8, range_attention, sdpa_range_attention
+from magi_core.dit.rope import LearnableRoPE
 
 E4M3 = torch.float8_e4m3fn
 
@@ -281,6 +282,107 @@ def test_refused_shapes_warn_once_and_run_exact(with_fake, monkeypatch):
     assert len(tries) == n  # the refusal is remembered, not rebuilt
 
 
+# ----------------------------------------------------------------------------- queries made in e4m3 (norm+RoPE island)
+
+def norm_rope_case(tokens=2048, heads=4, d=128, seed=0, spike=False):
+    """Projections, a LayerNorm1p (random weight around 1, bias) and a RoPE table as a layer has them."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, heads * d, generator=gen)
+    if spike:  # one huge channel per head: x̂ puts ~sqrt(d-1) into it, the bound's worst case
+        x = torch.zeros(tokens, heads * d)
+        x[:, ::d] = 1e3
+    w = 0.3 * torch.randn(d, generator=gen) if not spike else torch.zeros(d)
+    b = 0.2 * torch.randn(d, generator=gen) if not spike else torch.zeros(d)
+    rope = LearnableRoPE(d).table(2, 32, tokens // 64) if not spike else torch.zeros(tokens, 6 * (d // 8))
+    if spike:
+        rope[:, 3 * (d // 8):] = 1  # sin 0, cos 1: no rotation
+    return x.bfloat16(), heads, d, w, b, 1e-6, True, rope  # norm weights stay fp32 in the model
+
+
+def test_q_scale_bound_is_a_bound_and_a_tight_one():
+    from magi_core.dit.layer import _norm_rope_f32
+
+    for seed in range(3):
+        x, heads, d, w, b, eps, _, rope = norm_rope_case(seed=seed)
+        x = x * torch.logspace(-3, 3, x.shape[0])[:, None].bfloat16()  # tokens of every size: x̂ does not care
+        q = _norm_rope_f32(x, heads, d, w + 1, b, eps, rope)
+        bound = attention_fp8.E4M3_MAX / attention_fp8.q_scale_bound(w + 1, b)
+        assert q.abs().amax() <= bound, (q.abs().amax(), bound)
+    x, heads, d, w, b, eps, _, rope = norm_rope_case(spike=True)
+    q = _norm_rope_f32(x, heads, d, w + 1, b, eps, rope)
+    bound = attention_fp8.E4M3_MAX / attention_fp8.q_scale_bound(w + 1, b)
+    assert q.abs().amax() > 0.99 * bound  # sqrt(d-1) of sqrt(d): a looser bound would waste e4m3's range
+
+
+def test_e4m3_queries_cost_no_accuracy(with_fake):
+    """Queries quantized where they are made (bound scale, K with one scale) vs quantized from bf16 with their
+    measured amax (per-head K scales): the same error against float64 attention of the fp32 queries."""
+    from magi_core.dit.layer import _norm_rope_f32, norm_rope, norm_rope_e4m3
+
+    with_fake()
+    case = norm_rope_case(seed=5)
+    x, heads, d, w, b, eps, one_plus, rope = case
+    qf = _norm_rope_f32(x, heads, d, w + 1, b, eps, rope).reshape(-1, heads, d)
+    _, k, v = qkv(8, 3000, heads, 2, seed=6, k_shift=1.0)
+    qr, kr = [(0, 1000), (1000, 2048)], [(0, 1500), (0, 3000)]
+    ref = sdpa_range_attention(qf.double(), k.double(), v.double(), qr, kr)
+    q8, q_descale = norm_rope_e4m3(*case)
+    assert q8.dtype == E4M3 and q8.shape == (2048, heads, d)
+    out = torch.empty(2048, heads, d, dtype=torch.bfloat16)
+    attention_fp8.fp8_range_attention(q8.reshape(-1, heads, d), k, v, qr, kr, out=out, q_descale=q_descale)
+    err_e4m3 = rel(out, ref)
+    err_bf16 = rel(attention_fp8.fp8_range_attention(norm_rope(*case).reshape(-1, heads, d), k, v, qr, kr), ref)
+    assert err_e4m3 < 0.08 and err_e4m3 < 1.1 * err_bf16, (err_e4m3, err_bf16)
+    # the dequantized queries are the queries: a wrong descale would show here first
+    assert rel(q8.float() * q_descale, qf) < 0.04
+
+
+def test_e4m3_queries_fall_back_dequantized(with_fake, monkeypatch):
+    """A shape cuDNN refuses, or keys too short for FP8: bf16 attention of the dequantized queries."""
+    with_fake()
+    monkeypatch.setattr(attention_fp8, "MIN_KEYS", 1024)
+    q, k, v = qkv(64, 300, 4, 2, seed=9)
+    q8, q_descale = attention_fp8.quantize_q_bound(q.float(), torch.tensor(100.0))
+    out = torch.empty(q.shape, dtype=torch.bfloat16)
+    attention_fp8.fp8_range_attention(q8, k, v, [(0, 64)], [(0, 300)], out=out, q_descale=q_descale)
+    assert torch.equal(out, sdpa_range_attention((q8.float() * q_descale).bfloat16(), k, v, [(0, 64)], [(0, 300)]))
+    with pytest.raises(ValueError, match="need `out`"):
+        attention_fp8.fp8_range_attention(q8, k, v, [(0, 64)], [(0, 300)], q_descale=q_descale)
+
+
+def test_dit_makes_its_queries_in_e4m3_under_fp8_attention(with_fake, monkeypatch):
+    """The DiT with fp8-approx (a fake cuDNN on the CPU): self-attention gets e4m3 queries from the norm+RoPE
+    island, the caption's cross-attention bf16 ones; the velocity stays near the bf16 model's, as it does with
+    queries quantized inside the backend."""
+    from magi_core.config import preset
+    from magi_core.dit import build_dit, init_random_
+    from magi_core.dit import layer as layer_mod
+
+    mod = with_fake()
+    monkeypatch.setattr(attention_fp8, "why_unusable", lambda q: None)  # the fake "runs" here
+    cfg = preset("tiny").replace(num_layers=2, params_dtype=torch.bfloat16)
+    model = init_random_(build_dit(cfg), seed=0)
+    gen = torch.Generator().manual_seed(2)
+    x, t = torch.randn(1, cfg.vae_channels, 4, 16, 16, generator=gen), torch.rand(1, 2, generator=gen)
+    y, mask = torch.randn(2, 16, cfg.caption_channels, generator=gen) * 0.5, torch.ones(2, 16)
+    kv = [(0, 128), (0, 256)]
+    ref = model(x, t, y, mask, kv)  # automatic backend: bf16 SDPA
+    seen = []
+    real = layer_mod.fp8_range_attention
+    monkeypatch.setattr(layer_mod, "fp8_range_attention",
+                        lambda q, *a, **kw: seen.append(q.dtype) or real(q, *a, **kw))
+    model.attn_backend = FP8
+    out = model(x, t, y, mask, kv)
+    assert seen == [E4M3] * cfg.num_layers and len(mod.calls) == 2 * cfg.num_layers * 2  # self + cross, 2 ranges
+    err = rel(out, ref)
+    monkeypatch.setattr(model, "_e4m3_queries", lambda *a: False)  # the backend quantizes bf16 queries itself
+    err_bf16_q = rel(model(x, t, y, mask, kv), ref)
+    assert err < 0.1 and err < 1.2 * err_bf16_q, (err, err_bf16_q)
+    monkeypatch.setattr(attention_fp8, "MIN_KEYS", 1024)  # short keys: no FP8, no e4m3 queries
+    seen.clear()
+    assert torch.equal(model(x, t, y, mask, kv), ref) and seen == []
+
+
 # ----------------------------------------------------------------------------- availability and fallback
 
 def fake_q(cc_device="cuda:0"):
@@ -381,3 +483,33 @@ def test_gpu_fp8_vs_bf16_sdpa_at_model_shapes(nh, g, keys):
         # N(0,1) inputs are the hard case (the output is an average of noise): e4m3 V and output rounding cost
         # ~5 % (the CPU emulation above); a wrong descale, layout, head mapping or stale buffer gives order 1
         assert err < 0.08
+
+
+@pytest.mark.gpu
+def test_gpu_e4m3_queries_from_the_compiled_island_at_model_shapes():
+    """The DiT's FP8 path at 4.5B shapes: queries from the compiled norm+RoPE island in e4m3 (bound scale), K with
+    one scale, vs bf16 cuDNN on the island's bf16 queries; and vs the backend quantizing those bf16 queries."""
+    from magi_core.dit.layer import norm_rope, norm_rope_e4m3
+    from magi_core.kernels.compiled import compiled
+
+    if attention_fp8.why_unusable(torch.empty(1, 1, 128, device="cuda", dtype=torch.bfloat16)):
+        pytest.skip(attention_fp8.why_unusable(torch.empty(1, 1, 128, device="cuda", dtype=torch.bfloat16)))
+    ctn, nh, g, d = 12150, 24, 8, 128
+    x, _, _, w, b, eps, one_plus, _ = norm_rope_case(tokens=64, heads=nh, d=d, seed=3)
+    gen = torch.Generator(device="cuda").manual_seed(8)
+    x = torch.randn(ctn, nh * d, device="cuda", generator=gen).bfloat16()
+    rope = LearnableRoPE(d).table(6, 45, 45).cuda()
+    w, b = w.cuda(), b.cuda()
+    qr, kr = [(0, ctn)], [(0, 3 * ctn)]
+    k = (torch.randn(3 * ctn, g, d, device="cuda", generator=gen)
+         + 2 * torch.randn(1, g, d, device="cuda", generator=gen)).bfloat16()
+    v = torch.randn_like(k)
+    q = compiled(norm_rope)(x, nh, d, w, b, eps, one_plus, rope).view(ctn, nh, d)
+    q8, q_descale = compiled(norm_rope_e4m3)(x, nh, d, w, b, eps, one_plus, rope)
+    assert q8.dtype == E4M3 and rel(q8.float().view(ctn, nh, d) * q_descale, q) < 0.04
+    ref = range_attention(q, k, v, qr, kr, backend="cudnn").float()
+    out = torch.empty_like(q)
+    attention_fp8.fp8_range_attention(q8.view(ctn, nh, d), k, v, qr, kr, out=out, q_descale=q_descale)
+    err, err_bf16_q = rel(out, ref), rel(range_attention(q, k, v, qr, kr, backend=FP8), ref)
+    print(f"e4m3 queries: fp8 vs bf16 rel L2 {err:.3e} (bf16 queries quantized by the backend: {err_bf16_q:.3e})")
+    assert err < 0.08 and err < 1.1 * err_bf16_q

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from magi_core.kernels.attention import range_attention
+from magi_core.kernels.attention_fp8 import fp8_range_attention, q_scale_bound, quantize_q_bound
 from magi_core.kernels.compiled import compiled, maybe_compiled
 
 from ..config import DiTConfig
@@ -37,6 +38,7 @@ class ForwardMeta:
     precision: str = "fast"
     attn_backend: str | None = None
     compile_ops: bool = False  # fuse the element-wise islands with torch.compile (CUDA only)
+    e4m3_queries: bool = False  # self-attention runs FP8 (kernels/attention_fp8.py): queries made in e4m3
     cp: object | None = None  # context parallel: this rank's Shard (magi_core/parallel/ulysses.py), else None
 
 
@@ -83,10 +85,10 @@ class SelfCrossAttention(nn.Module):
         self.k_layernorm = LayerNorm1p(d, eps, cfg.apply_layernorm_1p, dt)
         self.k_layernorm_xattn = LayerNorm1p(d, eps, cfg.apply_layernorm_1p, dt)
 
-    def _qk(self, a, proj, norm, heads, m: ForwardMeta):
-        """Projection -> per-head LayerNorm (fp32) -> RoPE (fp32) -> bf16."""
+    def _qk(self, a, proj, norm, heads, m: ForwardMeta, island=None):
+        """Projection -> per-head LayerNorm (fp32) -> RoPE (fp32) -> bf16 (or island's output)."""
         x = proj(a)
-        fn = maybe_compiled(norm_rope, m.compile_ops, x)
+        fn = maybe_compiled(island or norm_rope, m.compile_ops, x)
         return fn(x, heads, self.cfg.kv_channels, norm.weight, norm.bias, norm.eps, norm.one_plus, m.rope)
 
     def forward(self, hs: torch.Tensor, y_xattn: torch.Tensor, m: ForwardMeta):
@@ -95,7 +97,11 @@ class SelfCrossAttention(nn.Module):
         N, S = hs.shape[:2]
         a = self.linear_qkv.layer_norm(hs)  # (N, S, h) bf16, plain gamma
 
-        q = self._qk(a, self.linear_qkv.q, self.q_layernorm, nh, m).reshape(N * S, nh, d)
+        if m.e4m3_queries:  # FP8 self-attention: the queries leave the norm+RoPE island in e4m3
+            q, q_descale = self._qk(a, self.linear_qkv.q, self.q_layernorm, nh, m, norm_rope_e4m3)
+            q = q.reshape(N * S, nh, d)
+        else:
+            q = self._qk(a, self.linear_qkv.q, self.q_layernorm, nh, m).reshape(N * S, nh, d)
         k = self._qk(a, self.linear_qkv.k, self.k_layernorm, g, m).reshape(N * S, g, d)
         v = self.linear_qkv.v(a).reshape(N * S, g, d)
         if m.cp is not None:  # CP hook: full sequence, local heads (all-to-all)
@@ -104,7 +110,9 @@ class SelfCrossAttention(nn.Module):
         # the two attentions write straight into o = [self | cross] (N*S, 2*q_dim)
         o = hs.new_empty(N * S, 2 * cfg.q_dim)
         self_out, cross_out = o[:, :cfg.q_dim].view(N * S, nh, d), o[:, cfg.q_dim:].view(N * S, nh, d)
-        if m.cp is None:
+        if m.e4m3_queries:
+            fp8_range_attention(q, k, v, m.q_ranges, m.k_ranges, out=self_out, q_descale=q_descale)
+        elif m.cp is None:
             range_attention(q, k, v, m.q_ranges, m.k_ranges, backend=m.attn_backend, out=self_out)
         else:  # CP hook: back to local tokens, all heads
             self_out.copy_(m.cp.to_seq(range_attention(q, k, v, m.q_ranges, m.k_ranges, backend=m.attn_backend)))
@@ -140,11 +148,22 @@ class SelfCrossAttention(nn.Module):
         return torch.cat([cached[..., :d], k], 0), torch.cat([cached[..., d:], v], 0)
 
 
+def _norm_rope_f32(x, heads: int, d: int, w, b, eps: float, rope):
+    h = x.view(*x.shape[:-1], heads, d).float()
+    return apply_rope(F.layer_norm(h, (d,), w, b, eps), rope)
+
+
 def norm_rope(x, heads: int, d: int, w, b, eps: float, one_plus: bool, rope):
     """(.., heads*d) projection -> per-head LayerNorm1p in fp32 -> RoPE -> x's dtype."""
-    h = x.view(*x.shape[:-1], heads, d).float()
-    h = F.layer_norm(h, (d,), w + 1 if one_plus else w, b, eps)
-    return apply_rope(h, rope).to(x.dtype)
+    return _norm_rope_f32(x, heads, d, w + 1 if one_plus else w, b, eps, rope).to(x.dtype)
+
+
+def norm_rope_e4m3(x, heads: int, d: int, w, b, eps: float, one_plus: bool, rope):
+    """norm_rope's fp32 result in e4m3 for FP8 attention, with a scale known from the norm's weights
+    (kernels/attention_fp8.py q_scale_bound): no bf16 copy of the queries, no pass to find their amax.
+    Returns (e4m3 (.., heads, d), q_descale (1,))."""
+    w = w + 1 if one_plus else w
+    return quantize_q_bound(_norm_rope_f32(x, heads, d, w, b, eps, rope), q_scale_bound(w, b))
 
 
 def silu_mul(x, rows: int = 8192):

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DiTConfig
+from ..kernels import attention, attention_fp8
 from .cache import KVCache
 from .layer import ForwardMeta, TransformerBlock
 from .layers import CaptionEmbedder, FinalLinear, TimestepEmbedder
@@ -113,6 +114,7 @@ class VideoDiT(nn.Module):
             k_ranges=k_ranges, xq_ranges=q_ranges, xk_ranges=xk, cache=cache, cache_read=read,
             cache_write_chunks=cache_write_chunks, cache_write_at=slice_point, precision=self.precision,
             attn_backend=self.attn_backend, compile_ops=self.compile_ops,
+            e4m3_queries=self._e4m3_queries(hs, k_ranges),
         )
         if self.cp is not None:  # CP hook: keep this rank's tokens (magi_core/parallel/ulysses.py)
             hs, m = self.cp.shard(hs, m)
@@ -156,6 +158,16 @@ class VideoDiT(nn.Module):
             raise ValueError("distilled model: pass dt_factor (num_steps/2, or 4|8 for the 12-step shortcut)")
 
     # ------------------------------------------------------------------ helpers
+    def _e4m3_queries(self, hs, k_ranges) -> bool:
+        """Whether self-attention runs FP8 with its queries made in e4m3 (magi_core/dit/layer.py norm_rope_e4m3):
+        the fp8-approx backend is chosen and can run, its key ranges are long enough for FP8
+        (kernels/attention_fp8.py MIN_KEYS), and no context parallelism (whose all-to-all moves bf16 queries)."""
+        if self.cp is not None or self.attn_backend != attention.FP8:
+            return False
+        if max((b - a for a, b in k_ranges), default=0) < attention_fp8.MIN_KEYS:
+            return False
+        return attention.resolve_backend(self.attn_backend, hs) == attention.FP8
+
     @property
     def compile_ops(self) -> bool:
         return self._compile_ops
