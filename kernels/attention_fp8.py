@@ -5,7 +5,7 @@ range i, GQA, rows outside every live range are 0), same result up to FP8 roundi
 measured error. On Hopper cuDNN runs FP8 attention only with FP8 (e4m3) output, so the output is dequantized
 afterwards.
 
-How the scales are chosen (all computed on the GPU from the tensors themselves, no host sync):
+How the scales are chosen (all computed on the GPU from the tensors or weights themselves, no host sync):
 - K smoothing: K's mean over all keys of the call is subtracted first. Every query's logits then shift by one
   constant, which the softmax ignores, and the keys' values shrink to what tells them apart.
 - V smoothing: V's mean over all keys is subtracted and added back to the output. Softmax rows sum to 1, so
@@ -13,6 +13,10 @@ How the scales are chosen (all computed on the GPU from the tensors themselves, 
 - per-head amax scales: each KV head's smoothed K is scaled to fill e4m3's range (448). The query heads take the
   inverse of their KV head's K scale times one shared factor, chosen so the largest scaled query is 448: the
   products q·k keep one common descale (cuDNN takes one scalar per tensor) while every head uses the range.
+- queries made in e4m3 (the DiT's self-attention, magi_core/dit/layer.py norm_rope_e4m3): the norm+RoPE island
+  writes e4m3 directly with a scale bounded from the norm's weights (q_scale_bound), so the backend never reads a
+  bf16 Q (no amax pass, no cast pass); K then takes one scale for the tensor (quantize_kv), since the q·k descale
+  is one scalar. e4m3 rounds relative to each value, so neither costs accuracy (tests/test_attention_fp8.py).
 - per-channel V scales: each channel of each KV head's smoothed V is scaled to V_RANGE. Output channel c of a
   head is a convex combination of V's channel c only (|O| <= V_RANGE < 448, no overflow), so dividing it by that
   channel's scale undoes the scaling exactly; a channel with small values (real V has channels of very
