@@ -157,7 +157,7 @@ def dit(a, dev):
     # "fp8" is the backend as shipped (the caption's cross-attention stays bf16), "fp8-all" puts it in fp8 too
     # "fp8-bf16-q": the queries leave the norm+RoPE island in bf16 and the backend quantizes them (amax per head)
     for run in ("cudnn", "fp8", "cudnn", "fp8-all", "fp8", "fp8-bf16-q"):
-        model._e4m3_queries = (lambda *_: False) if run == "fp8-bf16-q" else type(model)._e4m3_queries.__get__(model)
+        model.e4m3_queries = run != "fp8-bf16-q"
         model.attn_backend = "cudnn"
         w.gen.manual_seed(1)
         cache = w.prefill(model, dt)  # the same bf16 cache for every run

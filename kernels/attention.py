@@ -18,8 +18,8 @@ Backends (`range_attention(..., backend=...)`, or `set_default_backend`):
 - "magi":  MagiAttention `flex_flash_attn_func` (Hopper), one launch; its signature changed across versions
            (max_seqlen_q/k dropped in v1.0.4, keyword-only + (out, meta) return in v1.1), so the call is built
            from the installed function's signature.
-- "fp8-approx": cuDNN's FP8 SDPA on Hopper (kernels/attention_fp8.py), Q/K/V/output in e4m3 with smoothed,
-           per-head scales: faster and APPROXIMATE (README.md states the measured error). Opt-in only; where it
+- "fp8-approx": cuDNN's FP8 SDPA on Hopper (kernels/attention_fp8.py), Q/K/V/output in e4m3 with smoothed K
+           and V and their own scales (the DiT hands over queries already in e4m3): faster and APPROXIMATE (README.md states the measured error). Opt-in only; where it
            cannot run (no nvidia-cudnn-frontend, not Hopper) it warns and the bf16 path runs instead.
 - None / "auto": "magi" on sm90+ when installed, else "cudnn" on sm90+, else "flash" on sm8x when installed, else
   "sdpa". On Hopper cuDNN's kernel ran at 570-630 TFLOP/s at MAGI-1's shapes, flash (SDPA's or flash-attn 2) at

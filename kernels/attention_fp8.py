@@ -147,7 +147,7 @@ def q_scale_bound(w, b):
     ||w x̂ + b||_2 <= B, and RoPE rotates channel pairs (norm kept), so no channel exceeds the head's norm.
     B is a few times the largest query of a real batch; e4m3 rounds relative to each value, so only values
     below ~B·2^-15 (which add nothing to q·k) lose precision to the looser scale."""
-    bound = w.float().abs().amax() * w.shape[0] ** 0.5 + b.float().norm()
+    bound = (w.float().square().amax() * w.shape[0]).sqrt() + b.float().norm()  # tensor ops only (compiles)
     return E4M3_MAX / bound.clamp_min(1e-12)
 
 

@@ -97,11 +97,10 @@ class SelfCrossAttention(nn.Module):
         N, S = hs.shape[:2]
         a = self.linear_qkv.layer_norm(hs)  # (N, S, h) bf16, plain gamma
 
-        if m.e4m3_queries:  # FP8 self-attention: the queries leave the norm+RoPE island in e4m3
-            q, q_descale = self._qk(a, self.linear_qkv.q, self.q_layernorm, nh, m, norm_rope_e4m3)
-            q = q.reshape(N * S, nh, d)
-        else:
-            q = self._qk(a, self.linear_qkv.q, self.q_layernorm, nh, m).reshape(N * S, nh, d)
+        q = self._qk(a, self.linear_qkv.q, self.q_layernorm, nh, m, norm_rope_e4m3 if m.e4m3_queries else None)
+        if m.e4m3_queries:  # FP8 self-attention: the queries left the norm+RoPE island in e4m3
+            q, q_descale = q
+        q = q.reshape(N * S, nh, d)
         k = self._qk(a, self.linear_qkv.k, self.k_layernorm, g, m).reshape(N * S, g, d)
         v = self.linear_qkv.v(a).reshape(N * S, g, d)
         if m.cp is not None:  # CP hook: full sequence, local heads (all-to-all)

@@ -32,6 +32,7 @@ class VideoDiT(nn.Module):
         self.precision = "fast"
         self.attn_backend: str | None = None
         self.compile_ops = False  # torch.compile the element-wise islands (kernels/compiled.py); CUDA only
+        self.e4m3_queries = True  # FP8 self-attention takes e4m3 queries from the layers (False: measurements only)
         self.block_swap = None  # magi_core.dit.offload.BlockSwap when layers stream from host memory (DiTRuntime)
         self.cp = None  # context parallel group (magi_core.parallel.enable_context_parallel), None = one GPU
 
@@ -160,13 +161,14 @@ class VideoDiT(nn.Module):
     # ------------------------------------------------------------------ helpers
     def _e4m3_queries(self, hs, k_ranges) -> bool:
         """Whether self-attention runs FP8 with its queries made in e4m3 (magi_core/dit/layer.py norm_rope_e4m3):
-        the fp8-approx backend is chosen and can run, its key ranges are long enough for FP8
+        the backend in effect is fp8-approx and can run here, its key ranges are long enough for FP8
         (kernels/attention_fp8.py MIN_KEYS), and no context parallelism (whose all-to-all moves bf16 queries)."""
-        if self.cp is not None or self.attn_backend != attention.FP8:
+        if not self.e4m3_queries or self.cp is not None:
             return False
         if max((b - a for a, b in k_ranges), default=0) < attention_fp8.MIN_KEYS:
             return False
-        return attention.resolve_backend(self.attn_backend, hs) == attention.FP8
+        probe = hs.new_empty(0, self.cfg.num_attention_heads, self.cfg.kv_channels)  # queries' shape and dtype
+        return attention.resolve_backend(self.attn_backend, probe) == attention.FP8
 
     @property
     def compile_ops(self) -> bool:
