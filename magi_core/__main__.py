@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
+from . import interrupts
+
 
 @dataclass
 class Command:
@@ -147,6 +149,12 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.command not in LAZY_COMMANDS:  # (a lazy command takes held signals itself, after its imports)
+            import torch  # noqa: F401 -- while Ctrl-C is held (magi_core/interrupts.py)
+            signum = interrupts.take()
+            if signum:
+                print("\ninterrupted: nothing written", file=sys.stderr)
+                return 128 + signum
         return commands[args.command].run(args)
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         if args.debug:
@@ -157,8 +165,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    interrupts.hold()  # until the command's libraries are imported (magi_core/interrupts.py)
     try:
         sys.exit(main())
-    except KeyboardInterrupt:  # Ctrl-C while starting (imports, --demo's models): nothing was made yet
+    except KeyboardInterrupt:  # Ctrl-C before a command took over its signals: nothing was made yet
         print("\ninterrupted: nothing written", file=sys.stderr)
         sys.exit(130)

@@ -389,6 +389,26 @@ def test_ctrl_c_keeps_the_finished_chunks(models, tmp_path, signum, said, repeat
     assert not list(tmp_path.glob("*.part"))
 
 
+@pytest.mark.parametrize("signum,delay", [(signal.SIGINT, 0.4), (signal.SIGINT, 1.2), (signal.SIGTERM, 0.8),
+                                          (signal.SIGINT, 2.5)])
+def test_an_interrupt_while_starting_stops_cleanly(models, tmp_path, signum, delay):
+    """Ctrl-C while Python imports torch, transformers and the rest (the first seconds): held until they are in,
+    then the run stops with the usual message and exit code. (It used to be swallowed by an import, the run going
+    on to the end, or to end in a traceback about numpy or T5EncoderModel, or in exit code -2.)"""
+    out = tmp_path / "out.mp4"
+    proc, _ = cli(models, tmp_path, "--demo", "--frames", "2400", "--width", "64", "--height", "64", "-o", str(out),
+                  base=False, popen=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(delay)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signum and "Traceback" not in err, (proc.returncode, err)
+    said = "interrupted" if signum == signal.SIGINT else "stopped by SIGTERM"
+    assert said in err and ("nothing written" in err or "kept the finished chunks" in err), err
+
+
 def _peak_rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
