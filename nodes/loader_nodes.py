@@ -1,6 +1,8 @@
 """Loader nodes: MAGI-1 DiT, VAE and T5 from ComfyUI's model folders."""
 from __future__ import annotations
 
+import re
+
 from comfy_api.latest import io
 
 from magi_core.settings import DiTRuntime
@@ -11,7 +13,22 @@ from .model_files import default_special_tokens, identity, resolve, scan, size_o
 from .types import CATEGORY, PACK_ASSET_TOKENS, MagiModel, MagiT5, MagiVAE, comfy_t5_tokenizer, roots
 
 BLOCK_SWAP_MAX = 64  # the 24B model has 48 layers; the model's own count is checked too
-NO_DIT = "put MAGI-1 weights in models/magi (python install.py --download 4.5B-distill) or models/diffusion_models"
+_OFFICIAL_DIT = re.compile(r"(4\.5B|24B)_(base|distill|distill_quant)")  # install.py's folders under models/magi
+
+
+def missing_hint(kind: str, value) -> str:
+    """What to do about a model name that is not in the model folders: install.py's download of that very
+    model where the name is one of its folders (python install.py --list), else where such files go."""
+    name = str(value).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    if kind == "dit":
+        m = _OFFICIAL_DIT.fullmatch(name)
+        item = f"{m[1]}-{m[2].replace('distill_quant', 'distill-fp8')}" if m else "4.5B-distill"
+        return (f"python install.py --download {item} puts the official weights in models/magi; a converted "
+                f"single file goes in models/diffusion_models")
+    if kind == "vae":
+        return "python install.py --download vae puts the official VAE in models/magi/vae (a single file: models/vae)"
+    return ("python install.py --download t5 puts the official t5-v1_1-xxl folder in models/text_encoders; a "
+            "t5xxl_fp16.safetensors file there works too")
 
 
 def _device_input(tooltip: str):
@@ -77,7 +94,7 @@ class MagiDiTLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, model=None):  # one input: see choices.py on validate_inputs
-        return choices.check_all([("model", model, scan(roots("dit"), "dit"), NO_DIT)])
+        return choices.check_all([("model", model, scan(roots("dit"), "dit"), missing_hint("dit", model))])
 
     @classmethod
     def fingerprint_inputs(cls, model, **kwargs):
@@ -131,7 +148,7 @@ class MagiVAELoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, vae=None):  # one input: see choices.py on validate_inputs
-        return choices.check_all([("vae", vae, scan(roots("vae"), "vae"), "put the MAGI-1 VAE (ckpt/vae) in models/magi")])
+        return choices.check_all([("vae", vae, scan(roots("vae"), "vae"), missing_hint("vae", vae))])
 
     @classmethod
     def fingerprint_inputs(cls, vae, **kwargs):
@@ -166,7 +183,7 @@ class MagiT5Loader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, t5=None):  # one input: see choices.py on validate_inputs
-        return choices.check_all([("t5", t5, scan(roots("t5"), "t5"), "put t5xxl_fp16.safetensors in models/text_encoders")])
+        return choices.check_all([("t5", t5, scan(roots("t5"), "t5"), missing_hint("t5", t5))])
 
     @classmethod
     def fingerprint_inputs(cls, t5, **kwargs):
