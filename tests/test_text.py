@@ -452,6 +452,11 @@ def test_times_inside_a_chunk_are_reported_where_the_prompt_really_changes():
         ("0s-1s: a\n1s: b", 4, "needs a range"),
         ("0: a\n2.5: b", 4, "whole numbers"),
         ("3-1: a", 4, "ends before it starts"),
+        ("0-1: a\n2: b", 2, "line 2 '2' starts at chunk 2"),  # a one-chunk line quoted as written (was '2-2')
+        # a time rounded past the end says so (the note about rounding used to come only with a run that worked)
+        ("0s-1.5s: a\n1.5s-: b", 2, r"line 2 '1.5s-' starts at chunk 2 \(1.5s is rounded to 2s, the nearest chunk "
+                                    r"boundary: a chunk lasts 1 s at 24 fps\), but the video has only 2 chunks"),
+        ("0s-0.4s: a\n0.4s-: b", 3, r"line 1 '0s-0.4s' covers no chunk \(chunks 0..-1\) \(0.4s is rounded to 0s"),
     ],
 )
 def test_schedule_errors(text, n, message):

@@ -82,7 +82,20 @@ class PromptRange:
         unit = "s" if self.seconds else ""
         end = "" if self.end is None else f"{self.end:g}{unit}"
         where = f"line {self.line} " if self.line else ""
+        if not self.seconds and self.end == self.start:  # one chunk: as the user writes it ('2: ...')
+            return f"{where}'{self.start:g}'"
         return f"{where}'{self.start:g}{unit}-{end}'"
+
+    def rounding(self, fps: float, frames_per_chunk: int | None = None) -> str:
+        """' (1.5s is at 2s, the nearest chunk boundary: ...)' for this range's times that fall inside a chunk,
+        else '': said with the errors that rounding caused."""
+        notes = []
+        for t in ((self.start, self.end) if self.seconds else ()):
+            moved = _moved(t, fps, frames_per_chunk)
+            if moved:
+                notes.append(f"{t:g}s is rounded to {moved[0]:.4g}s, the nearest chunk boundary: a chunk lasts "
+                             f"{moved[1]:.4g} s at {fps:g} fps")
+        return f" ({'; '.join(notes)})" if notes else ""
 
 
 @dataclass(frozen=True)
@@ -137,17 +150,16 @@ class PromptSchedule:
 
     def moved_times(self, fps: float, frames_per_chunk: int | None = None) -> list[str]:
         """A note for each time (in seconds) that falls inside a chunk: where the prompt really changes."""
-        cs = Fraction(frames_per_chunk or chunk_output_frames(fps)) / Fraction(str(fps))
         notes, seen = [], set()
         for r in self.ranges:
             for t in ((r.start, r.end) if r.seconds else ()):
                 if t is None or t in seen:  # a time that ends one range and starts the next: said once
                     continue
                 seen.add(t)
-                at = time_boundary(t, fps, frames_per_chunk) * cs
-                if at != Fraction(str(t)):
+                moved = _moved(t, fps, frames_per_chunk)
+                if moved:
                     notes.append(f"line {r.line}: {t:g}s falls inside a chunk, so the prompt changes at "
-                                 f"{float(at):.4g}s, the nearest chunk boundary (a chunk lasts {float(cs):.4g} s at "
+                                 f"{moved[0]:.4g}s, the nearest chunk boundary (a chunk lasts {moved[1]:.4g} s at "
                                  f"{fps:g} fps)")
         return notes
 
@@ -162,16 +174,18 @@ class PromptSchedule:
         has = f"the video has only {n_chunks} chunk{'s' if n_chunks > 1 else ''} (0..{n_chunks - 1})"
         for r, (first, stop) in zip(self.ranges, bounds):
             if first >= n_chunks:
-                raise ValueError(f"prompt schedule {r.describe()} starts at chunk {first}, but {has}: start it "
-                                 f"earlier {longer}")
+                raise ValueError(f"prompt schedule {r.describe()} starts at chunk {first}"
+                                 f"{r.rounding(fps, frames_per_chunk)}, but {has}: start it earlier {longer}")
             if stop > n_chunks:
-                raise ValueError(f"prompt schedule {r.describe()} covers chunks {first}..{stop - 1}, but {has}: "
-                                 f"shorten the range, end it with '-' to run to the end, {longer}")
+                raise ValueError(f"prompt schedule {r.describe()} covers chunks {first}..{stop - 1}"
+                                 f"{r.rounding(fps, frames_per_chunk)}, but {has}: shorten the range, end it with '-' "
+                                 f"to run to the end, {longer}")
         self.check()
         owner: list[PromptRange | None] = [None] * n_chunks
         for r, (first, stop) in zip(self.ranges, bounds):
             if stop <= first:
-                raise ValueError(f"prompt schedule {r.describe()} covers no chunk (chunks {first}..{stop - 1})")
+                raise ValueError(f"prompt schedule {r.describe()} covers no chunk (chunks {first}..{stop - 1})"
+                                 f"{r.rounding(fps, frames_per_chunk)}")
             for c in range(first, stop):
                 if owner[c] is not None:
                     raise ValueError(
@@ -185,6 +199,15 @@ class PromptSchedule:
                 "cover every chunk (end the last range with '-' to run it to the end)"
             )
         return [r.prompt for r in owner]
+
+
+def _moved(t, fps: float, frames_per_chunk: int | None) -> tuple[float, float] | None:
+    """(the chunk boundary time t is rounded to, a chunk's length in seconds) when t falls inside a chunk, else None."""
+    if t is None:
+        return None
+    chunk_s = Fraction(frames_per_chunk or chunk_output_frames(fps)) / Fraction(str(fps))
+    at = time_boundary(t, fps, frames_per_chunk) * chunk_s
+    return None if at == Fraction(str(t)) else (float(at), float(chunk_s))
 
 
 def _unit_problems(ranges, seconds: bool) -> list[str]:
