@@ -146,7 +146,8 @@ def install_tokens(source: str | None = None, dest: Path = TOKENS["dest"], expec
     got = sha256(tmp)
     if got != expected:
         tmp.unlink()
-        raise SystemExit(f"special_tokens.npz has SHA-256 {got}, expected {expected}: wrong or corrupt file")
+        raise SystemExit(f"{source or TOKENS['url']} has SHA-256 {got}, expected {expected}: it is not MAGI-1's "
+                         f"special_tokens.npz (or it is corrupt)")
     os.replace(tmp, dest)
     return f"wrote {dest}"
 
@@ -196,6 +197,13 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the plan offline, download nothing")
     ap.add_argument("--list", action="store_true", help="list what can be downloaded")
     a = ap.parse_args(argv)
+    clash = [f"{x} and {y}" for x, y, both in (
+        ("--skip-special-tokens", "--special-tokens", a.skip_special_tokens and a.special_tokens),
+        ("--list", "--download", a.list and a.download),
+        ("--list", "--dry-run", a.list and a.dry_run)) if both]
+    if clash:  # one of the two would be ignored
+        print(f"error: {clash[0]} contradict each other: give one of them", file=sys.stderr)
+        return 2
     if a.list:
         for name, (src, dst) in ITEMS.items():
             print(f"{name:18s} {REPO_ID}/{src} -> models/{dst}")

@@ -329,6 +329,9 @@ def test_a_prefix_frames_longer_than_the_video_is_said(models, tmp_path):
     (["--download", "4.5B-distil", "--dry-run"], 2, "error: unknown download 4.5B-distil"),
     (["--download", "4.5B-distill", "--models-dir", "/nonexistent/models", "--dry-run"], 2, "is not a folder"),
     (["--download", "vae", "--dry-run"], 0, "nothing downloaded"),  # no ComfyUI around: a plan all the same
+    # two options of which one would be ignored without a word
+    (["--special-tokens", "t.npz"], 2, "error: --skip-special-tokens and --special-tokens contradict each other"),
+    (["--list", "--download", "vae"], 2, "error: --list and --download contradict each other"),
 ])
 def test_install_mistakes_exit_2_and_a_dry_run_needs_no_comfyui(tmp_path, args, rc, needle):
     pack = tmp_path / "pack"  # a clone outside ComfyUI/custom_nodes
