@@ -39,6 +39,11 @@ POLICIES = ("stretch", "crop", "pad")
 
 
 # ---------------------------------------------------------------- reading
+def _words(e: Exception) -> str:
+    """An FFmpeg (PyAV) error in words: its message without the error number and the call or path it names."""
+    return getattr(e, "strerror", None) or str(e)
+
+
 def _open(path):
     import av
 
@@ -48,7 +53,7 @@ def _open(path):
     try:
         return av.open(str(path))
     except Exception as e:  # PyAV raises several error types for unreadable files
-        raise ValueError(f"cannot open {path} as an image or video: {e}") from None
+        raise ValueError(f"cannot open {path} as an image or video: {_words(e)}") from None
 
 
 def _to_float(rgb: np.ndarray) -> torch.Tensor:
@@ -156,7 +161,7 @@ def read_image(path, size: tuple[int, int] | None = None, policy: str = "stretch
             for frame in container.decode(video=0):
                 return _to_float(to_rgb(frame))[None]
         except av.FFmpegError as e:
-            raise ValueError(f"cannot decode {path}: {e}") from None
+            raise ValueError(f"cannot decode {path}: {_words(e)}") from None
     raise ValueError(f"{path}: no frame could be decoded")
 
 
@@ -232,7 +237,7 @@ def read_video(path, fps: float | None = None, max_frames: int | None = None, ta
                     if len(got) == len(needed):
                         break
         except av.FFmpegError as e:
-            raise ValueError(f"cannot decode {path}: {e}") from None
+            raise ValueError(f"cannot decode {path}: {_words(e)}") from None
     lost = sorted(needed - set(got))
     if lost:
         raise ValueError(f"{path}: {len(lost)} frames could not be decoded (first at t={float((lost[0] - t0) * tb):.3f}s); "

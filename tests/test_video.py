@@ -472,3 +472,14 @@ def test_a_writer_that_cannot_finish_leaves_no_file(tmp_path, monkeypatch):
     w = VideoWriter(tmp_path / "c.mp4", 24)
     w.write(torch.rand(4, 16, 16, 3))
     assert w.keep() == tmp_path / "c.mp4" and w.interrupted and video.read_video(tmp_path / "c.mp4").shape[0] == 4
+
+
+def test_a_file_that_is_no_image_is_said_in_words(tmp_path):
+    """FFmpeg's message without its error number ('[Errno 1094995529] Invalid data ...' was shown)."""
+    from magi_core.video import read_image
+
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    with pytest.raises(ValueError, match=r"cannot open .*notes.png as an image or video: [A-Z]") as e:
+        read_image(bad)
+    assert "Errno" not in str(e.value)
