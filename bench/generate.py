@@ -79,9 +79,6 @@ def main():
     a = ap.parse_args()
     torch.manual_seed(0)  # the random T5 and its prompt: the same in every run (--save-latents comparisons)
     dev = torch.device(a.device)
-    if a.mem_cap_gib and dev.type == "cuda":
-        total = torch.cuda.get_device_properties(dev).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, a.mem_cap_gib * 2**30 / total), dev)
     name = a.size if a.variant == "base" else f"{a.size}-{a.variant}"
     cfg = preset(name)
     t5_s = None
@@ -102,6 +99,10 @@ def main():
         torch.cuda.empty_cache()
     else:
         dit = rt.apply(init_random_(build_dit(cfg), seed=0, device=rt.load_device))
+    if a.mem_cap_gib and dev.type == "cuda":  # after the random weights were drawn on the GPU (a checkpoint loads
+        total = torch.cuda.get_device_properties(dev).total_memory  # to the host and streams; no GPU copy)
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(min(1.0, a.mem_cap_gib * 2**30 / total), torch.cuda.current_device())
     vae = None
     if a.decode:
         from magi_core.vae import VAE_PRESETS, ViTVAE

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from . import interrupts
+from . import startup
 
 
 @dataclass
@@ -150,8 +150,8 @@ def main(argv=None) -> int:
         return 2
     try:
         if args.command not in LAZY_COMMANDS:  # (a lazy command takes held signals itself, after its imports)
-            import torch  # noqa: F401 -- while Ctrl-C is held (magi_core/interrupts.py)
-            signum = interrupts.take()
+            import torch  # noqa: F401 -- while Ctrl-C is held (magi_core/startup.py)
+            signum = startup.take()
             if signum:
                 print("\ninterrupted: nothing written", file=sys.stderr)
                 return 128 + signum
@@ -165,7 +165,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    interrupts.hold()  # until the command's libraries are imported (magi_core/interrupts.py)
+    startup.allocator_defaults()
+    startup.hold()  # until the command's libraries are imported (magi_core/startup.py)
     try:
         sys.exit(main())
     except KeyboardInterrupt:  # Ctrl-C before a command took over its signals: nothing was made yet

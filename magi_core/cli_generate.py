@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from . import interrupts
+from . import startup
 from .settings import FPS_MAX, FPS_MIN, DiTRuntime, SamplingSettings
 from .kernels import attention_fp8
 from .kernels.attention import FP8
@@ -461,9 +461,9 @@ def _whole():
 def _stoppable():
     """Ctrl-C or SIGTERM stops the run (Stopped; the finished chunks are kept, the temporary file removed). Once
     one did, both stay ignored after the block too: a second Ctrl-C cannot break the saving or the exit. One
-    that came while the command line was starting (magi_core/interrupts.py) stops it on entry."""
+    that came while the command line was starting (magi_core/startup.py) stops it on entry."""
     _stopped.clear()
-    held = interrupts.take()
+    held = startup.take()
     with _signals(_raise_stopped, restore=lambda old: signal.SIG_IGN if _stopped else old):
         if held:
             _raise_stopped(held, None)
@@ -561,7 +561,7 @@ def run(a) -> int:
     from .pipeline import sample
     from .video import VideoWriter
 
-    interrupts.import_libraries()  # while a Ctrl-C is still held (magi_core/__main__.py)
+    startup.import_libraries()  # while a Ctrl-C is still held (magi_core/__main__.py)
     with tempfile.TemporaryDirectory() as tmp:
         if a.demo:
             use_demo(a, tmp)

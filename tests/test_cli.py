@@ -495,3 +495,22 @@ def test_no_option_hint_after_a_double_dash():
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "unrecognized arguments: --json" in r.stderr and "did you mean" not in r.stderr, \
         r.stderr
+
+
+@pytest.mark.parametrize("user", [None, "PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"])
+def test_the_command_line_uses_expandable_segments_unless_the_user_chose(user):
+    """`python -m magi_core` sets PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True before torch allocates (24B with
+    block swap under a 22 GiB cap ran out of memory from fragmentation without it, BENCHMARKS.md session 8); an
+    allocator setting of the user's, under either name, is left as it is."""
+    code = ("import os, runpy, sys\nsys.argv = ['magi_core', '--help']\ntry:\n"
+            "    runpy.run_module('magi_core', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print(os.environ.get('PYTORCH_ALLOC_CONF'), os.environ.get('PYTORCH_CUDA_ALLOC_CONF'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")}
+    if user:
+        env[user] = "backend:native"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = r.stdout.splitlines()[-1].split()
+    want = {None: ["None", "expandable_segments:True"], "PYTORCH_ALLOC_CONF": ["backend:native", "None"],
+            "PYTORCH_CUDA_ALLOC_CONF": ["None", "backend:native"]}[user]
+    assert got == want, r.stdout

@@ -35,6 +35,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from ..startup import allocator_defaults
 from ._bootstrap import sanitize_env
 from .ulysses import check_cp_size, enable_context_parallel
 
@@ -146,4 +147,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    allocator_defaults()  # before any CUDA allocation (each torchrun rank)
     sys.exit(main())

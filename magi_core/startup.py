@@ -1,4 +1,5 @@
-"""Ctrl-C and SIGTERM while `python -m magi_core` starts: held until the libraries are imported.
+"""What the command lines do before torch starts: hold Ctrl-C and SIGTERM until the libraries are imported,
+and choose the CUDA allocator's settings.
 
 A KeyboardInterrupt raised inside an import can be swallowed by a library (the run then goes on as if nothing
 happened) or leave a module half-initialized (the next use fails with an unrelated traceback: numpy without
@@ -8,6 +9,7 @@ as if it had come just then: "interrupted: nothing written", exit code 128 + the
 """
 from __future__ import annotations
 
+import os
 import signal
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -48,3 +50,15 @@ def import_libraries():
         from transformers import T5Config, T5EncoderModel  # noqa: F401 -- transformers imports these lazily
     except ImportError:
         pass
+
+
+def allocator_defaults(env=None):
+    """The command lines' CUDA allocator (python -m magi_core, torchrun's parallel.run): expandable segments,
+    unless the user configured the allocator (PYTORCH_ALLOC_CONF or its older name). Block-swapped 24B-distill at
+    720x720 under a 22 GiB cap ran out of memory with 7.6 GiB reserved but unused (fragmentation), and ran with
+    them: 18.1 GiB allocated, 22.0 GiB reserved (H100, BENCHMARKS.md session 8). CUDA reads the setting at its
+    first allocation: call this before anything runs."""
+    env = os.environ if env is None else env
+    if not any(env.get(k) for k in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")):
+        env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+    return env
