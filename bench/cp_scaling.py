@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import magi_core  # noqa: E402,F401
+from magi_core import startup  # noqa: E402
 from magi_core.config import preset  # noqa: E402
 from magi_core.dit import build_dit, init_random_  # noqa: E402
 from magi_core.parallel.run import init_distributed  # noqa: E402
@@ -66,6 +67,7 @@ def main():
                          "stand for 24 GB cards")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
+    startup.allocator_defaults()  # as the command lines set it (before the first CUDA allocation)
 
     dev = init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import magi_core  # noqa: E402,F401
+from magi_core import startup  # noqa: E402
 from magi_core.config import preset  # noqa: E402
 from magi_core.dit import build_dit, init_random_  # noqa: E402
 from magi_core.pipeline import PromptEmbeds, chunk_count, decode_chunk, sample  # noqa: E402
@@ -77,6 +78,7 @@ def main():
     ap.add_argument("--warmup", action="store_true",
                     help="run a short 2-chunk generation first (compiles, cuDNN plans) and report it apart")
     a = ap.parse_args()
+    startup.allocator_defaults()  # as the command lines set it (before the first CUDA allocation)
     torch.manual_seed(0)  # the random T5 and its prompt: the same in every run (--save-latents comparisons)
     dev = torch.device(a.device)
     name = a.size if a.variant == "base" else f"{a.size}-{a.variant}"
