@@ -150,10 +150,11 @@ def main(argv=None) -> int:
         return 2
     try:
         if args.command not in LAZY_COMMANDS:  # (a lazy command takes held signals itself, after its imports)
-            import torch  # noqa: F401 -- while Ctrl-C is held (magi_core/startup.py)
-            signum = startup.take()
+            from . import checkpoint  # noqa: F401 -- torch, safetensors, numpy: while Ctrl-C is held (startup.py)
+
+            signum = startup.release()
             if signum:
-                print("\ninterrupted: nothing written", file=sys.stderr)
+                print(f"\n{startup.stopped_by(signum)}: nothing written", file=sys.stderr)
                 return 128 + signum
         return commands[args.command].run(args)
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
@@ -169,6 +170,6 @@ if __name__ == "__main__":
     startup.hold()  # until the command's libraries are imported (magi_core/startup.py)
     try:
         sys.exit(main())
-    except KeyboardInterrupt:  # Ctrl-C before a command took over its signals: nothing was made yet
+    except KeyboardInterrupt:  # Ctrl-C twice while starting, or during inspect (convert removes its .part file)
         print("\ninterrupted: nothing written", file=sys.stderr)
         sys.exit(130)

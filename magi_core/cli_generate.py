@@ -430,7 +430,7 @@ def _raise_stopped(signum, _frame):
 
 
 @contextlib.contextmanager
-def _signals(handler, signums=_STOP_SIGNALS, restore=lambda old: old):
+def _signals(handler, signums=_STOP_SIGNALS, restore=lambda signum, old: old):
     """The block runs with `handler` for these signals, then each gets restore(its old handler) (main thread
     only: elsewhere Python cannot set handlers, and the block runs as it is)."""
     try:
@@ -442,7 +442,7 @@ def _signals(handler, signums=_STOP_SIGNALS, restore=lambda old: old):
         yield
     finally:
         for s, h in old.items():
-            signal.signal(s, restore(h))
+            signal.signal(s, restore(s, h))
 
 
 @contextlib.contextmanager
@@ -463,8 +463,8 @@ def _stoppable():
     one did, both stay ignored after the block too: a second Ctrl-C cannot break the saving or the exit. One
     that came while the command line was starting (magi_core/startup.py) stops it on entry."""
     _stopped.clear()
-    held = startup.take()
-    with _signals(_raise_stopped, restore=lambda old: signal.SIG_IGN if _stopped else old):
+    with _signals(_raise_stopped, restore=lambda s, old: signal.SIG_IGN if _stopped else startup.original(s, old)):
+        held = startup.take()  # after _raise_stopped is in: a signal recorded until then is not lost
         if held:
             _raise_stopped(held, None)
         yield
@@ -583,7 +583,7 @@ def run(a) -> int:
                 write_chunks(job, chunks, vae, writer, _log_line)
         except KeyboardInterrupt as e:
             signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
-            how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+            how = startup.stopped_by(signum)
             path, said = _save(writer)
             if path is None and not writer.frames_written:
                 said = f"before the first chunk finished: nothing written{untouched}"

@@ -11,30 +11,50 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+ALLOC_VARS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF")
 
-_held: list = []
-_holding = False
+_held: list = []  # signals that came while holding
+_originals: dict = {}  # the handlers hold() replaced (an inherited "ignore" included)
+
+
+def _record(signum, _frame):
+    if _held:  # a second one while holding (a slow or stuck import): act on it now
+        release()
+        raise KeyboardInterrupt
+    _held.append(signum)
 
 
 def hold():
-    """From now on Ctrl-C and SIGTERM are recorded, not acted on (main thread, at the start of the command line)."""
-    global _holding
-    for s in STOP_SIGNALS:
-        signal.signal(s, lambda signum, _frame: _held.append(signum))
-    _holding = True
+    """From now on Ctrl-C and SIGTERM are recorded, not acted on (main thread, at the start of the command line);
+    a second one stops at once (KeyboardInterrupt)."""
+    _originals.update({s: signal.signal(s, _record) for s in STOP_SIGNALS})
 
 
 def take() -> int | None:
-    """The first signal held since `hold` (None if none came, or nothing was held); the default handlers are back."""
-    global _holding
-    if not _holding:
-        return None
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _holding = False
+    """The first signal held since `hold` (None if none came); call it once the caller's own handlers are in
+    (none is lost in between: until then they are still recorded)."""
     return _held.pop(0) if _held else None
+
+
+def release() -> int | None:
+    """`take` for a command without handlers of its own: the handlers hold() replaced are back first."""
+    for s, handler in _originals.items():
+        if signal.getsignal(s) is _record:
+            signal.signal(s, handler)
+    return take()
+
+
+def original(signum: int, handler):
+    """handler, or, if it is hold()'s recorder, the handler hold() replaced (what a block restores after it)."""
+    return _originals.get(signum, signal.SIG_DFL) if handler is _record else handler
+
+
+def stopped_by(signum: int) -> str:
+    """How an interrupted command says it stopped: 'interrupted' (Ctrl-C) or 'stopped by SIGTERM'."""
+    return "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
 
 
 def import_libraries():
@@ -54,11 +74,12 @@ def import_libraries():
 
 def allocator_defaults(env=None):
     """The command lines' CUDA allocator (python -m magi_core, torchrun's parallel.run): expandable segments,
-    unless the user configured the allocator (PYTORCH_ALLOC_CONF or its older name). Block-swapped 24B-distill at
-    720x720 under a 22 GiB cap ran out of memory with 7.6 GiB reserved but unused (fragmentation), and ran with
-    them: 18.1 GiB allocated, 22.0 GiB reserved (H100, BENCHMARKS.md session 8). CUDA reads the setting at its
-    first allocation: call this before anything runs."""
+    unless the user configured the allocator (PYTORCH_ALLOC_CONF, or its older names for CUDA and ROCm). Block-
+    swapped 24B-distill at 720x720 under a 22 GiB cap ran out of memory with 7.6 GiB reserved but unused
+    (fragmentation), and ran with them: 18.1 GiB allocated, 22.0 GiB reserved (H100, BENCHMARKS.md session 8).
+    Linux only (elsewhere torch does not support them and says so). torch reads the setting when CUDA first
+    allocates: call this before anything runs. The older name is used because every torch version reads it."""
     env = os.environ if env is None else env
-    if not any(env.get(k) for k in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")):
+    if sys.platform.startswith("linux") and not any(env.get(k) for k in ALLOC_VARS):
         env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
     return env

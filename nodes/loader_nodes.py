@@ -13,7 +13,8 @@ from .model_files import default_special_tokens, identity, resolve, scan, size_o
 from .types import CATEGORY, PACK_ASSET_TOKENS, MagiModel, MagiT5, MagiVAE, comfy_t5_tokenizer, roots
 
 BLOCK_SWAP_MAX = 64  # the 24B model has 48 layers; the model's own count is checked too
-_OFFICIAL_DIT = re.compile(r"(4\.5B|24B)_(base|distill|distill_quant)")  # install.py's folders under models/magi
+# size and variant in a model's name: install.py's folders (24B_distill_quant) and convert's files (magi1_24B_distill)
+_SIZE_VARIANT = re.compile(r"(4\.5B|24B)[_-](base|distill(?:[_-](?:quant|fp8))?)", re.IGNORECASE)
 
 
 def missing_hint(kind: str, value) -> str:
@@ -21,10 +22,13 @@ def missing_hint(kind: str, value) -> str:
     model where the name is one of its folders (python install.py --list), else where such files go."""
     name = str(value).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
     if kind == "dit":
-        m = _OFFICIAL_DIT.fullmatch(name)
-        item = f"{m[1]}-{m[2].replace('distill_quant', 'distill-fp8')}" if m else "4.5B-distill"
-        return (f"python install.py --download {item} puts the official weights in models/magi; a converted "
-                f"single file goes in models/diffusion_models")
+        m = _SIZE_VARIANT.search(name)
+        if not m:
+            return ("python install.py --download NAME puts official weights in models/magi (names: python "
+                    "install.py --list); a single-file DiT goes in models/diffusion_models")
+        size, variant = m[1].replace("b", "B"), m[2].lower().replace("_", "-").replace("quant", "fp8")
+        return (f"python install.py --download {size}-{variant} puts the official weights in models/magi; a "
+                f"converted single file goes in models/diffusion_models")
     if kind == "vae":
         return "python install.py --download vae puts the official VAE in models/magi/vae (a single file: models/vae)"
     return ("python install.py --download t5 puts the official t5-v1_1-xxl folder in models/text_encoders; a "

@@ -439,6 +439,27 @@ def test_convert_records_variant_and_streams(tiny_models, tmp_path):
     assert src.is_dir() and not (out.parent / "renamed.safetensors.part").exists()
 
 
+def test_an_interrupted_convert_leaves_no_part_file(tiny_models, tmp_path, monkeypatch):
+    """Ctrl-C while the merged file is written: the .part file is removed, an earlier output left as it was."""
+    from magi_core.checkpoint import write
+
+    model, _ = tiny_models["tiny-distill-fp8"]
+    C.save_official(model, tmp_path / "4.5B_distill_quant", "distill-fp8", shards=2)
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"an earlier file")
+    real = write._iter_bytes
+
+    def interrupted(*a, **kw):
+        for i, piece in enumerate(real(*a, **kw)):
+            if i == 1:
+                raise KeyboardInterrupt
+            yield piece
+    monkeypatch.setattr(write, "_iter_bytes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        C.convert(tmp_path / "4.5B_distill_quant", out)
+    assert not (tmp_path / "out.safetensors.part").exists() and out.read_bytes() == b"an earlier file"
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("zst", [False, True])
 def test_load_straight_to_cuda(tiny_models, tmp_path, zst):

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from magi_core.video import read_video, write_mp4
-from magi_core import cli_generate
+from magi_core import cli_generate, startup
 
 ROOT = Path(__file__).resolve().parents[1]
 LOADERS = {"load_dit", "load_vae", "load_models", "_read_shard", "load_file"}  # functions that read weights
@@ -412,6 +412,45 @@ def test_an_interrupt_while_starting_stops_cleanly(models, tmp_path, signum, del
     assert said in err and ("nothing written" in err or "kept the finished chunks" in err), err
 
 
+def test_signals_held_while_starting_are_recorded_once_and_a_second_stops_at_once():
+    """magi_core/startup.py in this process: a held Ctrl-C is recorded (no KeyboardInterrupt inside an import),
+    taken once; a second while holding raises at once; release() puts back what hold() replaced, an inherited
+    'ignore' included."""
+
+    before = {s: signal.getsignal(s) for s in startup.STOP_SIGNALS}
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # e.g. a background job of a script
+        startup.hold()
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        assert startup.take() == signal.SIGINT and startup.take() is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        with pytest.raises(KeyboardInterrupt):  # the second one
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # put back, not the default
+        assert signal.getsignal(signal.SIGINT) is before[signal.SIGINT]
+        startup.hold()
+        assert startup.original(signal.SIGTERM, signal.getsignal(signal.SIGTERM)) is signal.SIG_IGN
+        assert startup.release() is None and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        startup._held.clear()
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
+def test_inspect_stopped_while_starting_says_so(tmp_path):
+    """SIGTERM while `inspect` imports torch: its own words and exit code, no traceback, no silent kill."""
+    proc = subprocess.Popen([sys.executable, "-m", "magi_core", "inspect", "tiny", "--brief"], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM: nothing written" in err, (proc.returncode, err)
+    assert "Traceback" not in err
+
+
 def _peak_rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
@@ -505,7 +544,7 @@ def test_the_command_line_uses_expandable_segments_unless_the_user_chose(user):
     code = ("import os, runpy, sys\nsys.argv = ['magi_core', '--help']\ntry:\n"
             "    runpy.run_module('magi_core', run_name='__main__')\nexcept SystemExit:\n    pass\n"
             "print(os.environ.get('PYTORCH_ALLOC_CONF'), os.environ.get('PYTORCH_CUDA_ALLOC_CONF'))")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")}
+    env = {k: v for k, v in os.environ.items() if k not in startup.ALLOC_VARS}
     if user:
         env[user] = "backend:native"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
@@ -514,3 +553,14 @@ def test_the_command_line_uses_expandable_segments_unless_the_user_chose(user):
     want = {None: ["None", "expandable_segments:True"], "PYTORCH_ALLOC_CONF": ["backend:native", "None"],
             "PYTORCH_CUDA_ALLOC_CONF": ["None", "backend:native"]}[user]
     assert got == want, r.stdout
+
+
+def test_torchrun_ranks_get_expandable_segments_after_comfyuis_backend_is_dropped():
+    """A `backend:cudaMallocAsync` inherited from ComfyUI is dropped for torchrun ranks (parallel/_bootstrap.py);
+    what is left unset then gets the command line's default, not nothing; a ROCm user's setting counts as a choice."""
+    from magi_core.parallel._bootstrap import sanitize_env
+
+    env = startup.allocator_defaults(sanitize_env({"PYTORCH_CUDA_ALLOC_CONF": "backend:cudaMallocAsync"}))
+    assert env["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    assert startup.allocator_defaults({"PYTORCH_HIP_ALLOC_CONF": "garbage_collection_threshold:0.8"}) == {
+        "PYTORCH_HIP_ALLOC_CONF": "garbage_collection_threshold:0.8"}

@@ -499,8 +499,9 @@ def test_encode_node_gives_the_command_line_inputs():
 
 # ----------------------------------------------------------------------------- bad inputs
 @pytest.mark.parametrize("node, field, value, needle", [
-    ("MagiDiTLoader", "model", "nope", "python install.py --download 4.5B-distill puts the official weights in models/magi"),
+    ("MagiDiTLoader", "model", "nope", "python install.py --download NAME puts official weights in models/magi (names: python install.py --list)"),
     ("MagiDiTLoader", "model", "24B_distill_quant", "python install.py --download 24B-distill-fp8 "),
+    ("MagiDiTLoader", "model", "magi1_24B_distill.safetensors", "python install.py --download 24B-distill "),  # convert's name
     ("MagiDiTLoader", "block_swap", 65, "Value 65 bigger than max of 64"),  # ComfyUI's own check
     ("MagiVAELoader", "vae", "nope", "python install.py --download vae puts the official VAE in models/magi/vae"),
     ("MagiT5Loader", "t5", "nope", "python install.py --download t5 puts the official t5-v1_1-xxl folder in models/text_encoders"),
@@ -509,11 +510,12 @@ def test_bad_values_are_rejected_at_queue_time_once_on_their_input(server, node,
     """One error, attached to the input it is about (ComfyUI attaches validate_inputs' answer to every input the
     method takes: the DiT loader's used to show the same error 8 times). A missing official model names the
     install.py download of that very model (the 24B workflow's used to suggest the 4.5B one)."""
-    if "install.py --download" in needle:  # a name install.py really has, where it puts what the node looks for
+    item = needle.split("--download ")[1].split()[0] if "--download" in needle else "NAME"
+    if item != "NAME":  # a name install.py really has; an official folder's name is where install.py puts it
         listing = subprocess.run([sys.executable, "install.py", "--list"], cwd=ROOT, capture_output=True, text=True)
-        item = needle.split("--download ")[1].split()[0]
-        dest = {"vae": "magi/vae", "t5": "text_encoders/t5-v1_1-xxl"}.get(item, value)
-        assert any(line.split()[:1] == [item] and (value == "nope" or line.rstrip().endswith("/" + dest))
+        dest = {"vae": "magi/vae", "t5": "text_encoders/t5-v1_1-xxl"}.get(item, "magi/" + value)
+        assert any(line.split()[:1] == [item] and (value in ("nope", "magi1_24B_distill.safetensors")
+                                                   or line.rstrip().endswith("/" + dest))
                    for line in listing.stdout.splitlines()), listing.stdout
     prompt = tiny(api_twin("magi1_t2v"))
     nid = node_of(prompt, node)

@@ -454,9 +454,13 @@ def test_times_inside_a_chunk_are_reported_where_the_prompt_really_changes():
         ("3-1: a", 4, "ends before it starts"),
         ("0-1: a\n2: b", 2, "line 2 '2' starts at chunk 2"),  # a one-chunk line quoted as written (was '2-2')
         # a time rounded past the end says so (the note about rounding used to come only with a run that worked)
-        ("0s-1.5s: a\n1.5s-: b", 2, r"line 2 '1.5s-' starts at chunk 2 \(1.5s is rounded to 2s, the nearest chunk "
-                                    r"boundary: a chunk lasts 1 s at 24 fps\), but the video has only 2 chunks"),
+        ("0s-1.5s: a\n1.5s-: b", 2, r"line 2 '1.5s-' starts at chunk 2 \(1.5s is rounded to 2s: the nearest chunk "
+                                    r"boundary; a chunk lasts 1 s at 24 fps\), but the video has only 2 chunks"),
         ("0s-0.4s: a\n0.4s-: b", 3, r"line 1 '0s-0.4s' covers no chunk \(chunks 0..-1\) \(0.4s is rounded to 0s"),
+        ("0s-2.6s: a\n2.6s-3.2s: b", 2, r"'0s-2.6s' covers chunks 0..2 \(2.6s is rounded to 3s: the nearest chunk "
+                                       r"boundary; a chunk lasts 1 s at 24 fps\), but"),  # only the end that matters
+        ("0: a\n0.4s-: b", 3, r"overlap at chunk 0 \(0.4s is rounded to 0s: the nearest chunk boundary"),
+        ("0: a\n1.6s-: b", 3, r"nothing covers chunk\(s\) 1 \(the video has chunks 0..2\) \(1.6s is rounded to 2s"),
     ],
 )
 def test_schedule_errors(text, n, message):
@@ -560,7 +564,7 @@ def test_encode_prompts_checks_every_prompt_before_encoding(bs4):
     got = encode_prompts(enc, "0: a fox 狐\n1-: a bird")
     assert enc.calls == ["a fox 狐", "a bird"]
     (w,) = got.warnings
-    assert w.startswith("prompt schedule line 1 '0-0': MAGI-1's caption cleaner deletes Chinese") and "'狐'" in w
+    assert w.startswith("prompt schedule line 1 '0': MAGI-1's caption cleaner deletes Chinese") and "'狐'" in w
     assert encode_prompts(enc, "a bird").warnings == []
 
 

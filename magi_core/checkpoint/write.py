@@ -38,11 +38,15 @@ def convert(src, out_file, variant: str | None = None, cfg: DiTConfig | None = N
         meta["magi1.variant"] = cfg.variant()  # recorded only when known, not when guessed
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name(out_file.name + ".part")
-    with open(tmp, "wb") as f:
-        _write_safetensors_header(f, entries, meta)
-        for shard, raws in plan:
-            for _, piece in _iter_bytes(shard, raws, chunk=64 << 20):
-                f.write(piece)
+    try:
+        with open(tmp, "wb") as f:
+            _write_safetensors_header(f, entries, meta)
+            for shard, raws in plan:
+                for _, piece in _iter_bytes(shard, raws, chunk=64 << 20):
+                    f.write(piece)
+    except BaseException:  # Ctrl-C, a full disk: no half-written file left behind (out_file is untouched)
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, out_file)
     return dict(size=det.size, variant=cfg.variant(), num_tensors=len(entries), path=str(out_file),
                 bytes=out_file.stat().st_size)

@@ -147,5 +147,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    allocator_defaults()  # before any CUDA allocation (each torchrun rank)
+    allocator_defaults(sanitize_env())  # before any CUDA allocation (each torchrun rank), after a `backend:` is dropped
     sys.exit(main())

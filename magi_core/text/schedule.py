@@ -86,16 +86,11 @@ class PromptRange:
             return f"{where}'{self.start:g}'"
         return f"{where}'{self.start:g}{unit}-{end}'"
 
-    def rounding(self, fps: float, frames_per_chunk: int | None = None) -> str:
-        """' (1.5s is at 2s, the nearest chunk boundary: ...)' for this range's times that fall inside a chunk,
-        else '': said with the errors that rounding caused."""
-        notes = []
-        for t in ((self.start, self.end) if self.seconds else ()):
-            moved = _moved(t, fps, frames_per_chunk)
-            if moved:
-                notes.append(f"{t:g}s is rounded to {moved[0]:.4g}s, the nearest chunk boundary: a chunk lasts "
-                             f"{moved[1]:.4g} s at {fps:g} fps")
-        return f" ({'; '.join(notes)})" if notes else ""
+    def rounding(self, fps: float, frames_per_chunk: int | None = None, ends: str = "start end") -> str:
+        """' (1.5s is rounded to 2s: the nearest chunk boundary; ...)' for this range's times among `ends` that fall
+        inside a chunk, else '': said with the errors that rounding caused."""
+        times = [t for name, t in (("start", self.start), ("end", self.end)) if name in ends.split()]
+        return _rounding(times if self.seconds else [], fps, frames_per_chunk)
 
 
 @dataclass(frozen=True)
@@ -175,11 +170,11 @@ class PromptSchedule:
         for r, (first, stop) in zip(self.ranges, bounds):
             if first >= n_chunks:
                 raise ValueError(f"prompt schedule {r.describe()} starts at chunk {first}"
-                                 f"{r.rounding(fps, frames_per_chunk)}, but {has}: start it earlier {longer}")
+                                 f"{r.rounding(fps, frames_per_chunk, 'start')}, but {has}: start it earlier {longer}")
             if stop > n_chunks:
                 raise ValueError(f"prompt schedule {r.describe()} covers chunks {first}..{stop - 1}"
-                                 f"{r.rounding(fps, frames_per_chunk)}, but {has}: shorten the range, end it with '-' "
-                                 f"to run to the end, {longer}")
+                                 f"{r.rounding(fps, frames_per_chunk, 'end')}, but {has}: shorten the range, end it "
+                                 f"with '-' to run to the end, {longer}")
         self.check()
         owner: list[PromptRange | None] = [None] * n_chunks
         for r, (first, stop) in zip(self.ranges, bounds):
@@ -188,17 +183,32 @@ class PromptSchedule:
                                  f"{r.rounding(fps, frames_per_chunk)}")
             for c in range(first, stop):
                 if owner[c] is not None:
-                    raise ValueError(
-                        f"prompt schedule ranges {owner[c].describe()} and {r.describe()} overlap at chunk {c}"
-                    )
+                    times = [t for q in (owner[c], r) if q.seconds for t in (q.start, q.end)]
+                    raise ValueError(f"prompt schedule ranges {owner[c].describe()} and {r.describe()} overlap at "
+                                     f"chunk {c}{_rounding(times, fps, frames_per_chunk)}")
                 owner[c] = r
         gaps = [c for c, r in enumerate(owner) if r is None]
         if gaps:
+            times = [t for q in self.ranges if q.seconds for t in (q.start, q.end)]
             raise ValueError(
-                f"prompt schedule: nothing covers chunk(s) {_spans(gaps)} (the video has chunks 0..{n_chunks - 1}); "
-                "cover every chunk (end the last range with '-' to run it to the end)"
+                f"prompt schedule: nothing covers chunk(s) {_spans(gaps)} (the video has chunks 0..{n_chunks - 1})"
+                f"{_rounding(times, fps, frames_per_chunk)}; cover every chunk (end the last range with '-' to run "
+                "it to the end)"
             )
         return [r.prompt for r in owner]
+
+
+def _rounding(times, fps: float, frames_per_chunk: int | None) -> str:
+    """' (1.5s is rounded to 2s, 2.6s to 3s: the nearest chunk boundaries; a chunk lasts 1 s at 24 fps)' for the
+    times that fall inside a chunk, '' if none does."""
+    moved = {t: _moved(t, fps, frames_per_chunk) for t in times}
+    moved = {t: m for t, m in moved.items() if m}
+    if not moved:
+        return ""
+    parts = [f"{t:g}s {'is rounded ' if i == 0 else ''}to {m[0]:.4g}s" for i, (t, m) in enumerate(moved.items())]
+    chunk_s = next(iter(moved.values()))[1]
+    nearest = "the nearest chunk boundary" if len(parts) == 1 else "the nearest chunk boundaries"
+    return f" ({', '.join(parts)}: {nearest}; a chunk lasts {chunk_s:.4g} s at {fps:g} fps)"
 
 
 def _moved(t, fps: float, frames_per_chunk: int | None) -> tuple[float, float] | None:
