@@ -197,17 +197,25 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the plan offline, download nothing")
     ap.add_argument("--list", action="store_true", help="list what can be downloaded")
     a = ap.parse_args(argv)
-    clash = [f"{x} and {y}" for x, y, both in (
-        ("--skip-special-tokens", "--special-tokens", a.skip_special_tokens and a.special_tokens),
-        ("--list", "--download", a.list and a.download),
-        ("--list", "--dry-run", a.list and a.dry_run)) if both]
-    if clash:  # one of the two would be ignored
-        print(f"error: {clash[0]} contradict each other: give one of them", file=sys.stderr)
+    listed_with = [name for name, given in (("--download", a.download), ("--dry-run", a.dry_run),
+                                            ("--models-dir", a.models_dir), ("--no-vae", a.no_vae), ("--no-t5", a.no_t5),
+                                            ("--special-tokens", a.special_tokens),
+                                            ("--skip-special-tokens", a.skip_special_tokens)) if given]
+    if a.list and listed_with:  # it would be ignored
+        print(f"error: --list only lists the downloads: leave out {', '.join(listed_with)}", file=sys.stderr)
+        return 2
+    if a.skip_special_tokens and a.special_tokens:
+        print("error: --skip-special-tokens and --special-tokens contradict each other: give one of them",
+              file=sys.stderr)
         return 2
     if a.list:
         for name, (src, dst) in ITEMS.items():
             print(f"{name:18s} {REPO_ID}/{src} -> models/{dst}")
         return 0
+    if a.dry_run and a.special_tokens and not a.special_tokens.startswith(("http://", "https://")) \
+            and not Path(a.special_tokens).expanduser().is_file():
+        print(f"error: --special-tokens {a.special_tokens}: no such file", file=sys.stderr)
+        return 2
     if a.dry_run and not a.download:
         print("error: --dry-run shows what --download NAME would fetch: add --download (names: --list)",
               file=sys.stderr)

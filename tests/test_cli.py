@@ -331,7 +331,8 @@ def test_a_prefix_frames_longer_than_the_video_is_said(models, tmp_path):
     (["--download", "vae", "--dry-run"], 0, "nothing downloaded"),  # no ComfyUI around: a plan all the same
     # two options of which one would be ignored without a word
     (["--special-tokens", "t.npz"], 2, "error: --skip-special-tokens and --special-tokens contradict each other"),
-    (["--list", "--download", "vae"], 2, "error: --list and --download contradict each other"),
+    (["--list", "--download", "vae"], 2, "error: --list only lists the downloads: leave out --download, "
+                                         "--skip-special-tokens"),
 ])
 def test_install_mistakes_exit_2_and_a_dry_run_needs_no_comfyui(tmp_path, args, rc, needle):
     pack = tmp_path / "pack"  # a clone outside ComfyUI/custom_nodes
@@ -340,6 +341,12 @@ def test_install_mistakes_exit_2_and_a_dry_run_needs_no_comfyui(tmp_path, args, 
     r = subprocess.run([sys.executable, "install.py", "--skip-special-tokens", *args], cwd=pack, capture_output=True,
                        text=True, timeout=60, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert r.returncode == rc and needle in r.stdout + r.stderr and "Traceback" not in r.stderr, r.stdout + r.stderr
+
+
+def test_install_dry_run_checks_a_special_tokens_file(tmp_path):
+    r = subprocess.run([sys.executable, "install.py", "--download", "vae", "--dry-run", "--models-dir", str(tmp_path),
+                        "--special-tokens", "/nonexistent/t.npz"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--special-tokens /nonexistent/t.npz: no such file" in r.stderr, r.stderr
 
 
 def test_install_dry_run_is_offline(tmp_path):

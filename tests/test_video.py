@@ -483,3 +483,12 @@ def test_a_file_that_is_no_image_is_said_in_words(tmp_path):
     with pytest.raises(ValueError, match=r"cannot (open|decode) .*notes.png(| as an image or video): [A-Z]") as e:
         read_image(bad)
     assert "Errno" not in str(e.value)
+
+
+def test_a_file_ffmpeg_cannot_open_is_said_in_words(tmp_path):
+    """The open branch too: garbage bytes named .mp4 fail when FFmpeg opens them, not when it decodes."""
+    bad = tmp_path / "clip.mp4"
+    bad.write_bytes(b"\x00garbage" * 200)
+    with pytest.raises(ValueError, match=r"cannot open .*clip.mp4 as an image or video: [A-Z]") as e:
+        video.read_video(bad)
+    assert "Errno" not in str(e.value)
