@@ -571,6 +571,8 @@ def run(a) -> int:
         try:
             with _stoppable():
                 job = prepare(a)
+                with _whole():  # a Ctrl-C inside an import could be swallowed (magi_core/startup.py)
+                    startup.import_text_encoder()
                 for w in job.warnings:
                     print(f"warning: {w}", file=sys.stderr)
                 print("\n".join([f"generating {describe(job)}", *prompt_lines(job)]), flush=True)

@@ -58,17 +58,21 @@ def stopped_by(signum: int) -> str:
 
 
 def import_libraries():
-    """Import what a generation uses later (while signals are held): the T5 classes, video and file libraries."""
+    """Import the video and file libraries a generation uses later (fast; while signals are held)."""
     import importlib
 
-    for name in ("numpy", "av", "safetensors.torch", "sentencepiece", "tokenizers", "transformers"):
+    for name in ("numpy", "av", "safetensors.torch", "sentencepiece", "tokenizers"):
         try:
             importlib.import_module(name)
         except ImportError:  # said where it is needed, with what to install
             pass
+
+
+def import_text_encoder():
+    """Import transformers' T5 classes (about 2 s: after the options are checked, with signals deferred)."""
     try:
         from transformers import T5Config, T5EncoderModel  # noqa: F401 -- transformers imports these lazily
-    except ImportError:
+    except ImportError:  # said where it is needed, with what to install
         pass
 
 
