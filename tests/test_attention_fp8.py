@@ -532,3 +532,17 @@ def test_gpu_e4m3_queries_from_the_compiled_island_at_model_shapes():
     err, err_bf16_q = rel(out, ref), rel(range_attention(q, k, v, qr, kr, backend=FP8), ref)
     print(f"e4m3 queries: fp8 vs bf16 rel L2 {err:.3e} (bf16 queries quantized by the backend: {err_bf16_q:.3e})")
     assert err < 0.08 and err < 1.1 * err_bf16_q
+
+
+def test_the_one_time_check_covers_the_dits_e4m3_queries(with_fake, monkeypatch):
+    """attention._self_check (run once per GPU before fp8-approx is used) passes with a right backend and fails
+    when only the e4m3-query path is wrong (here: K's descale left out of the product's)."""
+    with_fake()
+    assert attention._self_check(FP8, "cpu")
+    real = attention_fp8.quantize_kv
+
+    def wrong(k, v, heads):
+        k8, v8, k_descale, o_scale, o_shift = real(k, v, heads)
+        return k8, v8, torch.ones_like(k_descale), o_scale, o_shift
+    monkeypatch.setattr(attention_fp8, "quantize_kv", wrong)
+    assert not attention._self_check(FP8, "cpu")
