@@ -11,7 +11,6 @@
 #   bash bench/gpu_session_s7.sh z   # P4b under a 22 GiB cap with decode; per-forward DiT error (24B)
 # Each step prints its wall time; results are JSON lines in $OUT/s7<part>.jsonl.
 source bench/gpu_env.sh s7 "$1"
-step() { local s=$SECONDS; eval "$1" 2>&1 | quiet | tail -n "${2:-1}"; echo "   [$((SECONDS - s)) s]"; }
 date -u
 if [ "$1" = x ]; then
   step "timeout 150 python3 -m pytest -m gpu -q -s -p no:cacheprovider tests/test_attention_fp8.py | grep -E 'rel L2|passed|failed|Error'" 12

@@ -5,6 +5,7 @@ import re
 
 from comfy_api.latest import io
 
+from magi_core.checkpoint.layout import parse_variant
 from magi_core.settings import DiTRuntime
 
 from . import choices, memory
@@ -26,9 +27,10 @@ def missing_hint(kind: str, value) -> str:
         if not m:
             return ("python install.py --download NAME puts official weights in models/magi (names: python "
                     "install.py --list); a single-file DiT goes in models/diffusion_models")
-        size, variant = m[1].replace("b", "B"), m[2].lower().replace("_", "-").replace("quant", "fp8")
-        return (f"python install.py --download {size}-{variant} puts the official weights in models/magi; a "
-                f"converted single file goes in models/diffusion_models")
+        fp8, distill = parse_variant(m[2])
+        item = f"{m[1].upper()}-{'distill' if distill else 'base'}{'-fp8' if fp8 else ''}"
+        return (f"python install.py --download {item} puts the official weights in models/magi; a converted "
+                f"single file goes in models/diffusion_models")
     if kind == "vae":
         return "python install.py --download vae puts the official VAE in models/magi/vae (a single file: models/vae)"
     return ("python install.py --download t5 puts the official t5-v1_1-xxl folder in models/text_encoders; a "
