@@ -4,7 +4,7 @@
   python bench/generate.py --size 4.5B --variant base --steps 64          # cfg 3 (three passes per step)
   add --decode for VAE decode of every chunk (random full-size VAE), --t5 for a random T5-XXL encode.
 Prints total time (T5 encode + DiT + VAE decode), DiT-only and decode time, time to the first finished chunk
-(T5 encode included), peak VRAM (from the start of sampling), DiT calls.
+(T5 encode included; with --warmup a warm encode), peak VRAM (from the start of sampling), DiT calls.
 """
 from __future__ import annotations
 
@@ -31,8 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_info, emit, model_args, runtime, sync  # noqa: E402
 
 
-def random_t5_encode(dev, n_tokens=100):
-    """Build a random T5-XXL encoder on the GPU and encode one 100-token prompt; returns (emb, mask, seconds)."""
+def random_t5_encode(dev, n_tokens=100, warm=False):
+    """Build a random T5-XXL encoder on the GPU and encode one 100-token prompt; returns (emb, mask, seconds of
+    the first encode, seconds of the encode that is reported: the first, or with `warm` a second one, as a
+    running ComfyUI server encodes a new prompt)."""
     from transformers import T5Config, T5EncoderModel
 
     cfg = T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
@@ -40,19 +42,21 @@ def random_t5_encode(dev, n_tokens=100):
     with torch.device(dev):
         t5 = T5EncoderModel(cfg).to(torch.bfloat16).eval()
     ids = torch.randint(0, 32000, (1, n_tokens), device=dev)
-    sync()
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        h = t5(input_ids=ids).last_hidden_state.float()
-    sync()
-    dt = time.perf_counter() - t0
+    times = []
+    for _ in range(2 if warm else 1):
+        sync()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            h = t5(input_ids=ids).last_hidden_state.float()
+        sync()
+        times.append(time.perf_counter() - t0)
     emb = torch.zeros(800, 4096)
     emb[:n_tokens] = h[0].cpu()
     mask = torch.zeros(800, dtype=torch.long)
     mask[:n_tokens] = 1
     del t5
     torch.cuda.empty_cache()
-    return emb, mask, dt
+    return emb, mask, times[0], times[-1]
 
 
 def main():
@@ -76,16 +80,24 @@ def main():
     ap.add_argument("--compile", action="store_true", help="torch.compile the element-wise islands")
     ap.add_argument("--early-first-chunk", action="store_true", help="P7: finish the first chunk first")
     ap.add_argument("--warmup", action="store_true",
-                    help="run a short 2-chunk generation first (compiles, cuDNN plans) and report it apart")
+                    help="run a short 2-chunk generation first (compiles, cuDNN plans) and report it apart; "
+                         "with --t5, time a second encode (the first is reported apart)")
+    ap.add_argument("--keep-copies", action="store_true",
+                    help="fast precision with the reference's distill copies of the first chunk (which fast drops): "
+                         "to time and compare what dropping them changes")
     a = ap.parse_args()
+    if a.keep_copies:
+        import magi_core.pipeline
+
+        magi_core.pipeline.without_redundant_copies = lambda plan: plan
     startup.allocator_defaults()  # as the command lines set it (before the first CUDA allocation)
     torch.manual_seed(0)  # the random T5 and its prompt: the same in every run (--save-latents comparisons)
     dev = torch.device(a.device)
     name = a.size if a.variant == "base" else f"{a.size}-{a.variant}"
     cfg = preset(name)
-    t5_s = None
-    if a.t5:
-        emb, mask, t5_s = random_t5_encode(dev)
+    t5_s = t5_first_s = None
+    if a.t5:  # with --warmup the reported encode is a second one (the first loads CUDA kernels: t5_first_encode_s)
+        emb, mask, t5_first_s, t5_s = random_t5_encode(dev, warm=a.warmup)
     else:
         emb = torch.randn(800, 4096) * 0.1
         mask = torch.zeros(800, dtype=torch.long)
@@ -157,8 +169,10 @@ def main():
         bench="generate", model=name, res=f"{a.height}x{a.width}", frames=a.frames, steps=a.steps,
         window=a.window, chunks=chunk_count(s)[0], dit_calls=calls["n"], precision=a.precision,
         backend=a.backend or "auto", compile=a.compile, early_first_chunk=a.early_first_chunk, decode=a.decode,
+        redundant_copies_dropped=a.precision == "fast" and not a.keep_copies,
         frames_out=frames, total_s=round(total + t5, 2), dit_s=round(total - decode_s, 2),
         decode_s=round(decode_s, 2), t5_encode_s=t5_s and round(t5_s, 3),
+        t5_first_encode_s=t5_first_s and round(t5_first_s, 3),
         first_chunk_s=round(first + t5, 2), first_chunk_decoded_s=first_decoded and round(first_decoded + t5, 2),
         warmup_s=warmup_s and round(warmup_s, 1), peak_GiB=round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev.type == "cuda" else None,
         peak_reserved_GiB=round(torch.cuda.max_memory_reserved() / 2**30, 2) if dev.type == "cuda" else None,

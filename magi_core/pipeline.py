@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .sampling import early_first_chunk, make_plan
+from .sampling import early_first_chunk, make_plan, without_redundant_copies
 from .sampling.executor import Caption, FinishedChunk, generate_chunks, make_noise
 from .sampling.schedule import num_chunks
 from .settings import SamplingSettings
@@ -157,6 +157,8 @@ def sample(dit, prompts: PromptEmbeds, s: SamplingSettings, prefix_latents: torc
     plan = make_plan(s, n, P)
     if s.early_first_chunk:
         plan = early_first_chunk(plan)
+    if dit.precision == "fast":  # the first chunk's distill copies repeat its own forward (README, Precision)
+        plan = without_redundant_copies(plan)
     device = next(dit.parameters()).device
     shape = (1, dit.cfg.vae_channels, n * CHUNK_WIDTH, s.height // 8, s.width // 8)
     # drawn on the device (the reference's random numbers there), kept in host memory: the executor copies each

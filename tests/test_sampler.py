@@ -1,11 +1,13 @@
 """Executor: equals a direct re-implementation of the reference sampler loop; streaming, cancel, prompts, memory."""
+from dataclasses import replace
+
 import pytest
 import torch
 
 import magi_core  # noqa: F401
 from magi_core.config import preset
 from magi_core.dit import KVCache, build_dit, init_random_
-from magi_core.sampling import early_first_chunk, t_grid
+from magi_core.sampling import early_first_chunk, t_grid, without_redundant_copies
 from plans import plan_for
 from magi_core.sampling.executor import Caption, Executor, SamplingCancelled, generate_chunks, make_noise
 
@@ -244,6 +246,79 @@ def test_early_first_chunk_keeps_the_prefix_chunks_it_still_needs():
     got = [c.latents for c in generate_chunks(model, early_first_chunk(plan), text, null, noise, prefix=prefix)]
     assert len(got) == len(ref) == 2
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got, ref))
+
+
+def _copies(plan):
+    return [(c.g, c.noisy[0].index, c.noisy[0].kv_range) for c in plan.calls if c.distill_copy is not None]
+
+
+def _without_copies(plan):
+    return tuple(replace(c, distill_copy=None) for c in plan.calls)
+
+
+@pytest.mark.parametrize("n,N,P,kvr,early", [(4, 16, 0, (5, 4, 3, 2), False), (4, 16, 0, (5, 4, 3, 2), True),
+                                              (3, 8, 1, (5, 4, 3, 2), False), (4, 8, 6, (5, 4, 3, 2), False),
+                                              (4, 8, 0, (1, 1, 1, 1), False), (4, 8, 12, (2, 1), True)])
+def test_redundant_copies_are_exactly_those_of_a_chunk_that_sees_only_itself(n, N, P, kvr, early):
+    """without_redundant_copies drops a distill copy only where the chunk it copies attends to itself alone
+    (then the copy repeats that chunk's own forward) and changes nothing else in the plan."""
+    plan = plan_for(n, N, prefix_latents=P, cfg_number=1, noise2clean_kvrange=kvr)
+    if early:
+        plan = early_first_chunk(plan)
+    fast = without_redundant_copies(plan)
+    kept, before = _copies(fast), _copies(plan)
+    dropped = [c for c in before if c not in kept]
+    assert all(kv == (i, i + 1) for _, i, kv in dropped) and all(kv != (i, i + 1) for _, i, kv in kept)
+    assert _without_copies(fast) == _without_copies(plan)  # nothing else changed
+    if P == 0 and kvr == (5, 4, 3, 2):  # t2v: chunk 0's copies (its steps after t > 0.3), and only those
+        assert dropped and {i for _, i, _ in dropped} == {0}
+    if P == 6:  # chunk 1 sees the whole prefix chunk 0: nothing is redundant
+        assert not dropped and before
+    if kvr == (1, 1, 1, 1):  # every chunk sees only itself: every copy repeats its chunk
+        assert before and not kept
+
+
+@pytest.mark.parametrize("P", [0, 1], ids=["t2v", "i2v"])
+def test_dropping_redundant_copies_changes_only_rounding(P):
+    """The generation without the first chunk's distill copies equals the reference's plan up to rounding (float64
+    DiT: the fp32 islands' rounding); dropping every copy instead (a chunk that sees other chunks too) is a
+    different generation."""
+    model = tiny_model("tiny-distill", torch.float64)
+    n = 3
+    text, null = captions(model, n)
+    noise = make_noise((1, 16, n * CW, 4, 4), seed=3, device="cpu")
+    prefix = torch.randn(1, 16, 1, 4, 4) if P else None
+    plan = plan_for(n, 8, prefix_latents=P, cfg_number=1)
+    fast = without_redundant_copies(plan)
+    assert _copies(fast) and len(_copies(fast)) < len(_copies(plan))
+    wrong = replace(plan, calls=_without_copies(plan))
+
+    def run(p):
+        return torch.cat([c.latents for c in generate_chunks(model, p, text, null, noise, prefix=prefix)], 2)
+
+    ref = run(plan)
+    rel = lambda x: float((x - ref).norm() / ref.norm())  # noqa: E731
+    assert rel(run(fast)) < 1e-5
+    assert rel(run(wrong)) > 1e-2
+
+
+@pytest.mark.parametrize("precision", ["fast", "exact"])
+def test_sample_drops_redundant_copies_in_fast_precision_only(monkeypatch, precision):
+    import magi_core.pipeline as pipeline
+    from magi_core.pipeline import PromptEmbeds
+    from magi_core.settings import SamplingSettings
+    from magi_core.text import PromptSchedule
+
+    model = tiny_model("tiny-distill").set_precision(precision)
+    seen = []
+    monkeypatch.setattr(pipeline, "generate_chunks", lambda dit, plan, *a, **k: seen.append(plan) or iter(()))
+    C = model.cfg.caption_channels
+    prompts = PromptEmbeds(PromptSchedule.single("p"), {"p": (torch.randn(8, C), torch.ones(8, dtype=torch.long))})
+    s = SamplingSettings(width=32, height=32, num_frames=72, steps=8, use_hq=False, use_duration=False)
+    list(pipeline.sample(model, prompts, s))
+    ref = plan_for(3, 8, cfg_number=1)
+    assert ref.calls[0].chunks == seen[0].calls[0].chunks  # the same video
+    assert _copies(seen[0]) == _copies(without_redundant_copies(ref) if precision == "fast" else ref)
 
 
 def test_streaming_order_and_equals_whole_run():
