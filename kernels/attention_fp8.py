@@ -332,9 +332,9 @@ def fp8_range_attention(q, k, v, q_ranges, k_ranges, scale=None, out=None, min_k
         return exact()
     attn_scale = float(scale) if scale is not None else q.shape[2] ** -0.5
     if q_descale is None:
-        q8, k8, v8, qk_descale, o_scale, o_shift = maybe_compiled(quantize_qkv, True, q)(q, k, v, **quant)
+        q8, k8, v8, qk_descale, o_scale, o_shift = maybe_compiled(quantize_qkv, True, q, {0: (0,), 1: (0,), 2: (0,)})(q, k, v, **quant)
     else:
-        k8, v8, k_descale, o_scale, o_shift = maybe_compiled(quantize_kv, True, k)(k, v, q.shape[1])
+        k8, v8, k_descale, o_scale, o_shift = maybe_compiled(quantize_kv, True, k, {0: (0,), 1: (0,)})(k, v, q.shape[1])
         q8, qk_descale = q, q_descale * k_descale
     o8 = torch.empty(q.shape, dtype=E4M3, device=q.device)
     try:
@@ -343,5 +343,5 @@ def fp8_range_attention(q, k, v, q_ranges, k_ranges, scale=None, out=None, min_k
         warnings.warn(f"{e}; those attention calls run in bf16 instead.", RuntimeWarning, stacklevel=2)
         return exact()
     out = torch.empty_like(q) if out is None else out
-    maybe_compiled(dequantize_into, True, q)(out, o8, o_scale, o_shift)
+    maybe_compiled(dequantize_into, True, q, {0: (0,), 1: (0,)})(out, o8, o_scale, o_shift)
     return _zero_uncovered(out, [a for a, _ in live])

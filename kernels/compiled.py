@@ -2,7 +2,12 @@
 
 Eager PyTorch runs each fp32 upcast, norm, RoPE rotation, gate and cast as its own pass over the activations;
 Inductor fuses each island into one or two kernels. Only CUDA tensors take the compiled path (CPU runs eager).
-The functions are compiled with dynamic shapes, so the 1..5-chunk forwards of a generation share one graph.
+
+Shapes: every size and every int/float argument is a constant of the generated kernels (their index arithmetic
+divides by constants), except the dims a call site names as dynamic: the token counts, which change from forward
+to forward (1..5 chunks, batches of chunks), so a generation's forwards share one graph per island and head count.
+With every size symbolic (`dynamic=True`, sessions 2-8) the H100 profile of the P1 window showed the norm+RoPE
+kernels at 5-7x their memory time (BENCHMARKS.md, session 9).
 """
 from __future__ import annotations
 
@@ -11,18 +16,29 @@ import torch
 _compiled: dict = {}
 
 
-def compiled(fn):
-    """fn compiled once per process (dynamic shapes, whole graph)."""
+def compiled(fn, dynamic: dict[int, tuple[int, ...]] | None = None):
+    """fn compiled once per process (whole graph; a new graph for each new value of a static size or argument).
+
+    dynamic: positional argument index -> its dims that may change without a new graph (the token counts)."""
     c = _compiled.get(fn)
     if c is None:
         import torch._dynamo
 
-        # one graph per function, but its int/bool arguments (chunks, eps) may take several values
+        # one graph per static configuration (head counts, tokens per chunk, eps, ...), a handful per function
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        c = _compiled[fn] = torch.compile(fn, dynamic=True, fullgraph=True)
-    return c
+        c = _compiled[fn] = torch.compile(fn, dynamic=False, fullgraph=True)
+    if not dynamic:
+        return c
+
+    def call(*args, **kwargs):
+        for i, dims in dynamic.items():
+            for d in dims:
+                torch._dynamo.maybe_mark_dynamic(args[i], d)
+        return c(*args, **kwargs)
+
+    return call
 
 
-def maybe_compiled(fn, enabled: bool, x: torch.Tensor):
-    """The compiled fn when enabled and x lives on CUDA, else fn itself."""
-    return compiled(fn) if enabled and x.is_cuda else fn
+def maybe_compiled(fn, enabled: bool, x: torch.Tensor, dynamic: dict[int, tuple[int, ...]] | None = None):
+    """The compiled fn (see `compiled`) when enabled and x lives on CUDA, else fn itself."""
+    return compiled(fn, dynamic) if enabled and x.is_cuda else fn

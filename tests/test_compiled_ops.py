@@ -38,7 +38,7 @@ def test_eager_islands_equal_the_modules_they_replace():
     gate = _rand(2, 3, h, seed=6, dtype=torch.bfloat16)
     g = y.float().view(2, 3, S // 3, h) * gate.float()[:, :, None]
     want = (post(g.view(2, S, h)) + res.float()).to(torch.bfloat16)
-    assert torch.equal(_gated_residual(y, res, gate, post.weight, post.bias, post.eps, True, 3), want)
+    assert torch.equal(_gated_residual(y, res, gate, post.weight, post.bias, post.eps, True, S // 3), want)
     z = _rand(2, 50, 2 * h, seed=7, dtype=torch.bfloat16)  # row blocks of 16 over 100 rows: a partial last block
     assert torch.equal(silu_mul(z, rows=16), _silu_mul_fused(z))
 
@@ -55,8 +55,8 @@ def test_compiled_islands_equal_eager(chunks):
     assert (a.float() - b.float()).abs().max() <= 2 ** -7 * a.float().abs().max()  # at most 1 bf16 ulp apart
     y, res = _rand(1, S, h, seed=4, dtype=torch.bfloat16), _rand(1, S, h, seed=5, dtype=torch.bfloat16)
     gate = _rand(1, chunks, h, seed=6, dtype=torch.bfloat16)
-    a = _gated_residual(y, res, gate, post.weight, post.bias, post.eps, True, chunks)
-    b = compiled(_gated_residual)(y, res, gate, post.weight, post.bias, post.eps, True, chunks)
+    a = _gated_residual(y, res, gate, post.weight, post.bias, post.eps, True, S // chunks)
+    b = compiled(_gated_residual)(y, res, gate, post.weight, post.bias, post.eps, True, S // chunks)
     assert (a.float() - b.float()).abs().max() <= 2 ** -7 * a.float().abs().max()
     z = _rand(S, 2 * h, seed=7, dtype=torch.bfloat16)
     a, b = silu_mul(z), compiled(_silu_mul_fused)(z)
@@ -67,6 +67,39 @@ def test_compiled_islands_equal_eager(chunks):
     w = _rand(h, h, seed=9).to(FP8)
     s = _rand(h, 1, seed=10).abs() * 0.01
     assert torch.equal(dequantize(w, s, torch.bfloat16), compiled(dequantize)(w, s, torch.bfloat16))
+
+
+def test_token_counts_share_a_graph_and_other_sizes_are_constants(monkeypatch):
+    """compiled(fn, dynamic): forwards of 1..5 chunks (the token dims named dynamic) reuse one graph, in which the
+    head count, head size and eps are constants; a new head count (queries vs keys) makes its own graph."""
+    import torch._dynamo
+
+    from magi_core.dit.layer import TOKEN_DIMS
+    from magi_core.kernels import compiled as compiled_mod
+
+    graphs = []
+
+    def backend(gm, inputs):
+        graphs.append([tuple(i.shape) if isinstance(i, torch.Tensor) else i for i in inputs])
+        return gm
+
+    real = torch.compile
+    monkeypatch.setattr(compiled_mod, "_compiled", {})
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, **{**kw, "backend": backend}))
+    torch._dynamo.reset()
+    d, norm = 32, _norm(32, 2)
+    island = compiled(norm_rope, TOKEN_DIMS)
+    for heads, chunks in [(4, 1), (4, 2), (4, 5), (2, 1), (2, 3)]:
+        rope = LearnableRoPE(d).table(3 * chunks, 4, 4).float()
+        x = _rand(1, rope.shape[0], heads * d, seed=chunks, dtype=torch.bfloat16)
+        want = norm_rope(x, heads, d, norm.weight, norm.bias, norm.eps, True, rope)
+        assert torch.equal(island(x, heads, d, norm.weight, norm.bias, norm.eps, True, rope), want)
+    torch._dynamo.reset()
+    assert len(graphs) == 2, graphs  # one per head count
+    for g in graphs:
+        assert not any(isinstance(i, (int, float)) for i in g)  # heads, d, eps, one_plus: constants, not inputs
+        sym = {str(i) for i in g if not isinstance(i, tuple)}
+        assert len(sym) == 1  # the token count (S): the one symbolic size
 
 
 def test_fold_heads_is_exact_gqa():

@@ -88,7 +88,7 @@ class SelfCrossAttention(nn.Module):
     def _qk(self, a, proj, norm, heads, m: ForwardMeta, island=None):
         """Projection -> per-head LayerNorm (fp32) -> RoPE (fp32) -> bf16 (or island's output)."""
         x = proj(a)
-        fn = maybe_compiled(island or norm_rope, m.compile_ops, x)
+        fn = maybe_compiled(island or norm_rope, m.compile_ops, x, TOKEN_DIMS)
         return fn(x, heads, self.cfg.kv_channels, norm.weight, norm.bias, norm.eps, norm.one_plus, m.rope)
 
     def forward(self, hs: torch.Tensor, y_xattn: torch.Tensor, m: ForwardMeta):
@@ -147,6 +147,9 @@ class SelfCrossAttention(nn.Module):
         return torch.cat([cached[..., :d], k], 0), torch.cat([cached[..., d:], v], 0)
 
 
+TOKEN_DIMS = {0: (0, 1), 7: (0,)}  # norm_rope's dims that change from forward to forward: x's (N, S), rope's S
+
+
 def _norm_rope_f32(x, heads: int, d: int, w, b, eps: float, rope):
     h = x.view(*x.shape[:-1], heads, d).float()
     return apply_rope(F.layer_norm(h, (d,), w, b, eps), rope)
@@ -194,7 +197,7 @@ class MLP(nn.Module):
     def forward(self, x, compile_ops: bool = False):
         x = self.linear_fc1(self.layer_norm(x))
         if self.glu:
-            x = compiled(_silu_mul_fused)(x) if compile_ops and x.is_cuda else silu_mul(x)
+            x = compiled(_silu_mul_fused, {0: (0, 1)})(x) if compile_ops and x.is_cuda else silu_mul(x)
         else:
             x = F.gelu(x)
         return self.linear_fc2(x)
@@ -212,13 +215,14 @@ class AdaModulate(nn.Module):
 
 def gated_residual(x, residual, gate, post_norm, chunks: int, compile_ops: bool = False):
     """bf16(LN_post(x_fp32 * gate_fp32 per chunk) + residual_fp32): the gate acts before the post-norm."""
-    fn = maybe_compiled(_gated_residual, compile_ops, x)
-    return fn(x, residual, gate, post_norm.weight, post_norm.bias, post_norm.eps, post_norm.one_plus, chunks)
+    fn = maybe_compiled(_gated_residual, compile_ops, x, {0: (0, 1), 1: (0, 1), 2: (0, 1)})
+    tokens_per_chunk = x.shape[1] // chunks  # a constant of the compiled kernel (the chunk count is not)
+    return fn(x, residual, gate, post_norm.weight, post_norm.bias, post_norm.eps, post_norm.one_plus, tokens_per_chunk)
 
 
-def _gated_residual(x, residual, gate, w, b, eps: float, one_plus: bool, chunks: int):
+def _gated_residual(x, residual, gate, w, b, eps: float, one_plus: bool, tokens_per_chunk: int):
     N, S, h = x.shape
-    x = x.float().view(N, chunks, S // chunks, h) * gate.float()[:, :, None, :]
+    x = x.float().view(N, -1, tokens_per_chunk, h) * gate.float()[:, :, None, :]
     x = F.layer_norm(x.view(N, S, h), (h,), w + 1 if one_plus else w, b, eps)
     return (x + residual.float()).to(residual.dtype)
 

@@ -39,7 +39,7 @@ class PerTensorFp8Linear(nn.Module):
         self.compile_ops = False
 
     def forward(self, x):
-        x_q = maybe_compiled(quantize_fp8, self.compile_ops, x)(x, self.input_scale)
+        x_q = maybe_compiled(quantize_fp8, self.compile_ops, x, {0: tuple(range(x.dim() - 1))})(x, self.input_scale)
         return fp8_matmul(x_q, self.weight[0], self.input_scale, self.weight_scale, torch.bfloat16)
 
 
@@ -56,7 +56,7 @@ class PerChannelFp8Linear(nn.Module):
         self.compile_ops = False
 
     def forward(self, x):
-        x_q = maybe_compiled(quantize_fp8, self.compile_ops, x)(x, self.smooth_scale)
+        x_q = maybe_compiled(quantize_fp8, self.compile_ops, x, {0: tuple(range(x.dim() - 1))})(x, self.smooth_scale)
         return fp8_matmul(x_q, self.weight[0], self.input_scale, self.weight_scale, torch.bfloat16)
 
 

@@ -1,0 +1,66 @@
+"""The compiled element-wise islands at the P1 window's shapes (GPU machine): time per call and memory speed,
+compiled as the DiT does now (sizes constant except the token dims, kernels/compiled.py) and with every size
+symbolic (torch.compile(dynamic=True), sessions 2-8).
+
+  python bench/islands.py [--size 4.5B] [--chunks 4] [--all-dynamic]
+
+--all-dynamic: torch.compile(dynamic=True), the way sessions 2-8 compiled (run it in its own process: both ways
+share a function's compiled-graph cache).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import magi_core  # noqa: E402,F401
+from magi_core.config import preset  # noqa: E402
+from magi_core.dit.layer import TOKEN_DIMS, _gated_residual, norm_rope, norm_rope_e4m3  # noqa: E402
+from magi_core.dit.rope import LearnableRoPE  # noqa: E402
+from magi_core.kernels.compiled import compiled  # noqa: E402
+
+from ceilings import _time  # noqa: E402
+from common import device_info, emit  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="4.5B")
+    ap.add_argument("--chunks", type=int, default=4)
+    ap.add_argument("--all-dynamic", action="store_true")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    cfg, dev = preset(a.size), torch.device("cuda")
+    d, nh, g, h = cfg.kv_channels, cfg.num_attention_heads, cfg.num_query_groups, cfg.hidden_size
+    rope = LearnableRoPE(d).table(6 * a.chunks, 45, 45).to(dev)  # 720x720: 45x45 tokens per latent frame
+    S = rope.shape[0]
+    ctn = S // a.chunks
+    w, b = torch.randn(d, device=dev) * 0.1, torch.randn(d, device=dev) * 0.1
+    hw, hb = torch.randn(h, device=dev) * 0.1, torch.randn(h, device=dev) * 0.1
+    xq = torch.randn(1, S, nh * d, device=dev).bfloat16()
+    xk = torch.randn(1, S, g * d, device=dev).bfloat16()
+    y, res = torch.randn(1, S, h, device=dev).bfloat16(), torch.randn(1, S, h, device=dev).bfloat16()
+    gate = torch.randn(1, a.chunks, h, device=dev).bfloat16()
+    cases = {  # name: (fn, args, dynamic dims, bytes moved at least)
+        "norm_rope q": (norm_rope, (xq, nh, d, w, b, 1e-6, True, rope), TOKEN_DIMS, 2 * xq.nbytes),
+        "norm_rope k": (norm_rope, (xk, g, d, w, b, 1e-6, True, rope), TOKEN_DIMS, 2 * xk.nbytes),
+        "norm_rope_e4m3 q": (norm_rope_e4m3, (xq, nh, d, w, b, 1e-6, True, rope), TOKEN_DIMS, 1.5 * xq.nbytes),
+        "gated_residual": (_gated_residual, (y, res, gate, hw, hb, 1e-6, True, ctn), {0: (0, 1), 1: (0, 1), 2: (0, 1)},
+                           3 * y.nbytes),
+    }
+    rows = {}
+    mode = "dynamic=True" if a.all_dynamic else "static sizes"
+    for name, (fn, args, dims, nbytes) in cases.items():
+        f = torch.compile(fn, dynamic=True, fullgraph=True) if a.all_dynamic else compiled(fn, dims)
+        t = _time(lambda: f(*args), iters=20)
+        rows[name] = dict(ms=round(t * 1e3, 3), GBps=round(nbytes / t / 1e9))
+        print(f"{name:18s} {mode:13s} {t * 1e3:7.3f} ms  {nbytes / t / 1e9:6.0f} GB/s", flush=True)
+    emit(dict(bench="islands", model=a.size, tokens=S, compile=mode, rows=rows, **device_info(dev)), a.json)
+
+
+if __name__ == "__main__":
+    main()
