@@ -30,7 +30,9 @@ elif [ "$1" = d ]; then
   step "timeout 90 python3 bench/islands.py --json $J | grep -v '^{'" 5
   step "timeout 90 python3 bench/islands.py --all-dynamic --json $J | grep -v '^{'" 5
   step "timeout 70 $W --mode cached --compile --backend cudnn --json $J"
+  step "timeout 70 $W --mode cached --compile --backend cudnn --all-dynamic --json $J"
   step "timeout 80 $W --mode cached --compile --backend fp8-approx --json $J"
+  step "timeout 80 $W --mode cached --compile --backend fp8-approx --all-dynamic --json $J"
   step "timeout 100 python3 bench/profile_forward.py --size 4.5B --compile --backend cudnn --json $J | grep -v '^{'" 16
   step "timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu_dit.py tests/test_attention_fp8.py | tail -n 3" 3
   step "timeout 110 $G --backend fp8-approx --early-first-chunk --json $J"

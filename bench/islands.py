@@ -4,8 +4,7 @@ symbolic (torch.compile(dynamic=True), sessions 2-8).
 
   python bench/islands.py [--size 4.5B] [--chunks 4] [--all-dynamic]
 
---all-dynamic: torch.compile(dynamic=True), the way sessions 2-8 compiled (run it in its own process: both ways
-share a function's compiled-graph cache).
+--all-dynamic: torch.compile(dynamic=True), the way sessions 2-8 compiled (kernels/compiled.py ALL_DYNAMIC).
 """
 from __future__ import annotations
 
@@ -21,6 +20,7 @@ import magi_core  # noqa: E402,F401
 from magi_core.config import preset  # noqa: E402
 from magi_core.dit.layer import TOKEN_DIMS, _gated_residual, norm_rope, norm_rope_e4m3  # noqa: E402
 from magi_core.dit.rope import LearnableRoPE  # noqa: E402
+from magi_core.kernels import compiled as compiled_mod  # noqa: E402
 from magi_core.kernels.compiled import compiled  # noqa: E402
 
 from ceilings import _time  # noqa: E402
@@ -34,6 +34,7 @@ def main():
     ap.add_argument("--all-dynamic", action="store_true")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
+    compiled_mod.ALL_DYNAMIC = a.all_dynamic
     cfg, dev = preset(a.size), torch.device("cuda")
     d, nh, g, h = cfg.kv_channels, cfg.num_attention_heads, cfg.num_query_groups, cfg.hidden_size
     rope = LearnableRoPE(d).table(6 * a.chunks, 45, 45).to(dev)  # 720x720: 45x45 tokens per latent frame
@@ -55,7 +56,7 @@ def main():
     rows = {}
     mode = "dynamic=True" if a.all_dynamic else "static sizes"
     for name, (fn, args, dims, nbytes) in cases.items():
-        f = torch.compile(fn, dynamic=True, fullgraph=True) if a.all_dynamic else compiled(fn, dims)
+        f = compiled(fn, dims)
         t = _time(lambda: f(*args), iters=20)
         rows[name] = dict(ms=round(t * 1e3, 3), GBps=round(nbytes / t / 1e9))
         print(f"{name:18s} {mode:13s} {t * 1e3:7.3f} ms  {nbytes / t / 1e9:6.0f} GB/s", flush=True)

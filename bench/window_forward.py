@@ -34,8 +34,14 @@ def main():
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--bf16-queries", action="store_true",
                     help="fp8-approx: queries leave the norm+RoPE island in bf16, quantized by the backend (before session 8)")
+    ap.add_argument("--all-dynamic", action="store_true",
+                    help="compile with every size symbolic, as sessions 2-8 did (kernels/compiled.py ALL_DYNAMIC)")
     ap.add_argument("--json", default=None, help="append the result as one JSON line to this file")
     a = ap.parse_args()
+    if a.all_dynamic:
+        from magi_core.kernels import compiled
+
+        compiled.ALL_DYNAMIC = True
 
     dev = torch.device("cuda")
     name = a.size if a.variant == "base" else f"{a.size}-{a.variant}"
@@ -76,7 +82,7 @@ def main():
         extra = dict(ideal_fp8_s=round(ideal8, 3), time_over_ideal_fp8=round(best / ideal8, 3))
     res = dict(
         bench="window_forward", model=name, res=f"{a.height}x{a.width}", mode=a.mode, precision=a.precision,
-        backend=a.backend or "auto", compile=a.compile, bf16_queries=a.bf16_queries, query_tokens=ctn * dn, sum_K=sum(keys), time_s=round(best, 4),
+        backend=a.backend or "auto", compile=a.compile, all_dynamic=a.all_dynamic, bf16_queries=a.bf16_queries, query_tokens=ctn * dn, sum_K=sum(keys), time_s=round(best, 4),
         times=[round(x, 4) for x in times], peak_GiB=round(peak, 2), model_GiB=round(torch.cuda.memory_allocated() / 2**30, 2),
         flop=f"{total:.3e}", attn_flop=f"{attn:.3e}", achieved_TFLOPs=round(total / best / 1e12, 1),
         **ceil, ideal_s=round(ideal, 3), time_over_ideal=round(best / ideal, 3), **extra, build_s=round(build_s, 1),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 _compiled: dict = {}
+ALL_DYNAMIC = False  # benches only: every size symbolic (torch.compile dynamic=True), as sessions 2-8 compiled
 
 
 def compiled(fn, dynamic: dict[int, tuple[int, ...]] | None = None):
@@ -26,7 +27,7 @@ def compiled(fn, dynamic: dict[int, tuple[int, ...]] | None = None):
 
         # one graph per static configuration (head counts, tokens per chunk, eps, ...), a handful per function
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        c = _compiled[fn] = torch.compile(fn, dynamic=False, fullgraph=True)
+        c = _compiled[fn] = torch.compile(fn, dynamic=ALL_DYNAMIC, fullgraph=True)
     if not dynamic:
         return c
 
