@@ -8,7 +8,8 @@
 #                                    # tests; P6 windows
 #   bash bench/gpu_session_s9.sh c   # P5 fp8 (24B 720x1280) on an H100
 #   bash bench/gpu_session_s9.sh d   # compiled islands with constant sizes vs all sizes symbolic; P1 bf16 / fp8 and
-#                                    # the bf16 profile; GPU tests of the compiled DiT and fp8; P7 fp8, P2 bf16 / fp8
+#                                    # the bf16 profile; GPU tests of the compiled DiT and fp8; P7 fp8
+#   bash bench/gpu_session_s9.sh e   # P2 bf16 / fp8, P7 bf16
 # Each step prints its wall time; results are JSON lines in $OUT/s9<part>.jsonl.
 source bench/gpu_env.sh s9 "$1"
 date -u
@@ -36,8 +37,10 @@ elif [ "$1" = d ]; then
   step "timeout 100 python3 bench/profile_forward.py --size 4.5B --compile --backend cudnn --json $J | grep -v '^{'" 16
   step "timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu_dit.py tests/test_attention_fp8.py | tail -n 3" 3
   step "timeout 110 $G --backend fp8-approx --early-first-chunk --json $J"
+elif [ "$1" = e ]; then
   step "timeout 100 $G --backend cudnn --json $J"
   step "timeout 100 $G --backend fp8-approx --json $J"
+  step "timeout 100 $G --backend cudnn --early-first-chunk --json $J"
 elif [ "$1" = c ]; then
   step "timeout 560 $G24 --height 720 --width 1280 --compile --warmup --backend fp8-approx --json $J" 2
 fi
