@@ -12,6 +12,7 @@ kernels at 5-7x their memory time (BENCHMARKS.md, session 9).
 from __future__ import annotations
 
 import torch
+import torch._dynamo
 
 _compiled: dict = {}
 ALL_DYNAMIC = False  # benches only: every size symbolic (torch.compile dynamic=True), as sessions 2-8 compiled
@@ -23,8 +24,6 @@ def compiled(fn, dynamic: dict[int, tuple[int, ...]] | None = None):
     dynamic: positional argument index -> its dims that may change without a new graph (the token counts)."""
     c = _compiled.get(fn)
     if c is None:
-        import torch._dynamo
-
         # one graph per static configuration (head counts, tokens per chunk, eps, ...), a handful per function
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         c = _compiled[fn] = torch.compile(fn, dynamic=ALL_DYNAMIC, fullgraph=True)
