@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import tempfile
@@ -409,14 +410,15 @@ def load_models(job: Job, device):
 
 
 class Stopped(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) or a SIGTERM (a job system, `kill`): the run stops, keeping the finished chunks."""
+    """Ctrl-C (SIGINT), SIGTERM (a job system, `kill`) or SIGHUP (the terminal closed): the run stops, keeping the
+    finished chunks."""
 
     def __init__(self, signum: int = signal.SIGINT):
         super().__init__(signum)
         self.signum = signum
 
 
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_STOP_SIGNALS = startup.STOP_SIGNALS
 
 
 _stopped: list = []  # the signal that stopped this run, once one came
@@ -484,16 +486,29 @@ def write_chunks(job: Job, chunks, vae, writer, log=print):
         del frames
 
 
+def say(message: str, file=None, end: str = "\n"):
+    """print() that never stops a run: when the reader is gone (`| head`: BrokenPipeError; a closed terminal: EIO),
+    that stream goes to os.devnull from then on and the generation goes on."""
+    stream = sys.stdout if file is None else file
+    try:
+        print(message, end=end, file=stream, flush=True)
+    except OSError:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        except (OSError, ValueError):  # no file descriptor (a test's captured stream)
+            pass
+
+
 def _log_line(message: str):
     """A chunk line on stdout, after clearing the progress line that _progress keeps on a terminal's stderr."""
     if sys.stderr.isatty():
-        print("\r\033[K", end="", file=sys.stderr, flush=True)
-    print(message, flush=True)
+        say("\r\033[K", file=sys.stderr, end="")
+    say(message)
 
 
 def _progress(i, total, chunk):
     if sys.stderr.isatty():
-        print(f"\rDiT call {i}/{total} (chunk {chunk})", end="", file=sys.stderr, flush=True)
+        say(f"\rDiT call {i}/{total} (chunk {chunk})", file=sys.stderr, end="")
 
 
 def describe(job: Job) -> str:
@@ -574,13 +589,13 @@ def run(a) -> int:
                 with _whole():  # a Ctrl-C inside an import could be swallowed (magi_core/startup.py)
                     startup.import_text_encoder()
                 for w in job.warnings:
-                    print(f"warning: {w}", file=sys.stderr)
-                print("\n".join([f"generating {describe(job)}", *prompt_lines(job)]), flush=True)
+                    say(f"warning: {w}", file=sys.stderr)
+                say("\n".join([f"generating {describe(job)}", *prompt_lines(job)]))
                 t0 = time.perf_counter()
                 dit, info = load_dit(job.dit, job.runtime, variant=job.variant)
                 vae, prompts, prefix = load_models(job, job.runtime.device)
-                print(f"loaded {info['size']} {info['variant']} DiT ({info['num_params']:,} params), VAE and T5 in "
-                      f"{time.perf_counter() - t0:.1f}s", flush=True)
+                say(f"loaded {info['size']} {info['variant']} DiT ({info['num_params']:,} params), VAE and T5 in "
+                    f"{time.perf_counter() - t0:.1f}s")
                 chunks = sample(dit, prompts, job.settings, prefix, job.prefix_frames, job.tokens, progress=_progress)
                 write_chunks(job, chunks, vae, writer, _log_line)
         except KeyboardInterrupt as e:
@@ -589,16 +604,16 @@ def run(a) -> int:
             path, said = _save(writer)
             if path is None and not writer.frames_written:
                 said = f"before the first chunk finished: nothing written{untouched}"
-            print(f"\n{how}: {said}", file=sys.stderr)
+            say(f"\n{how}: {said}", file=sys.stderr)
             return 128 + signum
         except Exception:
             if writer.frames_written:
-                print(_save(writer)[1], file=sys.stderr)
+                say(_save(writer)[1], file=sys.stderr)
             else:
                 writer.discard()
             raise
         with _quiet():
             writer.close()
-    print(f"wrote {writer.path} ({writer.codec}): {writer.frames_written} frames {writer.size[1]}x{writer.size[0]} at "
-          f"{job.settings.fps} fps")
+    say(f"wrote {writer.path} ({writer.codec}): {writer.frames_written} frames {writer.size[1]}x{writer.size[0]} at "
+        f"{job.settings.fps} fps")
     return 0

@@ -1,4 +1,4 @@
-"""What the command lines do before torch starts: hold Ctrl-C and SIGTERM until the libraries are imported,
+"""What the command lines do before torch starts: hold Ctrl-C, SIGTERM and SIGHUP until the libraries are imported,
 and choose the CUDA allocator's settings.
 
 A KeyboardInterrupt raised inside an import can be swallowed by a library (the run then goes on as if nothing
@@ -13,7 +13,8 @@ import os
 import signal
 import sys
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Ctrl-C, SIGTERM (a job system, `kill`) and SIGHUP (the terminal closed; not on Windows)
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 ALLOC_VARS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF")
 
 _held: list = []  # signals that came while holding
@@ -28,7 +29,7 @@ def _record(signum, _frame):
 
 
 def hold():
-    """From now on Ctrl-C and SIGTERM are recorded, not acted on (main thread, at the start of the command line);
+    """From now on Ctrl-C, SIGTERM and SIGHUP are recorded, not acted on (main thread, at the start of the command line);
     a second one stops at once (KeyboardInterrupt)."""
     _originals.update({s: signal.signal(s, _record) for s in STOP_SIGNALS})
 
@@ -53,7 +54,7 @@ def original(signum: int, handler):
 
 
 def stopped_by(signum: int) -> str:
-    """How an interrupted command says it stopped: 'interrupted' (Ctrl-C) or 'stopped by SIGTERM'."""
+    """How an interrupted command says it stopped: 'interrupted' (Ctrl-C) or 'stopped by SIGTERM' (or SIGHUP)."""
     return "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
 
 

@@ -374,10 +374,12 @@ def _wait_for(proc, text, timeout=300):
 
 @pytest.mark.parametrize("signum,said,repeats", [(signal.SIGINT, "interrupted", 1),
                                                   (signal.SIGTERM, "stopped by SIGTERM", 1),
+                                                  (signal.SIGHUP, "stopped by SIGHUP", 1),
                                                   (signal.SIGINT, "interrupted", 6)])
 def test_ctrl_c_keeps_the_finished_chunks(models, tmp_path, signum, said, repeats):
-    """Ctrl-C, or a SIGTERM from a job system: the finished chunks stay in a playable file, no temporary left.
-    Ctrl-C pressed again while they are saved changes nothing (it used to leave only the temporary file)."""
+    """Ctrl-C, a SIGTERM from a job system or a SIGHUP (the terminal closed): the finished chunks stay in a playable
+    file, no temporary left (SIGHUP used to kill the run silently, leaving only the temporary file). Ctrl-C pressed
+    again while they are saved changes nothing (it used to leave only the temporary file)."""
     out = tmp_path / "out.mp4"
     # 100 chunks: far more than can finish between "chunk 0:" and the signal, on a busy machine too
     proc, _ = cli(models, tmp_path, "--frames", "2400", popen=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -397,6 +399,22 @@ def test_ctrl_c_keeps_the_finished_chunks(models, tmp_path, signum, said, repeat
     assert video.shape[0] >= 24 and video.shape[0] % 24 == 0 and video.shape[0] < 2400, video.shape
     assert f"({video.shape[0]} frames)" in err
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_a_closed_output_pipe_does_not_stop_the_run(models, tmp_path):
+    """`generate ... | head -2`: once the reader is gone the command stops printing, not generating (it used to stop
+    with 'error: [Errno 32] Broken pipe' and exit code 2, losing the chunks not made yet)."""
+    out = tmp_path / "out.mp4"
+    proc, _ = cli(models, tmp_path, "--frames", "96", popen=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        proc.stdout.readline()  # the first line, then the reader goes away
+        proc.stdout.close()
+        err = proc.stderr.read()
+        proc.wait(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err and "Broken pipe" not in err, (proc.returncode, err)
+    assert read_video(out).shape[0] == 96
 
 
 @pytest.mark.parametrize("signum,delay", [(signal.SIGINT, 0.4), (signal.SIGINT, 1.2), (signal.SIGTERM, 0.8),

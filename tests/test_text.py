@@ -495,6 +495,9 @@ def test_schedule_overlap_names_both_lines():
         # a range without its ':' is named, with the fix, instead of turning the schedule into one prompt
         ("0-1 a fox\n2-: b", r"^prompt schedule line 1 '0-1 a fox': the range has no ':'.*write '0-1: a fox'"),
         ("0-1: a fox\n2- b", r"^prompt schedule line 2 '2- b': the range has no ':'.*write '2-: b'"),
+        ("0-1: a fox\n2 the fox stops", r"^prompt schedule line 2 '2 the fox stops' starts with '2' but has no ':'.*"
+                                        r"write '2: the fox stops'.*join it to line 1"),
+        ("0s-2s: a fox\n2.5s the fox stops", r"^prompt schedule line 2 .*write '2.5s: the fox stops'"),
         # the unparsable line is blamed, not the next range
         ("0-1: a\n2-x: b\n3-: c", r"^prompt schedule line 2 '2-x: b': '2-x' is not a range"),
         ("0-x: a fox", r"^prompt schedule line 1 '0-x: a fox': '0-x' is not a range"),

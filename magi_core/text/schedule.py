@@ -49,6 +49,8 @@ _BROKEN_RANGE = re.compile(rf"^\s*\d[^\s:]*\s*(?:{_DASH}\s*[^\s:]*\s*)?:")
 # never be a whole schedule (a time needs a range; chunk 0 would be uncovered): it is a plain prompt.
 _LONE_POINT = re.compile(r"^\s*(?:\d+(?:\.\d+)?s|0*[1-9]\d*)\s*:")
 _NO_COLON = re.compile(rf"^\s*{_NUMBER}\s*{_DASH}\s*(?:{_NUMBER})?(?=\s|$)")
+# In a schedule, a later line that starts with one chunk index or time and text but no ':' ("2 the fox stops")
+_LONE_NO_COLON = re.compile(rf"^\s*{_NUMBER}(?=\s+\S)")
 
 
 def time_boundary(t: float, fps: float, frames_per_chunk: int | None = None) -> int:
@@ -307,6 +309,11 @@ def parse_schedule(text: str) -> PromptSchedule:
         m = _RANGE_LINE.match(line)
         if m is None:  # continuation of the previous prompt
             prev = out[-1]
+            lone = _LONE_NO_COLON.match(line)
+            if lone:  # ambiguous: a forgotten ':' would silently move this text into the prompt above
+                raise ValueError(f"prompt schedule line {number} {_shown(line)} starts with '{lone[0].strip()}' but has "
+                                 f"no ':' after it; write '{lone[0].strip()}: {line[lone.end():].strip()}' for a range "
+                                 f"of its own, or join it to line {prev.line} if it continues that prompt")
             if line.lstrip().startswith(("#", "//")):  # reads like a comment: say where it went
                 notes.append(f"prompt schedule line {number} {_shown(line)} is part of the prompt of line "
                              f"{prev.line} (a line without a range continues the prompt above it; there are no "
