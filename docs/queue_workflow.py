@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import struct
 import sys
 import uuid
 from pathlib import Path
@@ -84,23 +85,30 @@ async def run(server: str, prompt: dict, out_dir: Path, log=print) -> list[Path]
             raise RunError(_refusal(body))
         prompt_id = body["prompt_id"]
         log(f"queued {prompt_id}")
+        said = {}  # node id -> the last text shown under it (the sampler says there where it kept a stopped run)
         async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.BINARY:  # preview images, and text under nodes
+                text = node_text(msg.data)
+                if text:
+                    said[text[0]] = text[1]
+                continue
             if msg.type != aiohttp.WSMsgType.TEXT:
-                continue  # binary: preview images, text under nodes
+                continue
             m = json.loads(msg.data)
             kind, d = m["type"], m.get("data") or {}
             if d.get("prompt_id") not in (None, prompt_id):
                 continue
             if kind == "executing" and d.get("node"):
                 log(f"running {prompt[d['node']]['class_type']} (node {d['node']})")
-            elif kind == "progress":
-                log(f"  step {d['value']}/{d['max']}")
+            elif kind == "progress":  # the sampler counts DiT calls
+                log(f"  progress {d['value']}/{d['max']}")
             elif kind == "magi.chunk":
                 log(f"  chunk {d['index'] + 1}/{d['total']} done")
             elif kind == "execution_error":
-                raise RunError(f"{d.get('node_type')} (node {d.get('node_id')}) failed: {d.get('exception_message')}")
+                raise RunError(f"{d.get('node_type')} (node {d.get('node_id')}) failed: {d.get('exception_message')}"
+                               + kept(said))
             elif kind == "execution_interrupted":
-                raise RunError("the run was interrupted")
+                raise RunError("the run was interrupted" + kept(said))
             elif kind == "execution_success":
                 break
         for _ in range(100):  # the history entry is written just after execution_success is sent
@@ -120,6 +128,21 @@ async def run(server: str, prompt: dict, out_dir: Path, log=print) -> list[Path]
                     if isinstance(f, dict) and f.get("type") == "output" and "filename" in f:
                         written.append(await _download(http, server, f, out_dir))
         return written
+
+
+def node_text(data: bytes) -> tuple[str, str] | None:
+    """(node id, text) of ComfyUI's binary "text under a node" message (server.py send_progress_text: event 3, then
+    the node id's length, the node id and the text), None for any other binary message."""
+    if len(data) < 8 or struct.unpack(">I", data[:4])[0] != 3:
+        return None
+    n = struct.unpack(">I", data[4:8])[0]
+    return data[8:8 + n].decode(errors="replace"), data[8 + n:].decode(errors="replace")
+
+
+def kept(said: dict) -> str:
+    """What a stopped sampler said about the finished chunks it saved (in the server's output folder), if it did."""
+    notes = [t for t in said.values() if t.startswith("stopped after")]
+    return f"; the sampler {notes[-1]} (on the server)" if notes else ""
 
 
 async def _download(http, server: str, f: dict, out_dir: Path) -> Path:

@@ -83,7 +83,8 @@ def add_arguments(p: argparse.ArgumentParser):
                    help="attention backend: sdpa | cudnn | flex | flash | magi (default: the fastest exact one "
                         "installed); fp8-approx = FP8 attention on Hopper (nvidia-cudnn-frontend), APPROXIMATE: "
                         "see the README for its measured error")
-    r.add_argument("--compile", action="store_true", help="torch.compile the element-wise ops (CUDA; ~9%% faster)")
+    r.add_argument("--compile", action="store_true", help="torch.compile the element-wise ops (CUDA; 4.5B window forward on an H100: 2.66 s eager, "
+                        "2.26 s compiled)")
     r.add_argument("--kv-offload", action="store_true", help="keep the KV cache in host memory")
     r.add_argument("--temporal-overlap", type=int, default=0,
                    help="VAE decode: latent frames shared by neighbouring tiles (default: 0)")

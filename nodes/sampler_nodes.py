@@ -150,9 +150,11 @@ class MagiSampler(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, steps=None, window_size=None):
-        """At queue time, before any model loads: steps against window_size, the one mistake the widgets' own
-        limits let through (ComfyUI shows it on both inputs). The preview combo and the rest are checked when the
-        sampler starts, before the DiT loads (execute, nodes/generation.check)."""
+        """At queue time, before any model loads: steps against window_size (ComfyUI shows it on both inputs). The
+        rest, a width or height that is not a multiple of 16 included (ComfyUI does not enforce a widget's step,
+        so an API prompt can send one), is checked when the sampler starts, before the DiT loads (execute,
+        nodes/generation.check) but after the nodes upstream ran: taken here, a width mistake would be reported
+        once per input of this method, each line starting with another input's name (choices.py)."""
         if None in (steps, window_size):  # linked: not known yet
             return True
         for name, v, lim in (("steps", steps, STEPS), ("window_size", window_size, WINDOW_SIZE)):

@@ -651,7 +651,7 @@ def test_headless_example_queues_a_shipped_workflow(server, tmp_path):
         args += ["--set", w]
     r = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "chunk 1/1 done" in r.stdout and "step 1/" in r.stdout, r.stdout
+    assert "chunk 1/1 done" in r.stdout and "progress 1/" in r.stdout, r.stdout
     saved = [line.removeprefix("saved ") for line in r.stdout.splitlines() if line.startswith("saved ")]
     assert len(saved) == 1 and saved[0].startswith(str(tmp_path)), r.stdout
     frames = video_file_frames(saved[0])
@@ -665,3 +665,18 @@ def test_headless_example_queues_a_shipped_workflow(server, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "the server refused the workflow" in r.stderr and "model" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+    # stopped after a chunk: the script says where the server kept the finished chunks (it used to say only
+    # "the run was interrupted")
+    long_run = [a if a != "24" else "480" for a in args]
+    proc = subprocess.Popen(long_run, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if "chunk 1/" in line:
+                server.post("/interrupt", {})
+                break
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and "the run was interrupted; the sampler stopped after" in err, err
+    assert "MAGI-1_unfinished_" in err and "Traceback" not in err, err
