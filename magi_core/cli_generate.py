@@ -545,6 +545,9 @@ def use_demo(a, tmp: str):
     if given:
         raise ValueError(f"--demo makes tiny random models of its own: drop {', '.join(given)}, or drop --demo to "
                          "run those models")
+    if a.config:  # its settings are a real model's (e.g. 720x720, 64 steps); the demo would not use them
+        raise ValueError(f"--demo runs tiny models with small settings of its own, not those of --config {a.config}: "
+                         "drop --config, or drop --demo and pass the model the config is for (--dit ...)")
     paths = make_tiny_assets(tmp)
     a.dit, a.vae, a.t5, a.special_tokens = (str(paths[k]) for k in ("dit", "vae", "t5", "special_tokens"))
     a.device = a.device or "cpu"

@@ -401,6 +401,12 @@ def test_ctrl_c_keeps_the_finished_chunks(models, tmp_path, signum, said, repeat
     assert not list(tmp_path.glob("*.part"))
 
 
+def test_demo_refuses_a_config_it_would_not_use(models, tmp_path):
+    r, _ = cli(models, tmp_path, "--demo", "--config", "4.5B_distill_config.json", base=False, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: --demo runs tiny models") and "drop --config" in r.stderr, \
+        r.stderr
+
+
 def test_a_closed_output_pipe_does_not_stop_the_run(models, tmp_path):
     """`generate ... | head -2`: once the reader is gone the command stops printing, not generating (it used to stop
     with 'error: [Errno 32] Broken pipe' and exit code 2, losing the chunks not made yet)."""
