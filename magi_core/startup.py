@@ -13,8 +13,16 @@ import os
 import signal
 import sys
 
-# Ctrl-C, SIGTERM (a job system, `kill`) and SIGHUP (the terminal closed; not on Windows)
-STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+def _stop_signals() -> tuple:
+    """Ctrl-C, SIGTERM (a job system, `kill`) and SIGHUP (the terminal closed), unless SIGHUP came in ignored
+    (`nohup`: the user asked the run to outlive the terminal) or does not exist (Windows)."""
+    hup = getattr(signal, "SIGHUP", None)
+    keep_hup = hup is not None and signal.getsignal(hup) is not signal.SIG_IGN
+    return (signal.SIGINT, signal.SIGTERM) + ((hup,) if keep_hup else ())
+
+
+STOP_SIGNALS = _stop_signals()
 ALLOC_VARS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF")
 
 _held: list = []  # signals that came while holding

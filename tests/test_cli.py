@@ -407,6 +407,21 @@ def test_demo_refuses_a_config_it_would_not_use(models, tmp_path):
         r.stderr
 
 
+def test_nohup_keeps_the_run_going_after_a_sighup(models, tmp_path):
+    """Started with SIGHUP ignored (nohup), the run outlives the terminal: a SIGHUP changes nothing."""
+    out = tmp_path / "out.mp4"
+    proc, _ = cli(models, tmp_path, "--frames", "72", popen=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                  preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        _wait_for(proc, "chunk 0:")
+        proc.send_signal(signal.SIGHUP)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "SIGHUP" not in err, (proc.returncode, err)
+    assert read_video(out).shape[0] == 72
+
+
 def test_a_closed_output_pipe_does_not_stop_the_run(models, tmp_path):
     """`generate ... | head -2`: once the reader is gone the command stops printing, not generating (it used to stop
     with 'error: [Errno 32] Broken pipe' and exit code 2, losing the chunks not made yet)."""
