@@ -90,7 +90,8 @@ def ideal_seconds(cfg, ctn, keys_per_chunk, ceil, cap_tokens=100, attention="sdp
 
 
 def plan_flops(cfg, plan, ctn, cap_tokens=100):
-    """(dense, attention) FLOPs of every DiT pass of a sampling plan (distill copies and cfg passes included)."""
+    """(dense, attention) FLOPs of every DiT pass of a sampling plan (distill copies and cfg passes included): pass
+    the plan a run makes (magi_core.pipeline.sampling_plan), which in fast precision has fewer copies."""
     dense = attn = 0.0
     for call in plan.calls:
         chunks = list(call.chunks) + ([call.distill_copy] if call.distill_copy is not None else [])

@@ -25,7 +25,7 @@ from magi_core.config import preset  # noqa: E402
 from magi_core.dit import build_dit, init_random_  # noqa: E402
 from magi_core.parallel.run import init_distributed  # noqa: E402
 from magi_core.parallel.ulysses import check_cp_size, enable_context_parallel  # noqa: E402
-from magi_core.sampling import make_plan  # noqa: E402
+from magi_core.pipeline import sampling_plan  # noqa: E402
 from magi_core.settings import SamplingSettings  # noqa: E402
 from magi_core.sampling.executor import Caption, generate_chunks, make_noise  # noqa: E402
 
@@ -93,7 +93,7 @@ def main():
     w = window_inputs(cfg, a.height, a.width, dev, "extra", a.cap_tokens)
     args, ctn = w.args, w.ctn
     C = cfg.caption_channels
-    plan = make_plan(SamplingSettings(steps=a.gen_steps).for_model(cfg), a.gen_chunks)
+    plan = sampling_plan(SamplingSettings(steps=a.gen_steps).for_model(cfg), a.gen_chunks, 0, rt.precision)
     g = torch.Generator().manual_seed(1)
     text = [Caption(torch.randn(a.cap_tokens, C, generator=g) * 0.1) for _ in range(a.gen_chunks)]
     null = Caption(model.y_embedder.null_caption_embedding[:a.cap_tokens].float())

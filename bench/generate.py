@@ -89,7 +89,7 @@ def main():
     if a.keep_copies:
         import magi_core.pipeline
 
-        magi_core.pipeline.without_redundant_copies = lambda plan: plan
+        magi_core.pipeline.without_redundant_copies = lambda plan: plan  # (sampling_plan looks it up at each call)
     startup.allocator_defaults()  # as the command lines set it (before the first CUDA allocation)
     torch.manual_seed(0)  # the random T5 and its prompt: the same in every run (--save-latents comparisons)
     dev = torch.device(a.device)
@@ -169,7 +169,7 @@ def main():
         bench="generate", model=name, res=f"{a.height}x{a.width}", frames=a.frames, steps=a.steps,
         window=a.window, chunks=chunk_count(s)[0], dit_calls=calls["n"], precision=a.precision,
         backend=a.backend or "auto", compile=a.compile, early_first_chunk=a.early_first_chunk, decode=a.decode,
-        redundant_copies_dropped=a.precision == "fast" and not a.keep_copies,
+        redundant_copies_dropped=cfg.distill and a.precision == "fast" and not a.keep_copies,
         frames_out=frames, total_s=round(total + t5, 2), dit_s=round(total - decode_s, 2),
         decode_s=round(decode_s, 2), t5_encode_s=t5_s and round(t5_s, 3),
         t5_first_encode_s=t5_first_s and round(t5_first_s, 3),

@@ -11,11 +11,14 @@ the P1 window's queries on an H100, and the window forward 2.307 s instead of 2.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch._dynamo
 
 _compiled: dict = {}
 ALL_DYNAMIC = False  # benches only: every size symbolic (torch.compile dynamic=True), as sessions 2-8 compiled
+_LIMIT_HIT = getattr(torch._dynamo.exc, "FailOnRecompileLimitHit", ())  # (absent from some torch versions)
 
 
 def compiled(fn, dynamic: dict[int, tuple[int, ...]] | None = None):
@@ -26,7 +29,7 @@ def compiled(fn, dynamic: dict[int, tuple[int, ...]] | None = None):
     if c is None:
         # one graph per static configuration (head counts, tokens per chunk, eps, ...), a handful per function
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        c = _compiled[fn] = torch.compile(fn, dynamic=ALL_DYNAMIC, fullgraph=True)
+        c = _compiled[fn] = _eager_past_the_limit(fn, torch.compile(fn, dynamic=ALL_DYNAMIC, fullgraph=True))
     if not dynamic:
         return c
 
@@ -35,6 +38,24 @@ def compiled(fn, dynamic: dict[int, tuple[int, ...]] | None = None):
             for d in dims:
                 torch._dynamo.maybe_mark_dynamic(args[i], d)
         return c(*args, **kwargs)
+
+    return call
+
+
+def _eager_past_the_limit(fn, compiled_fn):
+    """compiled_fn, until torch.compile refuses one more graph for it (its recompile limit: a server that has made
+    videos of many sizes, each with its own tokens per chunk); from then on fn runs eagerly, with one warning."""
+    eager = []
+
+    def call(*args, **kwargs):
+        if not eager:
+            try:
+                return compiled_fn(*args, **kwargs)
+            except _LIMIT_HIT as e:
+                eager.append(True)
+                warnings.warn(f"{fn.__name__}: torch.compile made as many graphs as it keeps ({e.__class__.__name__}); "
+                              "it runs uncompiled from now on (restart to compile again)", RuntimeWarning, stacklevel=2)
+        return fn(*args, **kwargs)
 
     return call
 

@@ -154,7 +154,7 @@ def main(argv=None) -> int:
 
             signum = startup.release()
             if signum:
-                print(f"\n{startup.stopped_by(signum)}: nothing written", file=sys.stderr)
+                startup.say(f"\n{startup.stopped_by(signum)}: nothing written", file=sys.stderr)
                 return 128 + signum
         return commands[args.command].run(args)
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
@@ -171,5 +171,5 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except KeyboardInterrupt:  # Ctrl-C twice while starting, or during inspect (convert removes its .part file)
-        print("\ninterrupted: nothing written", file=sys.stderr)
+        startup.say("\ninterrupted: nothing written", file=sys.stderr)
         sys.exit(130)

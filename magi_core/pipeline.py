@@ -144,6 +144,15 @@ def null_chunk_caption(dit, s: SamplingSettings, special_tokens: SpecialTokens |
     return Caption(emb[mask.bool()].float())
 
 
+def sampling_plan(s: SamplingSettings, n_chunks: int, prefix_latents: int = 0, precision: str = "fast"):
+    """The DiT calls `sample` makes (settings resolved for the model): the reference's plan, in early_first_chunk's
+    order if asked, without the distill copies that repeat a forward in `fast` precision (README, Precision)."""
+    plan = make_plan(s, n_chunks, prefix_latents)
+    if s.early_first_chunk:
+        plan = early_first_chunk(plan)
+    return without_redundant_copies(plan) if precision == "fast" else plan
+
+
 def sample(dit, prompts: PromptEmbeds, s: SamplingSettings, prefix_latents: torch.Tensor | None = None,
            prefix_frames: int = 0, special_tokens: SpecialTokens | None = None,
            progress: Callable[[int, int, int], None] | None = None,
@@ -154,11 +163,7 @@ def sample(dit, prompts: PromptEmbeds, s: SamplingSettings, prefix_latents: torc
     s = s.for_model(dit.cfg)
     n, _ = chunk_count(s, prefix_frames)
     P = prefix_latent_count(prefix_frames, s.fps)
-    plan = make_plan(s, n, P)
-    if s.early_first_chunk:
-        plan = early_first_chunk(plan)
-    if dit.precision == "fast":  # the first chunk's distill copies repeat its own forward (README, Precision)
-        plan = without_redundant_copies(plan)
+    plan = sampling_plan(s, n, P, dit.precision)
     device = next(dit.parameters()).device
     shape = (1, dit.cfg.vae_channels, n * CHUNK_WIDTH, s.height // 8, s.width // 8)
     # drawn on the device (the reference's random numbers there), kept in host memory: the executor copies each

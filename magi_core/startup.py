@@ -9,6 +9,7 @@ as if it had come just then: "interrupted: nothing written", exit code 128 + the
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -30,15 +31,16 @@ _originals: dict = {}  # the handlers hold() replaced (an inherited "ignore" inc
 
 
 def _record(signum, _frame):
-    if _held:  # a second one while holding (a slow or stuck import): act on it now
+    if _held and signum == signal.SIGINT:  # Ctrl-C again while holding (a slow or stuck import): act on it now
         release()
         raise KeyboardInterrupt
-    _held.append(signum)
+    if not _held:  # (a closed terminal sends SIGHUP twice, a job system may repeat SIGTERM: the first one counts)
+        _held.append(signum)
 
 
 def hold():
     """From now on Ctrl-C, SIGTERM and SIGHUP are recorded, not acted on (main thread, at the start of the command line);
-    a second one stops at once (KeyboardInterrupt)."""
+    a second Ctrl-C stops at once (KeyboardInterrupt)."""
     _originals.update({s: signal.signal(s, _record) for s in STOP_SIGNALS})
 
 
@@ -64,6 +66,23 @@ def original(signum: int, handler):
 def stopped_by(signum: int) -> str:
     """How an interrupted command says it stopped: 'interrupted' (Ctrl-C) or 'stopped by SIGTERM' (or SIGHUP)."""
     return "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+
+
+def say(message: str, file=None, end: str = "\n"):
+    """print() that never stops a command: when the reader is gone (`| head`: EPIPE; a closed terminal: EIO), that
+    stream goes to os.devnull from then on and the work goes on."""
+    stream = sys.stdout if file is None else file
+    try:
+        print(message, end=end, file=stream, flush=True)
+    except OSError as e:
+        if e.errno not in (errno.EPIPE, errno.EIO):
+            raise
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, stream.fileno())
+            os.close(null)
+        except (OSError, ValueError):  # no file descriptor (a test's captured stream)
+            pass
 
 
 def import_libraries():

@@ -53,6 +53,18 @@ class MagiPromptSchedule(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, schedule=None):  # one input: see choices.py on validate_inputs
+        """At queue time, before any model loads: the schedule's syntax, overlaps and gaps, and prompts the caption
+        cleaner empties (what execute checks again; the video's length is checked at the sampler)."""
+        if schedule is None:  # linked: not known yet
+            return True
+        try:
+            check_prompt(schedule)
+        except ValueError as e:
+            return str(e)
+        return True
+
+    @classmethod
     def execute(cls, schedule):
         _, warnings = check_prompt(schedule)
         return io.NodeOutput(schedule, ui=messages.warn("MAGI-1 Prompt Schedule", messages.node_id(cls), warnings))

@@ -548,6 +548,21 @@ def test_steps_that_do_not_fit_the_window_are_rejected_at_queue_time(server):
         assert status == 400 and all(needle in e["details"] for e in r["node_errors"][nid]["errors"]), r
 
 
+@pytest.mark.parametrize("schedule, needle", [("0: a\n2-: b", "nothing covers chunk(s) 1"),
+                                              ("0-1: a fox\n2- a bird", "line 2")])
+def test_schedule_mistakes_are_rejected_at_queue_time(server, schedule, needle):
+    """The Prompt Schedule node checks its text when the prompt is queued (it used to fail when it ran, after the
+    T5 loader may already have loaded), once, on its one input."""
+    prompt = tiny(api_twin("magi1_prompt_schedule"))
+    nid = node_of(prompt, "MagiPromptSchedule")
+    prompt[nid]["inputs"]["schedule"] = schedule
+    status, r = server.queue(prompt)
+    assert status == 400 and set(r["node_errors"]) == {nid}, r
+    errors = r["node_errors"][nid]["errors"]
+    assert len(errors) == 1 and errors[0]["extra_info"]["input_name"] == "schedule", errors
+    assert needle in errors[0]["details"], errors
+
+
 @pytest.mark.parametrize("workflow, node, changes, needle", [
     ("magi1_t2v", "MagiSampler", dict(width=72), "width must be a positive multiple of 16, got 72"),
     ("magi1_t2v", "MagiTextEncode", dict(prompt="0-2: a fox\n1-: a bird"), "overlap"),
@@ -555,7 +570,6 @@ def test_steps_that_do_not_fit_the_window_are_rejected_at_queue_time(server):
     ("magi1_i2v", "MagiSampler", dict(width=80, height=80), "prefix latent is 64x64 but the sampler makes 80x80"),
     ("magi1_v2v", "MagiVAEEncode", dict(max_frames=26), "last temporal VAE tile of 2 frames"),
     ("magi1_v2v", "MagiVAEEncode", dict(fps=25), "set the same fps on MAGI VAE Encode and on the sampler"),
-    ("magi1_prompt_schedule", "MagiPromptSchedule", dict(schedule="0: a\n2-: b"), "nothing covers chunk(s) 1"),
     # combos checked first thing in execute (nodes/choices.py), before any model loads
     ("magi1_t2v", "MagiDiTLoader", dict(variant="fp16"), "variant: 'fp16' is not one of the choices"),
     ("magi1_t2v", "MagiVAELoader", dict(dtype="int8"), "dtype: 'int8' is not one of the choices"),
@@ -565,7 +579,6 @@ def test_steps_that_do_not_fit_the_window_are_rejected_at_queue_time(server):
     ("magi1_t2v", "MagiDiTLoader", dict(block_swap=4), "set block swap to 0"),
     # prompt text is never dropped: a malformed schedule line, a prompt the caption cleaner empties
     ("magi1_t2v", "MagiTextEncode", dict(prompt="0-1 a fox\n2-: a bird"), "line 1"),
-    ("magi1_prompt_schedule", "MagiPromptSchedule", dict(schedule="0-1: a fox\n2- a bird"), "line 2"),
     ("magi1_t2v", "MagiTextEncode", dict(prompt="一只红狐狸在雪地里奔跑"), "caption cleaner"),
 ])
 def test_bad_values_give_clear_errors(server, workflow, node, changes, needle):

@@ -267,7 +267,7 @@ def test_long_video_memory_stays_flat(server):
           f"{marks[(writer, 100)] / 1024:.1f}")
     for node in (sampler, writer):
         assert marks[(node, 100)] <= marks[(node, 10)] * 1.03, (node, marks)
-    h = server.history(r["prompt_id"])
+    h = server.wait(r["prompt_id"])  # (the history entry is written just after execution_success is sent)
     assert len(video_frames(output_file(server, h["outputs"][writer]["images"][0]))) == 2400
 
 

@@ -102,6 +102,30 @@ def test_token_counts_share_a_graph_and_other_sizes_are_constants(monkeypatch):
         assert len(sym) == 1  # the token count (S): the one symbolic size
 
 
+def test_past_the_recompile_limit_an_island_runs_eagerly(monkeypatch):
+    """A server that made videos of many sizes (tokens per chunk is a constant of the gated residual's graphs) hits
+    torch.compile's recompile limit: the island goes on uncompiled with one warning (fullgraph=True made it an error)."""
+    import torch._dynamo
+
+    from magi_core.kernels import compiled as compiled_mod
+
+    real = torch.compile
+    monkeypatch.setattr(compiled_mod, "_compiled", {})
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, **{**kw, "backend": "eager"}))
+    torch._dynamo.reset()
+    h, post = 64, _norm(64, 3)
+    island = compiled(_gated_residual, {0: (0, 1), 1: (0, 1), 2: (0, 1)})
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+    monkeypatch.setattr(torch._dynamo.config, "cache_size_limit", 2)
+    with pytest.warns(RuntimeWarning, match="runs uncompiled from now on"):
+        for ctn in (8, 12, 16, 20):  # four video sizes
+            y, res = _rand(1, 2 * ctn, h, seed=ctn, dtype=torch.bfloat16), _rand(1, 2 * ctn, h, seed=1, dtype=torch.bfloat16)
+            gate = _rand(1, 2, h, seed=2, dtype=torch.bfloat16)
+            args = (y, res, gate, post.weight, post.bias, post.eps, True, ctn)
+            assert torch.equal(island(*args), _gated_residual(*args))
+    torch._dynamo.reset()
+
+
 def test_fold_heads_is_exact_gqa():
     """Query heads of one KV head stacked along the query axis: plain attention per KV head == GQA attention."""
     L, nh, g, d = 20, 8, 2, 16

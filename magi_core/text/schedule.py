@@ -49,8 +49,9 @@ _BROKEN_RANGE = re.compile(rf"^\s*\d[^\s:]*\s*(?:{_DASH}\s*[^\s:]*\s*)?:")
 # never be a whole schedule (a time needs a range; chunk 0 would be uncovered): it is a plain prompt.
 _LONE_POINT = re.compile(r"^\s*(?:\d+(?:\.\d+)?s|0*[1-9]\d*)\s*:")
 _NO_COLON = re.compile(rf"^\s*{_NUMBER}\s*{_DASH}\s*(?:{_NUMBER})?(?=\s|$)")
-# In a schedule, a later line that starts with one chunk index or time and text but no ':' ("2 the fox stops")
-_LONE_NO_COLON = re.compile(rf"^\s*{_NUMBER}(?=\s+\S)")
+# In a schedule, a later line that starts with a chunk index and text but no ':' ("2 the fox stops"): it continues
+# the prompt above ("3 cubs follow it" may mean just that), with a note in case the ':' was forgotten
+_LONE_NO_COLON = re.compile(r"^\s*\d+(?=\s+\S)")
 
 
 def time_boundary(t: float, fps: float, frames_per_chunk: int | None = None) -> int:
@@ -195,7 +196,7 @@ class PromptSchedule:
             raise ValueError(
                 f"prompt schedule: nothing covers chunk(s) {_spans(gaps)} (the video has chunks 0..{n_chunks - 1})"
                 f"{_rounding(times, fps, frames_per_chunk)}; cover every chunk (end the last range with '-' to run "
-                "it to the end)"
+                "it to the end)" + "".join(f"; {n}" for n in self.notes if "has no ':'" in n)
             )
         return [r.prompt for r in owner]
 
@@ -310,10 +311,10 @@ def parse_schedule(text: str) -> PromptSchedule:
         if m is None:  # continuation of the previous prompt
             prev = out[-1]
             lone = _LONE_NO_COLON.match(line)
-            if lone:  # ambiguous: a forgotten ':' would silently move this text into the prompt above
-                raise ValueError(f"prompt schedule line {number} {_shown(line)} starts with '{lone[0].strip()}' but has "
-                                 f"no ':' after it; write '{lone[0].strip()}: {line[lone.end():].strip()}' for a range "
-                                 f"of its own, or join it to line {prev.line} if it continues that prompt")
+            if lone:  # a forgotten ':' would move this text into the prompt above: say so
+                notes.append(f"prompt schedule line {number} {_shown(line)} has no ':' after '{lone[0].strip()}', so it "
+                             f"is part of the prompt of line {prev.line}; for chunk {lone[0].strip()} write "
+                             f"'{lone[0].strip()}: {line[lone.end():].strip()}'")
             if line.lstrip().startswith(("#", "//")):  # reads like a comment: say where it went
                 notes.append(f"prompt schedule line {number} {_shown(line)} is part of the prompt of line "
                              f"{prev.line} (a line without a range continues the prompt above it; there are no "
