@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import magi_core  # noqa: E402,F401
 from magi_core.config import preset  # noqa: E402
-from magi_core.dit.layer import TOKEN_DIMS, _gated_residual, norm_rope, norm_rope_e4m3  # noqa: E402
+from magi_core.dit.layer import GATED_TOKEN_DIMS, TOKEN_DIMS, _gated_residual, norm_rope, norm_rope_e4m3  # noqa: E402
 from magi_core.dit.rope import LearnableRoPE  # noqa: E402
 from magi_core.kernels import compiled as compiled_mod  # noqa: E402
 from magi_core.kernels.compiled import compiled  # noqa: E402
@@ -50,8 +50,7 @@ def main():
         "norm_rope q": (norm_rope, (xq, nh, d, w, b, 1e-6, True, rope), TOKEN_DIMS, 2 * xq.nbytes),
         "norm_rope k": (norm_rope, (xk, g, d, w, b, 1e-6, True, rope), TOKEN_DIMS, 2 * xk.nbytes),
         "norm_rope_e4m3 q": (norm_rope_e4m3, (xq, nh, d, w, b, 1e-6, True, rope), TOKEN_DIMS, 1.5 * xq.nbytes),
-        "gated_residual": (_gated_residual, (y, res, gate, hw, hb, 1e-6, True, ctn), {0: (0, 1), 1: (0, 1), 2: (0, 1)},
-                           3 * y.nbytes),
+        "gated_residual": (_gated_residual, (y, res, gate, hw, hb, 1e-6, True, ctn), GATED_TOKEN_DIMS, 3 * y.nbytes),
     }
     rows = {}
     mode = "dynamic=True" if a.all_dynamic else "static sizes"

@@ -17,6 +17,7 @@ import torch
 import torch._dynamo
 
 _compiled: dict = {}
+_marked: dict = {}  # (compiled fn, dynamic dims) -> the compiled fn, marking those dims first
 ALL_DYNAMIC = False  # benches only: every size symbolic (torch.compile dynamic=True), as sessions 2-8 compiled
 _LIMIT_HIT = getattr(torch._dynamo.exc, "FailOnRecompileLimitHit", ())  # (absent from some torch versions)
 
@@ -32,14 +33,17 @@ def compiled(fn, dynamic: dict[int, tuple[int, ...]] | None = None):
         c = _compiled[fn] = _eager_past_the_limit(fn, torch.compile(fn, dynamic=ALL_DYNAMIC, fullgraph=True))
     if not dynamic:
         return c
+    key = (c, tuple(sorted(dynamic.items())))  # one marking wrapper per call site, not one per forward
+    marked = _marked.get(key)
+    if marked is None:
+        def marked(*args, **kwargs):
+            for i, dims in dynamic.items():
+                for d in dims:
+                    torch._dynamo.maybe_mark_dynamic(args[i], d)
+            return c(*args, **kwargs)
 
-    def call(*args, **kwargs):
-        for i, dims in dynamic.items():
-            for d in dims:
-                torch._dynamo.maybe_mark_dynamic(args[i], d)
-        return c(*args, **kwargs)
-
-    return call
+        _marked[key] = marked
+    return marked
 
 
 def _eager_past_the_limit(fn, compiled_fn):

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from . import startup
+from .startup import say
 from .settings import FPS_MAX, FPS_MIN, DiTRuntime, SamplingSettings
 from .kernels import attention_fp8
 from .kernels.attention import FP8
@@ -418,9 +419,6 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
-_STOP_SIGNALS = startup.STOP_SIGNALS
-
-
 _stopped: list = []  # the signal that stopped this run, once one came
 
 
@@ -432,7 +430,7 @@ def _raise_stopped(signum, _frame):
 
 
 @contextlib.contextmanager
-def _signals(handler, signums=_STOP_SIGNALS, restore=lambda signum, old: old):
+def _signals(handler, signums=startup.STOP_SIGNALS, restore=lambda signum, old: old):
     """The block runs with `handler` for these signals, then each gets restore(its old handler) (main thread
     only: elsewhere Python cannot set handlers, and the block runs as it is)."""
     try:
@@ -484,9 +482,6 @@ def write_chunks(job: Job, chunks, vae, writer, log=print):
         log(f"chunk {ch.index}: {frames.shape[0]} frames at {time.perf_counter() - t0:.1f}s "
             f"({writer.frames_written} written)")
         del frames
-
-
-say = startup.say
 
 
 def _log_line(message: str):

@@ -148,6 +148,7 @@ class SelfCrossAttention(nn.Module):
 
 
 TOKEN_DIMS = {0: (0, 1), 7: (0,)}  # norm_rope's dims that change from forward to forward: x's (N, S), rope's S
+GATED_TOKEN_DIMS = {0: (0, 1), 1: (0, 1), 2: (0, 1)}  # _gated_residual's: x's and residual's (N, S), gate's chunks
 
 
 def _norm_rope_f32(x, heads: int, d: int, w, b, eps: float, rope):
@@ -215,7 +216,7 @@ class AdaModulate(nn.Module):
 
 def gated_residual(x, residual, gate, post_norm, chunks: int, compile_ops: bool = False):
     """bf16(LN_post(x_fp32 * gate_fp32 per chunk) + residual_fp32): the gate acts before the post-norm."""
-    fn = maybe_compiled(_gated_residual, compile_ops, x, {0: (0, 1), 1: (0, 1), 2: (0, 1)})
+    fn = maybe_compiled(_gated_residual, compile_ops, x, GATED_TOKEN_DIMS)
     tokens_per_chunk = x.shape[1] // chunks  # a constant of the compiled kernel (the chunk count is not)
     return fn(x, residual, gate, post_norm.weight, post_norm.bias, post_norm.eps, post_norm.one_plus, tokens_per_chunk)
 

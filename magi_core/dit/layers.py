@@ -27,6 +27,11 @@ class LayerNorm1p(nn.Module):
         return F.layer_norm(x, x.shape[-1:], w, self.bias, self.eps)
 
 
+def _quantized(x, scale, compile_ops: bool):
+    """x / scale in fp8 (compiled on CUDA when asked; every dim but the channels may change between forwards)."""
+    return maybe_compiled(quantize_fp8, compile_ops, x, {0: tuple(range(x.dim() - 1))})(x, scale)
+
+
 class PerTensorFp8Linear(nn.Module):
     """Reference `PerTensorQuantizedFp8Linear`: x / input_scale (vector) -> fp8, dequant by input_scale[0]."""
 
@@ -39,7 +44,7 @@ class PerTensorFp8Linear(nn.Module):
         self.compile_ops = False
 
     def forward(self, x):
-        x_q = maybe_compiled(quantize_fp8, self.compile_ops, x, {0: tuple(range(x.dim() - 1))})(x, self.input_scale)
+        x_q = _quantized(x, self.input_scale, self.compile_ops)
         return fp8_matmul(x_q, self.weight[0], self.input_scale, self.weight_scale, torch.bfloat16)
 
 
@@ -56,7 +61,7 @@ class PerChannelFp8Linear(nn.Module):
         self.compile_ops = False
 
     def forward(self, x):
-        x_q = maybe_compiled(quantize_fp8, self.compile_ops, x, {0: tuple(range(x.dim() - 1))})(x, self.smooth_scale)
+        x_q = _quantized(x, self.smooth_scale, self.compile_ops)
         return fp8_matmul(x_q, self.weight[0], self.input_scale, self.weight_scale, torch.bfloat16)
 
 
