@@ -20,12 +20,19 @@ def model_args(ap, variant: str = "base"):
     ap.add_argument("--width", type=int, default=720)
     ap.add_argument("--precision", default="fast", choices=["fast", "exact"])
     ap.add_argument("--backend", default=None, help="attention backend (default auto)")
+    ap.add_argument("--unfused", action="store_true",
+                    help="without session 10's fusions: pre-norms, the cross-attention query norm and the fp8 "
+                         "quantizations as passes of their own, fc1 and GELU as two (magi_core/dit/layer.py FUSIONS, "
+                         "GELU_EPILOGUE)")
 
 
 def runtime(a, dev):
     """The DiTRuntime of a benchmark's options (compile, block swap, fp8 storage where the script has them)."""
+    from magi_core.dit import layer
     from magi_core.settings import DiTRuntime
 
+    if getattr(a, "unfused", False):
+        layer.FUSIONS = layer.GELU_EPILOGUE = False
     return DiTRuntime(device=str(dev), precision=getattr(a, "precision", "fast"), attention=a.backend,
                       compile=getattr(a, "compile", False), block_swap=getattr(a, "block_swap", 0),
                       weight_dtype="fp8_e4m3fn" if getattr(a, "weight_fp8", False) else None)
@@ -38,7 +45,9 @@ def device_info(dev) -> dict:
 
 def emit(res: dict, path: str | None):
     """Print one JSON line; also append it to `path` when given."""
-    line = json.dumps(res)
+    from magi_core.dit import layer
+
+    line = json.dumps({**res, "fusions": layer.FUSIONS, "gelu_epilogue": layer.GELU_EPILOGUE})
     print(line)
     if path:
         with open(path, "a") as f:

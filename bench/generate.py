@@ -59,6 +59,45 @@ def random_t5_encode(dev, n_tokens=100, warm=False):
     return emb, mask, times[0], times[-1]
 
 
+def gpu_time_by_kind(prof, wall_s: float) -> dict:
+    """GPU kernel time of a profiled run by kind (bench/profile_forward.py's kinds), and wall time minus it: the
+    time the GPU waited for the host (launches, Python, synchronisations) or for copies not listed as kernels."""
+    from profile_forward import kind
+
+    by = {}
+    for e in prof.key_averages():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            by[kind(e.key)] = by.get(kind(e.key), 0.0) + e.self_device_time_total / 1e6
+    busy = sum(by.values())
+    res = dict(wall_s=round(wall_s, 2), gpu_busy_s=round(busy, 2), gpu_idle_s=round(wall_s - busy, 2),
+               **{f"{k}_s": round(v, 2) for k, v in sorted(by.items(), key=lambda kv: -kv[1])})
+    print("profile: " + ", ".join(f"{k} {v}" for k, v in res.items()), flush=True)
+    return res
+
+
+def dit_ideal(cfg, s, a, dev, dit_s: float) -> dict:
+    """The DiT's ideal time for this run's sampling plan at ceilings measured now (bf16; with fp8-approx also at
+    the FP8 kernel's speed)."""
+    from ceilings import ceilings, plan_flops
+
+    from magi_core.pipeline import sampling_plan
+    from magi_core.video import CHUNK_WIDTH
+
+    r = s.for_model(cfg)
+    plan = sampling_plan(r, chunk_count(r)[0], 0, a.precision)
+    ctn = CHUNK_WIDTH * (a.height // 16) * (a.width // 16)  # tokens per chunk: latent frames x (H/16)(W/16) patches
+    dense, attn = plan_flops(cfg, plan, ctn)
+    fp8 = a.backend == "fp8-approx"
+    ceil = ceilings(dev, cfg, ctn, fp8_attention=fp8)
+    res = dict(ceilings=ceil, dit_ideal_s=round(dense / (ceil["gemm_TFLOPs"] * 1e12) + attn / (ceil["sdpa_TFLOPs"] * 1e12), 2))
+    res["dit_over_ideal"] = round(dit_s / res["dit_ideal_s"], 3)
+    if fp8:
+        res["dit_ideal_fp8_s"] = round(dense / (ceil["gemm_TFLOPs"] * 1e12) + attn / (ceil["fp8_sdpa_TFLOPs"] * 1e12), 2)
+        res["dit_over_ideal_fp8"] = round(dit_s / res["dit_ideal_fp8_s"], 3)
+    print("ideal: " + ", ".join(f"{k} {v}" for k, v in res.items()), flush=True)
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser()
     model_args(ap, variant="distill")
@@ -85,7 +124,15 @@ def main():
     ap.add_argument("--keep-copies", action="store_true",
                     help="fast precision with the reference's distill copies of the first chunk (which fast drops): "
                          "to time and compare what dropping them changes")
+    ap.add_argument("--ideal", action="store_true",
+                    help="measure the GEMM/SDPA ceilings after the run and report the DiT's ideal time (the plan's "
+                         "FLOPs at those ceilings, bench/ceilings.py) and its ratio")
+    ap.add_argument("--profile", action="store_true",
+                    help="profile the timed generation (torch profiler, CUDA kernels): GPU time by kind of kernel and "
+                         "the time the GPU sat idle; the profiler slows the run, so its times are not P2's")
     a = ap.parse_args()
+    if (a.profile or a.ideal) and a.device != "cuda":
+        ap.error("--profile and --ideal measure a CUDA GPU")
     if a.keep_copies:
         import magi_core.pipeline
 
@@ -147,6 +194,12 @@ def main():
     sync()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    prof = None
+    if a.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        prof = profile(activities=[ProfilerActivity.CUDA])
+        prof.__enter__()
     t0 = time.perf_counter()
     first = first_decoded = None
     frames, decode_s, latents = 0, 0.0, []
@@ -164,6 +217,12 @@ def main():
             first_decoded = first_decoded or time.perf_counter() - t0
     sync()
     total = time.perf_counter() - t0
+    extra = {}
+    if prof is not None:
+        prof.__exit__(None, None, None)
+        extra["profile"] = gpu_time_by_kind(prof, total)
+    if a.ideal:
+        extra.update(dit_ideal(cfg, s, a, dev, total - decode_s))
     t5 = t5_s or 0.0
     res = dict(
         bench="generate", model=name, res=f"{a.height}x{a.width}", frames=a.frames, steps=a.steps,
@@ -177,7 +236,7 @@ def main():
         warmup_s=warmup_s and round(warmup_s, 1), peak_GiB=round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev.type == "cuda" else None,
         peak_reserved_GiB=round(torch.cuda.max_memory_reserved() / 2**30, 2) if dev.type == "cuda" else None,
         kv_offload=a.kv_offload, block_swap=a.block_swap, weight_fp8=a.weight_fp8, mem_cap_GiB=a.mem_cap_gib,
-        **device_info(dev),
+        **extra, **device_info(dev),
     )
     emit(res, a.json)
     if a.save_latents:

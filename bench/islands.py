@@ -4,6 +4,9 @@ symbolic (torch.compile(dynamic=True), sessions 2-8).
 
   python bench/islands.py [--size 4.5B] [--chunks 4] [--all-dynamic]
 
+Also (session 10) the gated residual that makes the next pre-norm in the same kernel, the cross-attention query
+norm, and fc1 with GELU in its GEMM epilogue against fc1 then GELU (with which GELU formula the epilogue matches).
+
 --all-dynamic: torch.compile(dynamic=True), the way sessions 2-8 compiled (kernels/compiled.py ALL_DYNAMIC).
 """
 from __future__ import annotations
@@ -18,7 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import magi_core  # noqa: E402,F401
 from magi_core.config import preset  # noqa: E402
-from magi_core.dit.layer import GATED_TOKEN_DIMS, TOKEN_DIMS, _gated_residual, norm_rope, norm_rope_e4m3  # noqa: E402
+from magi_core.dit.layer import (GATED_TOKEN_DIMS, TOKEN_DIMS, _gated_residual, _gated_residual_pre_norm,  # noqa: E402
+                                 layer_norm_as_cuda, norm_rope, norm_rope_e4m3)
+from magi_core.dit.layers import linear_gelu  # noqa: E402
 from magi_core.dit.rope import LearnableRoPE  # noqa: E402
 from magi_core.kernels import compiled as compiled_mod  # noqa: E402
 from magi_core.kernels.compiled import compiled  # noqa: E402
@@ -51,6 +56,10 @@ def main():
         "norm_rope k": (norm_rope, (xk, g, d, w, b, 1e-6, True, rope), TOKEN_DIMS, 2 * xk.nbytes),
         "norm_rope_e4m3 q": (norm_rope_e4m3, (xq, nh, d, w, b, 1e-6, True, rope), TOKEN_DIMS, 1.5 * xq.nbytes),
         "gated_residual": (_gated_residual, (y, res, gate, hw, hb, 1e-6, True, ctn), GATED_TOKEN_DIMS, 3 * y.nbytes),
+        "gated_residual+pre_norm": (_gated_residual_pre_norm, (y, res, gate, hw, hb, 1e-6, True, ctn,
+                                    hw.bfloat16() + 1, hb.bfloat16(), 1e-6), GATED_TOKEN_DIMS, 4 * y.nbytes),
+        "head_norm (cross q)": (layer_norm_as_cuda, (xq.view(S, nh, d), w.bfloat16() + 1, b.bfloat16(), 1e-6),
+                                {0: (0,)}, 2 * xq.nbytes),
     }
     rows = {}
     mode = "dynamic=True" if a.all_dynamic else "static sizes"
@@ -59,6 +68,32 @@ def main():
         t = _time(lambda: f(*args), iters=20)
         rows[name] = dict(ms=round(t * 1e3, 3), GBps=round(nbytes / t / 1e9))
         print(f"{name:18s} {mode:13s} {t * 1e3:7.3f} ms  {nbytes / t / 1e9:6.0f} GB/s", flush=True)
+    ln = torch.nn.LayerNorm(h, eps=1e-6, dtype=torch.bfloat16, device=dev)  # the eager passes the fusions replace
+    for name, fn in {"eager pre-norm": lambda: ln(y), "eager head_norm": lambda: torch.nn.functional.layer_norm(
+            xq.view(S, nh, d), (d,), w.bfloat16() + 1, b.bfloat16(), 1e-6)}.items():
+        t = _time(fn, iters=20)
+        rows[name] = dict(ms=round(t * 1e3, 3), GBps=round(2 * y.nbytes / t / 1e9))
+        print(f"{name:18s} {'eager':13s} {t * 1e3:7.3f} ms", flush=True)
+    if not cfg.gated_linear_unit:  # 4.5B: fc1 + GELU as two passes vs GELU in the GEMM's epilogue
+        fc1 = torch.nn.Linear(h, cfg.ffn_hidden_size, bias=False, dtype=torch.bfloat16, device=dev)
+        x = torch.randn(S, h, device=dev).bfloat16()
+        for name, fn in {"fc1": lambda: fc1(x), "fc1 then gelu": lambda: torch.nn.functional.gelu(fc1(x)),
+                         "fc1 gelu epilogue": lambda: linear_gelu(x, fc1)}.items():
+            t = _time(fn, iters=10)
+            rows[name] = dict(ms=round(t * 1e3, 3))
+            print(f"{name:18s} {'':13s} {t * 1e3:7.3f} ms", flush=True)
+        exact = torch.nn.functional.linear(x.float(), fc1.weight.float())
+        got = linear_gelu(x, fc1).float()
+        for form in ("none", "tanh"):  # which GELU the epilogue computes, and its error against fp32 math
+            ref = torch.nn.functional.gelu(exact, approximate=form)
+            rows[f"epilogue vs fp32 gelu({form})"] = dict(rel_l2=float((got - ref).norm() / ref.norm()),
+                                                          max_abs=float((got - ref).abs().max()))
+        ref = torch.nn.functional.gelu(exact)
+        two = torch.nn.functional.gelu(fc1(x)).float()
+        rows["two passes vs fp32 gelu(none)"] = dict(rel_l2=float((two - ref).norm() / ref.norm()),
+                                                     max_abs=float((two - ref).abs().max()))
+        for k in [r for r in rows if " vs " in r]:
+            print(f"{k:34s} rel L2 {rows[k]['rel_l2']:.3e}  max abs {rows[k]['max_abs']:.3e}", flush=True)
     emit(dict(bench="islands", model=a.size, tokens=S, compile=mode, rows=rows, **device_info(dev)), a.json)
 
 

@@ -36,6 +36,8 @@ def main():
                     help="fp8-approx: queries leave the norm+RoPE island in bf16, quantized by the backend (before session 8)")
     ap.add_argument("--all-dynamic", action="store_true",
                     help="compile with every size symbolic, as sessions 2-8 did (kernels/compiled.py ALL_DYNAMIC)")
+    ap.add_argument("--deviation", action="store_true",
+                    help="also report the velocity's relative L2 change from the unfused forward (--unfused)")
     ap.add_argument("--json", default=None, help="append the result as one JSON line to this file")
     a = ap.parse_args()
     if a.all_dynamic:
@@ -57,12 +59,14 @@ def main():
     ctn, keys, dn = w.ctn, w.keys, len(w.keys)
     dt = 8.0 if cfg.distill else None
 
-    def run():
+    def run(out=None):
         cache = w.prefill(model, dt) if a.mode == "cached" else None
         torch.cuda.synchronize()
         t1 = time.perf_counter()
-        model(*w.args, slice_point=w.slice_point, cache=cache, dt_factor=dt)
+        v = model(*w.args, slice_point=w.slice_point, cache=cache, dt_factor=dt)
         torch.cuda.synchronize()
+        if out is not None:
+            out.append(v)
         return time.perf_counter() - t1
 
     run()  # warm-up (and compile)
@@ -70,6 +74,17 @@ def main():
     torch.cuda.reset_peak_memory_stats()
     times = [run() for _ in range(a.iters)]
     peak = torch.cuda.max_memory_allocated() / 2**30
+    if a.deviation:  # the same forward without session 10's fusions (same weights, inputs, cache)
+        from magi_core.dit import layer
+
+        outs = []
+        run(outs)
+        fused = layer.FUSIONS, layer.GELU_EPILOGUE
+        layer.FUSIONS = layer.GELU_EPILOGUE = False
+        run(outs)
+        layer.FUSIONS, layer.GELU_EPILOGUE = fused
+        dev_rel = ((outs[0] - outs[1]).norm() / outs[1].norm()).item()
+        print(f"velocity change from the unfused forward: {dev_rel:.3e} relative L2", flush=True)
     dense, attn = dense_and_attention_flops(cfg, ctn, keys, a.cap_tokens)
     total = dense + attn
     best = min(times)
@@ -86,6 +101,7 @@ def main():
         times=[round(x, 4) for x in times], peak_GiB=round(peak, 2), model_GiB=round(torch.cuda.memory_allocated() / 2**30, 2),
         flop=f"{total:.3e}", attn_flop=f"{attn:.3e}", achieved_TFLOPs=round(total / best / 1e12, 1),
         **ceil, ideal_s=round(ideal, 3), time_over_ideal=round(best / ideal, 3), **extra, build_s=round(build_s, 1),
+        unfused_rel_l2=f"{dev_rel:.3e}" if a.deviation else None,
         **device_info(dev),
     )
     emit(res, a.json)

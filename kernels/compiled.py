@@ -15,10 +15,16 @@ import warnings
 
 import torch
 import torch._dynamo
+import torch._inductor.config
 
 _compiled: dict = {}
 _marked: dict = {}  # (compiled fn, dynamic dims) -> the compiled fn, marking those dims first
 ALL_DYNAMIC = False  # benches only: every size symbolic (torch.compile dynamic=True), as sessions 2-8 compiled
+CPU_TOO = False  # tests only: compile the islands for CPU tensors too (Inductor's C++ backend), to check them on CPU
+# Keep every rounding the code writes: by default Inductor drops a `.to(bf16)` followed by `.float()` inside one
+# kernel, so an fp8 quantization fused after a bf16 result would quantize the unrounded fp32 value (1-2 % of the
+# fp8 values one step off the unfused islands; tests/test_compiled_ops.py)
+_OPTIONS = {"emulate_precision_casts": True} if hasattr(torch._inductor.config, "emulate_precision_casts") else {}
 _LIMIT_HIT = getattr(torch._dynamo.exc, "FailOnRecompileLimitHit", ())  # (absent from some torch versions)
 
 
@@ -30,7 +36,8 @@ def compiled(fn, dynamic: dict[int, tuple[int, ...]] | None = None):
     if c is None:
         # one graph per static configuration (head counts, tokens per chunk, eps, ...), a handful per function
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        c = _compiled[fn] = _eager_past_the_limit(fn, torch.compile(fn, dynamic=ALL_DYNAMIC, fullgraph=True))
+        c = _compiled[fn] = _eager_past_the_limit(fn, torch.compile(fn, dynamic=ALL_DYNAMIC, fullgraph=True,
+                                                                     options=_OPTIONS))
     if not dynamic:
         return c
     key = (c, tuple(sorted(dynamic.items())))  # one marking wrapper per call site, not one per forward
@@ -64,6 +71,11 @@ def _eager_past_the_limit(fn, compiled_fn):
     return call
 
 
+def compiling(enabled: bool, x: torch.Tensor) -> bool:
+    """Whether the islands that x goes through run compiled: asked for (`compile_ops`), and x lives on CUDA."""
+    return enabled and (x.is_cuda or CPU_TOO)
+
+
 def maybe_compiled(fn, enabled: bool, x: torch.Tensor, dynamic: dict[int, tuple[int, ...]] | None = None):
-    """The compiled fn (see `compiled`) when enabled and x lives on CUDA, else fn itself."""
-    return compiled(fn, dynamic) if enabled and x.is_cuda else fn
+    """The compiled fn (see `compiled`) when `compiling(enabled, x)`, else fn itself."""
+    return compiled(fn, dynamic) if compiling(enabled, x) else fn

@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 
 import magi_core  # noqa: F401
-from magi_core.dit.layer import _gated_residual, _silu_mul_fused, norm_rope, silu_mul
-from magi_core.dit.layers import LayerNorm1p
+from magi_core.dit.layer import (_gated_residual, _gated_residual_pre_norm, _silu_mul_fused, layer_norm_as_cuda,
+                                 norm_rope, silu_mul)
+from magi_core.dit.layers import LayerNorm1p, linear_gelu
 from magi_core.dit.rope import LearnableRoPE, apply_rope
 from magi_core.dit.weight_fp8 import dequantize
 from magi_core.kernels.attention import fold_heads, sdpa_range_attention, unfold_heads
@@ -69,6 +70,64 @@ def test_compiled_islands_equal_eager(chunks):
     assert torch.equal(dequantize(w, s, torch.bfloat16), compiled(dequantize)(w, s, torch.bfloat16))
 
 
+def _ulps(a, b, ref):
+    """max |a - b| in bf16 ulps of ref's largest value (1 = the rounding of one value differs by one step)."""
+    return float((a.float() - b.float()).abs().max() / (2 ** -7 * ref.float().abs().max()))
+
+
+def test_pre_norm_made_with_the_residual_equals_the_layernorm_module():
+    """The gated residual that also makes the next sublayer's pre-norm (one kernel when compiled) gives the residual
+    unchanged and what nn.LayerNorm (bf16 weights) computes from it; so does the cross-attention query norm."""
+    S, h, d = 48, 64, 32
+    post = _norm(h, 3)
+    pre = torch.nn.LayerNorm(h, eps=1e-6, dtype=torch.bfloat16)
+    pre.weight.data, pre.bias.data = (1 + _rand(h, seed=11) * 0.1).bfloat16(), (_rand(h, seed=12) * 0.1).bfloat16()
+    y, res = _rand(1, S, h, seed=4, dtype=torch.bfloat16), _rand(1, S, h, seed=5, dtype=torch.bfloat16) * 4
+    gate = _rand(1, 3, h, seed=6, dtype=torch.bfloat16)
+    args = (y, res, gate, post.weight, post.bias, post.eps, True, S // 3)
+    want = _gated_residual(*args)
+    for fn in (_gated_residual_pre_norm, compiled(_gated_residual_pre_norm)):
+        out, a = fn(*args, pre.weight, pre.bias, pre.eps)
+        assert _ulps(out, want, want) <= 1
+        assert _ulps(a, pre(want), pre(want)) <= 1 and a.dtype == torch.bfloat16
+    assert (a.float() - pre(want).float()).abs().mean() < 1e-3 * pre(want).float().abs().mean()  # not just close
+    q = _rand(S, 4, d, seed=13, dtype=torch.bfloat16) * 3
+    norm = LayerNorm1p(d, 1e-6, True, torch.bfloat16)
+    norm.weight.data, norm.bias.data = (_rand(d, seed=14) * 0.1).bfloat16(), (_rand(d, seed=15) * 0.1).bfloat16()
+    w1 = norm.weight + 1  # rounded to bf16 as LayerNorm1p does, before the island
+    for fn in (layer_norm_as_cuda, compiled(layer_norm_as_cuda)):
+        assert _ulps(fn(q, w1, norm.bias, norm.eps), norm(q), norm(q)) <= 1
+
+
+def test_gelu_in_the_gemm_epilogue_is_gelu_of_the_linear():
+    """linear_gelu (fast precision, CUDA) computes gelu(x W^T): its bias, transposition and shapes are right; on
+    CPU torch computes the erf GELU, so this checks exactly (the CUDA epilogue's tanh form is measured on a GPU:
+    BENCHMARKS.md session 10, tests/test_gpu_dit.py)."""
+    x = _rand(2, 5, 16, seed=1).double()
+    lin = torch.nn.Linear(16, 24, bias=False, dtype=torch.float64)
+    lin.weight.data = _rand(24, 16, seed=2).double()
+    got = linear_gelu(x, lin)
+    assert got.shape == (2, 5, 24)
+    assert torch.allclose(got, F.gelu(lin(x)), atol=1e-12)
+    lin.bias = torch.nn.Parameter(_rand(24, seed=3).double())
+    assert torch.allclose(linear_gelu(x, lin), F.gelu(lin(x)), atol=1e-12)
+
+
+def test_next_layer_pre_norm_only_when_the_next_layer_is_on_the_same_device():
+    """VideoDiT hands layer i+1's pre-norm to layer i (one pass fewer), except after the last layer and when block
+    swap keeps layer i+1's weights on the host (its pre-hook has not run yet)."""
+    from magi_core.config import preset
+    from magi_core.dit import build_dit, init_random_
+
+    model = init_random_(build_dit(preset("tiny")), seed=0)
+    hs = torch.zeros(1, 2, model.cfg.hidden_size)
+    n = len(model.videodit_blocks.layers)
+    assert n >= 2
+    assert model._next_qkv(0, hs) is model.videodit_blocks.layers[1].self_attention.linear_qkv
+    assert model._next_qkv(n - 1, hs) is None
+    assert model._next_qkv(0, hs.to("meta")) is None  # the next layer's weights live elsewhere
+
+
 def test_token_counts_share_a_graph_and_other_sizes_are_constants(monkeypatch):
     """compiled(fn, dynamic): forwards of 1..5 chunks (the token dims named dynamic) reuse one graph, in which the
     head count, head size and eps are constants; a new head count (queries vs keys) makes its own graph."""
@@ -85,7 +144,7 @@ def test_token_counts_share_a_graph_and_other_sizes_are_constants(monkeypatch):
 
     real = torch.compile
     monkeypatch.setattr(compiled_mod, "_compiled", {})
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, **{**kw, "backend": backend}))
+    monkeypatch.setattr(torch, "compile", lambda fn, options=None, **kw: real(fn, **{**kw, "backend": backend}))
     torch._dynamo.reset()
     d, norm = 32, _norm(32, 2)
     for heads, chunks in [(4, 1), (4, 2), (4, 5), (2, 1), (2, 3)]:
@@ -111,7 +170,7 @@ def test_past_the_recompile_limit_an_island_runs_eagerly(monkeypatch):
 
     real = torch.compile
     monkeypatch.setattr(compiled_mod, "_compiled", {})
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, **{**kw, "backend": "eager"}))
+    monkeypatch.setattr(torch, "compile", lambda fn, options=None, **kw: real(fn, **{**kw, "backend": "eager"}))
     torch._dynamo.reset()
     h, post = 64, _norm(64, 3)
     island = compiled(_gated_residual, {0: (0, 1), 1: (0, 1), 2: (0, 1)})
@@ -136,3 +195,78 @@ def test_fold_heads_is_exact_gqa():
     out = unfold_heads(F.scaled_dot_product_attention(folded, k.transpose(0, 1)[None], v.transpose(0, 1)[None]), L)
     ref = sdpa_range_attention(q.double(), k.double(), v.double(), [(0, L)], [(0, 30)])
     assert torch.allclose(out.double(), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-distill-fp8"])
+def test_compiled_dit_with_fusions_matches_eager_on_cpu(monkeypatch, name):
+    """The whole DiT with `compile_ops` (Inductor's CPU backend standing in for CUDA): the fused islands (pre-norms
+    made by the previous gated residual, across layers too; the fp8 layers' inputs quantized there, one per
+    projection; activation + fc2 quantization) give the eager forward within bf16 rounding. Each fp8 projection
+    gets its own input scale, so a pre-norm quantized with another projection's scale would show."""
+    import torch._dynamo
+
+    from magi_core.config import preset
+    from magi_core.dit import build_dit, init_random_
+    from magi_core.dit.layers import PerTensorFp8Linear
+    from magi_core.kernels import compiled as compiled_mod
+    from test_dit import causal_ranges, inputs
+
+    monkeypatch.setattr(compiled_mod, "CPU_TOO", True)
+    cfg = preset(name).replace(num_layers=3)
+    model = init_random_(build_dit(cfg), seed=0)
+    fp8 = [m for m in model.modules() if isinstance(m, PerTensorFp8Linear)]
+    assert bool(fp8) == name.endswith("fp8")
+    for i, lin in enumerate(fp8):
+        lin.input_scale.fill_(0.01 * 2 ** (i % 4))
+    x, t, y, mask = inputs(cfg, dn=3)
+    kv = causal_ranges(3, 24)
+    dt = 8.0 if cfg.distill else None
+    torch._dynamo.reset()
+    try:
+        model.compile_ops = False
+        eager = model(x, t, y, mask, kv, dt_factor=dt)
+        model.compile_ops = True
+        fused = model(x, t, y, mask, kv, dt_factor=dt)
+    finally:
+        torch._dynamo.reset()
+    rel = ((fused - eager).norm() / eager.norm()).item()
+    # compiled, so not the same kernels; within bf16 rounding (fp8: re-quantization flips some values; a pre-norm
+    # quantized with the wrong projection's scale gives 0.07-0.2)
+    assert 0 < rel < (4e-2 if fp8 else 1e-2), rel
+
+
+def test_fused_pre_norm_is_each_fp8_projections_own_input():
+    """The gated residual's compiled kernel makes, for fp8 projections, exactly what each would quantize itself:
+    quantize_fp8(pre_norm(result), its own scale), in the order the attention unpacks them (q, qx, k, v)."""
+    import torch._dynamo
+
+    from magi_core.config import preset
+    from magi_core.dit import build_dit, init_random_
+    from magi_core.dit.layer import gated_residual
+    from magi_core.kernels import compiled as compiled_mod
+
+    cfg = preset("tiny-distill-fp8").replace(num_layers=3)
+    layer = init_random_(build_dit(cfg), seed=0).videodit_blocks.layers[1]  # a quantized layer
+    qkv, post = layer.self_attention.linear_qkv, layer.self_attn_post_norm
+    for i, lin in enumerate((qkv.q, qkv.qx, qkv.k, qkv.v)):
+        lin.input_scale.fill_(0.01 * 2 ** i)
+    S, h = 48, cfg.hidden_size
+    x, res = _rand(1, S, h, seed=1, dtype=torch.bfloat16), _rand(1, S, h, seed=2, dtype=torch.bfloat16)
+    gate = _rand(1, 3, h, seed=3, dtype=torch.bfloat16)
+    out = gated_residual(x, res, gate, post, 3)
+    torch._dynamo.reset()
+    compiled_mod.CPU_TOO = True
+    try:
+        for consumer, lins in ((qkv, (qkv.q, qkv.qx, qkv.k, qkv.v)), (layer.mlp, (layer.mlp.linear_fc1,))):
+            got_out, a8 = gated_residual(x, res, gate, post, 3, True, consumer)
+            assert _ulps(got_out, out, out) <= 1
+            assert isinstance(a8, tuple) and len(a8) == len(lins)
+            for got, lin in zip(a8, lins):
+                want = quantize_fp8(consumer.layer_norm(out), lin.input_scale)
+                assert got.dtype == FP8
+                # a bf16 pre-norm value one rounding apart may cross an fp8 rounding boundary: one e4m3 step (1/8)
+                step = (got.float() - want.float()).abs() <= want.float().abs() / 8 + 2 ** -9
+                assert step.all() and (got.float() == want.float()).float().mean() > 0.95, lin
+    finally:
+        compiled_mod.CPU_TOO = False
+        torch._dynamo.reset()

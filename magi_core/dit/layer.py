@@ -10,11 +10,14 @@ from torch import nn
 
 from magi_core.kernels.attention import range_attention
 from magi_core.kernels.attention_fp8 import fp8_range_attention, q_scale_bound, quantize_q_bound
-from magi_core.kernels.compiled import compiled, maybe_compiled
+from magi_core.kernels.compiled import compiled, compiling, maybe_compiled
 
 from ..config import DiTConfig
 from .cache import KVCache
-from .layers import LayerNorm1p, PerChannelFp8Linear, PerTensorFp8Linear, linear_fp32, make_linear
+from magi_core.kernels.fp8 import FP8, quantize_fp8
+
+from .layers import (LayerNorm1p, PerChannelFp8Linear, PerTensorFp8Linear, fp8_input_scale, linear_fp32, linear_gelu,
+                     make_linear)
 from .rope import apply_rope
 
 
@@ -54,6 +57,11 @@ class LinearQKV(nn.Module):
         self.k = make_linear(cfg, i, h, cfg.kv_dim, PerTensorFp8Linear)
         self.v = make_linear(cfg, i, h, cfg.kv_dim, PerTensorFp8Linear)
 
+    def fp8_input_scales(self) -> tuple:
+        """The four projections' fp8 input scales (q, qx, k, v) when all four are fp8 linears, else ()."""
+        scales = tuple(fp8_input_scale(lin) for lin in (self.q, self.qx, self.k, self.v))
+        return () if any(sc is None for sc in scales) else scales
+
 
 _planar: dict = {}
 
@@ -91,18 +99,22 @@ class SelfCrossAttention(nn.Module):
         fn = maybe_compiled(island or norm_rope, m.compile_ops, x, TOKEN_DIMS)
         return fn(x, heads, self.cfg.kv_channels, norm.weight, norm.bias, norm.eps, norm.one_plus, m.rope)
 
-    def forward(self, hs: torch.Tensor, y_xattn: torch.Tensor, m: ForwardMeta):
+    def forward(self, hs: torch.Tensor, y_xattn: torch.Tensor, m: ForwardMeta, a: torch.Tensor | None = None):
+        """a: the pre-norm of hs when the previous layer's gated residual made it (see `gated_residual`)."""
         cfg = self.cfg
         nh, g, d = cfg.num_attention_heads, cfg.num_query_groups, cfg.kv_channels
         N, S = hs.shape[:2]
-        a = self.linear_qkv.layer_norm(hs)  # (N, S, h) bf16, plain gamma
+        if a is None:
+            a = self.linear_qkv.layer_norm(hs)  # (N, S, h) bf16, plain gamma
+        # bf16 pre-norm, or (fp8 layers, compiled) one fp8 copy per projection, quantized with its scale
+        aq, aqx, ak, av = a if isinstance(a, tuple) else (a,) * 4
 
-        q = self._qk(a, self.linear_qkv.q, self.q_layernorm, nh, m, norm_rope_e4m3 if m.e4m3_queries else None)
+        q = self._qk(aq, self.linear_qkv.q, self.q_layernorm, nh, m, norm_rope_e4m3 if m.e4m3_queries else None)
         if m.e4m3_queries:  # FP8 self-attention: the queries left the norm+RoPE island in e4m3
             q, q_descale = q
         q = q.reshape(N * S, nh, d)
-        k = self._qk(a, self.linear_qkv.k, self.k_layernorm, g, m).reshape(N * S, g, d)
-        v = self.linear_qkv.v(a).reshape(N * S, g, d)
+        k = self._qk(ak, self.linear_qkv.k, self.k_layernorm, g, m).reshape(N * S, g, d)
+        v = self.linear_qkv.v(av).reshape(N * S, g, d)
         if m.cp is not None:  # CP hook: full sequence, local heads (all-to-all)
             q, k, v = m.cp.to_heads(q, k, v)
         k, v = self._with_cache(k, v, m)
@@ -117,17 +129,21 @@ class SelfCrossAttention(nn.Module):
             self_out.copy_(m.cp.to_seq(range_attention(q, k, v, m.q_ranges, m.k_ranges, backend=m.attn_backend)))
 
         # cross-attention: bf16 norms with weight+1 in bf16, no RoPE
-        qx = self.linear_qkv.qx(a).reshape(N * S, nh, d)
-        qx = self.q_layernorm_xattn(qx)
+        qx = self.linear_qkv.qx(aqx).reshape(N * S, nh, d)
+        qx = head_norm(qx, self.q_layernorm_xattn, m.compile_ops)
         kvx = self.linear_kv_xattn(y_xattn).view(-1, g, 2 * d)  # rows interleaved [K_g; V_g] per group
         kx, vx = self.k_layernorm_xattn(kvx[..., :d]), kvx[..., d:]
         range_attention(qx, kx, vx, m.xq_ranges, m.xk_ranges, backend=m.attn_backend, out=cross_out)
 
         o = o.view(N, S, -1)
-        if m.precision == "fast" and not isinstance(self.linear_proj, PerChannelFp8Linear):
-            # the same sums as the reference's interleaved input, with linear_proj's columns permuted instead
-            w = self.linear_proj.weight
-            return F.linear(o, w.index_select(1, planar_columns(cfg.q_dim, w.device)))
+        proj = self.linear_proj
+        if m.precision == "fast":  # the reference's interleaved input's sums, with proj's columns permuted instead
+            cols = planar_columns(cfg.q_dim, o.device)
+            if isinstance(proj, PerChannelFp8Linear) and FUSIONS:  # fp8: its smoothing scales permuted too
+                o8 = maybe_compiled(quantize_fp8, m.compile_ops, o, {0: (0, 1)})(o, proj.smooth_scale[:, cols])
+                return proj(o8, weight=proj.weight[0].view(torch.uint8).index_select(1, cols).view(FP8))
+            if not isinstance(proj, PerChannelFp8Linear):
+                return F.linear(o, proj.weight.index_select(1, cols))
         # reference: [self | cross] -> 8 slices interleaved: [self_0, cross_0, ..., self_7, cross_7]
         o = o.view(N, S, 2, 8, -1).transpose(2, 3).reshape(N, S, -1)
         if isinstance(self.linear_proj, PerChannelFp8Linear):
@@ -147,6 +163,10 @@ class SelfCrossAttention(nn.Module):
         return torch.cat([cached[..., :d], k], 0), torch.cat([cached[..., d:], v], 0)
 
 
+# benches only, to time what they buy in one call (both on in the product; BENCHMARKS.md session 10):
+FUSIONS = True  # False: pre-norms, the cross-attention query norm and the fp8 layers' input quantizations run as
+#                 passes of their own, and fast fp8 `linear_proj` takes the interleaved input
+GELU_EPILOGUE = True  # False: `fast` runs fc1 and GELU as two passes, as `exact` does
 TOKEN_DIMS = {0: (0, 1), 7: (0,)}  # norm_rope's dims that change from forward to forward: x's (N, S), rope's S
 GATED_TOKEN_DIMS = {0: (0, 1), 1: (0, 1), 2: (0, 1)}  # _gated_residual's: x's and residual's (N, S), gate's chunks
 
@@ -169,6 +189,20 @@ def norm_rope_e4m3(x, heads: int, d: int, w, b, eps: float, one_plus: bool, rope
     return quantize_q_bound(_norm_rope_f32(x, heads, d, w, b, eps, rope), q_scale_bound(w, b))
 
 
+def head_norm(x, norm: LayerNorm1p, compile_ops: bool):
+    """The cross-attention query norm: LayerNorm1p with bf16 weights on bf16 x (compiled on CUDA when asked)."""
+    if not (compiling(compile_ops, x) and FUSIONS):
+        return norm(x)
+    w = norm.weight + 1 if norm.one_plus else norm.weight  # rounded in the weight's dtype, as LayerNorm1p does
+    return compiled(layer_norm_as_cuda, {0: (0,)})(x, w, norm.bias, norm.eps)
+
+
+def layer_norm_as_cuda(x, w, b, eps: float):
+    """F.layer_norm of bf16 x with bf16 weights as PyTorch's CUDA kernel computes it: statistics and affine in
+    fp32, one rounding to x's dtype (written out so Inductor fuses it into the kernel that makes x)."""
+    return F.layer_norm(x.float(), x.shape[-1:], w.float(), None if b is None else b.float(), eps).to(x.dtype)
+
+
 def silu_mul(x, rows: int = 8192):
     """silu(first half) * second half in fp32, one rounding (flashinfer silu_and_mul).
 
@@ -186,6 +220,15 @@ def _silu_mul_fused(x):
     return (F.silu(a) * b).to(x.dtype)
 
 
+def _gelu_fp8(x, scale):
+    """F.gelu of bf16 x (fp32 math, bf16 result), then quantize_fp8 with the next fp8 linear's scale."""
+    return quantize_fp8(F.gelu(x.float()).to(x.dtype), scale)
+
+
+def _silu_mul_fp8(x, scale):
+    return quantize_fp8(_silu_mul_fused(x), scale)
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: DiTConfig, i: int):
         super().__init__()
@@ -195,12 +238,27 @@ class MLP(nn.Module):
         self.linear_fc1 = make_linear(cfg, i, h, Fd * (2 if self.glu else 1), PerTensorFp8Linear)
         self.linear_fc2 = make_linear(cfg, i, Fd, h, PerChannelFp8Linear)
 
-    def forward(self, x, compile_ops: bool = False):
-        x = self.linear_fc1(self.layer_norm(x))
+    def fp8_input_scales(self) -> tuple:
+        """fc1's fp8 input scale, or () for a bf16 fc1 (the pre-norm's consumer; see `gated_residual`)."""
+        scale = fp8_input_scale(self.linear_fc1)
+        return () if scale is None else (scale,)
+
+    def forward(self, a, compile_ops: bool = False, gelu_epilogue: bool = False):
+        """a: the pre-normed input (`self.layer_norm(x)`, made by the attention's gated residual), bf16 or (a1,): fc1's
+        fp8 input. gelu_epilogue (`fast` precision): GELU inside fc1's GEMM on CUDA (layers.py `linear_gelu`)."""
+        a = a[0] if isinstance(a, tuple) else a
+        fc2_scale = fp8_input_scale(self.linear_fc2)
+        fused = compiling(compile_ops, a)
+        if fused and fc2_scale is not None and FUSIONS:  # activation and fc2's fp8 quantization in one kernel
+            act = _silu_mul_fp8 if self.glu else _gelu_fp8
+            return self.linear_fc2(compiled(act, {0: (0, 1)})(self.linear_fc1(a), fc2_scale))
         if self.glu:
-            x = compiled(_silu_mul_fused, {0: (0, 1)})(x) if compile_ops and x.is_cuda else silu_mul(x)
+            x = self.linear_fc1(a)
+            x = compiled(_silu_mul_fused, {0: (0, 1)})(x) if fused else silu_mul(x)
+        elif gelu_epilogue and a.is_cuda and isinstance(self.linear_fc1, nn.Linear):
+            x = linear_gelu(a, self.linear_fc1)
         else:
-            x = F.gelu(x)
+            x = F.gelu(self.linear_fc1(a))
         return self.linear_fc2(x)
 
 
@@ -214,11 +272,25 @@ class AdaModulate(nn.Module):
         return self.proj(F.silu(cond))
 
 
-def gated_residual(x, residual, gate, post_norm, chunks: int, compile_ops: bool = False):
-    """bf16(LN_post(x_fp32 * gate_fp32 per chunk) + residual_fp32): the gate acts before the post-norm."""
-    fn = maybe_compiled(_gated_residual, compile_ops, x, GATED_TOKEN_DIMS)
+def gated_residual(x, residual, gate, post_norm, chunks: int, compile_ops: bool = False, consumer=None):
+    """bf16(LN_post(x_fp32 * gate_fp32 per chunk) + residual_fp32): the gate acts before the post-norm.
+
+    consumer: the next sublayer (LinearQKV or MLP): then returns (result, a) with a = consumer.layer_norm(result),
+    its pre-norm, made in the same kernel when compiled (the result is not read again, no LayerNorm pass of its
+    own); when the consumer's projections are fp8 linears, a is instead a tuple of their fp8 inputs, each quantized
+    with its scale (no bf16 copy, no quantization passes). None: returns the result."""
     tokens_per_chunk = x.shape[1] // chunks  # a constant of the compiled kernel (the chunk count is not)
-    return fn(x, residual, gate, post_norm.weight, post_norm.bias, post_norm.eps, post_norm.one_plus, tokens_per_chunk)
+    args = (x, residual, gate, post_norm.weight, post_norm.bias, post_norm.eps, post_norm.one_plus, tokens_per_chunk)
+    if consumer is None:
+        return maybe_compiled(_gated_residual, compile_ops, x, GATED_TOKEN_DIMS)(*args)
+    norm = consumer.layer_norm
+    if compiling(compile_ops, x) and FUSIONS:
+        scales = consumer.fp8_input_scales()
+        out, *a = compiled(_gated_residual_pre_norm, GATED_TOKEN_DIMS)(*args, norm.weight, norm.bias, norm.eps,
+                                                                      *scales)
+        return out, tuple(a) if scales else a[0]
+    out = maybe_compiled(_gated_residual, compile_ops, x, GATED_TOKEN_DIMS)(*args)
+    return out, norm(out)
 
 
 def _gated_residual(x, residual, gate, w, b, eps: float, one_plus: bool, tokens_per_chunk: int):
@@ -226,6 +298,15 @@ def _gated_residual(x, residual, gate, w, b, eps: float, one_plus: bool, tokens_
     x = x.float().view(N, -1, tokens_per_chunk, h) * gate.float()[:, :, None, :]
     x = F.layer_norm(x.view(N, S, h), (h,), w + 1 if one_plus else w, b, eps)
     return (x + residual.float()).to(residual.dtype)
+
+
+def _gated_residual_pre_norm(x, residual, gate, w, b, eps: float, one_plus: bool, tokens_per_chunk: int, nw, nb,
+                             neps: float, *fp8_scales):
+    """(_gated_residual, its pre-norm in bf16), or with fp8_scales (_gated_residual, the pre-norm quantized with
+    each scale, as the fp8 linears would quantize it: quantize_fp8 of the bf16 value)."""
+    out = _gated_residual(x, residual, gate, w, b, eps, one_plus, tokens_per_chunk)
+    a = layer_norm_as_cuda(out, nw, nb, neps)
+    return (out, a) if not fp8_scales else (out, *(quantize_fp8(a, sc) for sc in fp8_scales))
 
 
 class TransformerLayer(nn.Module):
@@ -238,7 +319,9 @@ class TransformerLayer(nn.Module):
         self.mlp = MLP(cfg, i)
         self.mlp_post_norm = LayerNorm1p(cfg.hidden_size, eps, cfg.apply_layernorm_1p, cfg.params_dtype)
 
-    def forward(self, hs, condition, y_xattn, m: ForwardMeta):
+    def forward(self, hs, condition, y_xattn, m: ForwardMeta, a=None, next_qkv=None):
+        """a: hs's attention pre-norm if the previous layer made it (see `gated_residual`); next_qkv: the next
+        layer's LinearQKV, whose pre-norm this layer's last kernel makes. Returns (hs, that pre-norm or None)."""
         gate = self.ada_modulate_layer(condition)  # (N, dn, 2h) bf16
         gate = torch.tanh(gate.float()).to(gate.dtype)  # softcap with cap 1, stored back as bf16
         chunks = m.chunks
@@ -246,9 +329,11 @@ class TransformerLayer(nn.Module):
             gate = m.cp.per_token(gate)
             chunks = gate.shape[1]
         gate_msa, gate_mlp = gate.chunk(2, dim=-1)
-        attn = self.self_attention(hs, y_xattn, m)
-        hs = gated_residual(attn, hs, gate_msa, self.self_attn_post_norm, chunks, m.compile_ops)
-        return gated_residual(self.mlp(hs, m.compile_ops), hs, gate_mlp, self.mlp_post_norm, chunks, m.compile_ops)
+        attn = self.self_attention(hs, y_xattn, m, a)
+        hs, a = gated_residual(attn, hs, gate_msa, self.self_attn_post_norm, chunks, m.compile_ops, self.mlp)
+        mlp = self.mlp(a, m.compile_ops, gelu_epilogue=m.precision == "fast" and GELU_EPILOGUE)
+        out = gated_residual(mlp, hs, gate_mlp, self.mlp_post_norm, chunks, m.compile_ops, next_qkv)
+        return out if next_qkv is not None else (out, None)
 
 
 class TransformerBlock(nn.Module):

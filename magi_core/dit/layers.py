@@ -43,8 +43,14 @@ class PerTensorFp8Linear(nn.Module):
         self.input_scale = nn.Parameter(torch.empty(in_features, dtype=torch.float32), requires_grad=False)
         self.compile_ops = False
 
+    @property
+    def quant_scale(self):
+        """What a bf16 input is divided by before it is cast to fp8."""
+        return self.input_scale
+
     def forward(self, x):
-        x_q = _quantized(x, self.input_scale, self.compile_ops)
+        """x: bf16, or already fp8 (quantized with `quant_scale` by a fused island of layer.py)."""
+        x_q = x if x.dtype == FP8 else _quantized(x, self.input_scale, self.compile_ops)
         return fp8_matmul(x_q, self.weight[0], self.input_scale, self.weight_scale, torch.bfloat16)
 
 
@@ -60,9 +66,22 @@ class PerChannelFp8Linear(nn.Module):
         self.smooth_scale = nn.Parameter(torch.empty(1, in_features, dtype=torch.float32), requires_grad=False)
         self.compile_ops = False
 
-    def forward(self, x):
-        x_q = _quantized(x, self.smooth_scale, self.compile_ops)
-        return fp8_matmul(x_q, self.weight[0], self.input_scale, self.weight_scale, torch.bfloat16)
+    @property
+    def quant_scale(self):
+        """What a bf16 input is divided by before it is cast to fp8."""
+        return self.smooth_scale
+
+    def forward(self, x, weight=None):
+        """x: bf16, or already fp8 (quantized with `quant_scale` by a fused island of layer.py).
+        weight: this layer's fp8 weight with its columns permuted (layer.py, `fast`), else its own."""
+        x_q = x if x.dtype == FP8 else _quantized(x, self.smooth_scale, self.compile_ops)
+        w = self.weight[0] if weight is None else weight
+        return fp8_matmul(x_q, w, self.input_scale, self.weight_scale, torch.bfloat16)
+
+
+def fp8_input_scale(layer: nn.Module):
+    """The scale a layer's bf16 input is divided by before its fp8 GEMM; None for a bf16 layer."""
+    return getattr(layer, "quant_scale", None)
 
 
 def make_linear(cfg: DiTConfig, layer: int, fin: int, fout: int, fp8_cls=None) -> nn.Module:
@@ -75,6 +94,25 @@ def linear_fp32(x, layer: nn.Linear):
     """The reference's autocast(fp32) linear: input and weight upcast, fp32 output."""
     bias = None if layer.bias is None else layer.bias.float()
     return F.linear(x.float(), layer.weight.float(), bias)
+
+
+_zero_bias: dict = {}
+
+
+def linear_gelu(x, layer: nn.Linear):
+    """gelu(layer(x)) with the GELU in the GEMM's epilogue (`torch._addmm_activation`: cuBLASLt on CUDA), applied
+    to the fp32 accumulator before the one rounding: no bf16 round trip of fc1's output through memory. `fast`
+    precision only: the reference rounds fc1's output to bf16 and applies the erf GELU, and the CUDA epilogue
+    computes GELU's tanh form (BENCHMARKS.md session 10 measures the difference)."""
+    w = layer.weight
+    bias = layer.bias
+    if bias is None:  # the epilogue takes a bias: zeros (MAGI-1's linears have none)
+        key = (w.shape[0], w.dtype, w.device)
+        bias = _zero_bias.get(key)
+        if bias is None:
+            bias = _zero_bias[key] = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+    y = torch._addmm_activation(bias, x.reshape(-1, x.shape[-1]), w.t(), use_gelu=True)
+    return y.view(*x.shape[:-1], w.shape[0])
 
 
 class TimestepEmbedder(nn.Module):

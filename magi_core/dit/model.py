@@ -120,8 +120,9 @@ class VideoDiT(nn.Module):
         if self.cp is not None:  # CP hook: keep this rank's tokens (magi_core/parallel/ulysses.py)
             hs, m = self.cp.shard(hs, m)
         try:
-            for layer in self.videodit_blocks.layers:
-                hs = layer(hs, condition, y_xattn, m)
+            layers, a = self.videodit_blocks.layers, None
+            for i, layer in enumerate(layers):
+                hs, a = layer(hs, condition, y_xattn, m, a, self._next_qkv(i, hs))
         except BaseException:  # e.g. out of memory inside a streamed layer: its weights go back to the host
             if self.block_swap is not None:
                 self.block_swap.release()
@@ -159,6 +160,16 @@ class VideoDiT(nn.Module):
             raise ValueError("distilled model: pass dt_factor (num_steps/2, or 4|8 for the 12-step shortcut)")
 
     # ------------------------------------------------------------------ helpers
+    def _next_qkv(self, i: int, hs: torch.Tensor):
+        """Layer i+1's LinearQKV, whose pre-norm layer i makes in its last kernel (layer.py `gated_residual`);
+        None after the last layer, or while block swap keeps layer i+1's weights on the host."""
+        layers = self.videodit_blocks.layers
+        if i + 1 == len(layers):
+            return None
+        qkv = layers[i + 1].self_attention.linear_qkv
+        on_device = all(p.device == hs.device for p in qkv.parameters())
+        return qkv if on_device else None
+
     def _e4m3_queries(self, hs, k_ranges) -> bool:
         """Whether self-attention runs FP8 with its queries made in e4m3 (magi_core/dit/layer.py norm_rope_e4m3):
         the backend in effect is fp8-approx and can run here, its key ranges are long enough for FP8
