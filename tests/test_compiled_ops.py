@@ -72,7 +72,8 @@ def test_compiled_islands_equal_eager(chunks):
 
 def _ulps(a, b, ref):
     """max |a - b| in bf16 ulps of ref's largest value (1 = the rounding of one value differs by one step)."""
-    return float((a.float() - b.float()).abs().max() / (2 ** -7 * ref.float().abs().max()))
+    a, b, ref = (v.detach().float() for v in (a, b, ref))
+    return float((a - b).abs().max() / (2 ** -7 * ref.abs().max()))
 
 
 def test_pre_norm_made_with_the_residual_equals_the_layernorm_module():
@@ -111,6 +112,10 @@ def test_gelu_in_the_gemm_epilogue_is_gelu_of_the_linear():
     assert torch.allclose(got, F.gelu(lin(x)), atol=1e-12)
     lin.bias = torch.nn.Parameter(_rand(24, seed=3).double())
     assert torch.allclose(linear_gelu(x, lin), F.gelu(lin(x)), atol=1e-12)
+    from magi_core.dit.weight_fp8 import Fp8WeightLinear  # fp8 storage: its `weight` is the dequantized matrix
+
+    stored = Fp8WeightLinear(torch.nn.Linear(16, 24, bias=False))
+    assert torch.allclose(linear_gelu(x.float(), stored), F.gelu(stored(x.float())), atol=1e-6)
 
 
 def test_next_layer_pre_norm_only_when_the_next_layer_is_on_the_same_device():

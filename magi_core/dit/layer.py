@@ -255,7 +255,7 @@ class MLP(nn.Module):
         if self.glu:
             x = self.linear_fc1(a)
             x = compiled(_silu_mul_fused, {0: (0, 1)})(x) if fused else silu_mul(x)
-        elif gelu_epilogue and a.is_cuda and isinstance(self.linear_fc1, nn.Linear):
+        elif gelu_epilogue and a.is_cuda and fp8_input_scale(self.linear_fc1) is None:  # bf16 GEMM (or fp8 storage)
             x = linear_gelu(a, self.linear_fc1)
         else:
             x = F.gelu(self.linear_fc1(a))

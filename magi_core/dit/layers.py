@@ -99,11 +99,12 @@ def linear_fp32(x, layer: nn.Linear):
 _zero_bias: dict = {}
 
 
-def linear_gelu(x, layer: nn.Linear):
+def linear_gelu(x, layer: nn.Module):
     """gelu(layer(x)) with the GELU in the GEMM's epilogue (`torch._addmm_activation`: cuBLASLt on CUDA), applied
     to the fp32 accumulator before the one rounding: no bf16 round trip of fc1's output through memory. `fast`
     precision only: the reference rounds fc1's output to bf16 and applies the erf GELU, and the CUDA epilogue
-    computes GELU's tanh form (BENCHMARKS.md session 10 measures the difference)."""
+    computes GELU's tanh form (BENCHMARKS.md session 10 measures the difference). layer: nn.Linear, or fp8 storage
+    (weight_fp8.py Fp8WeightLinear, whose `weight` is the dequantized matrix)."""
     w = layer.weight
     bias = layer.bias
     if bias is None:  # the epilogue takes a bias: zeros (MAGI-1's linears have none)
