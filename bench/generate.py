@@ -124,6 +124,8 @@ def main():
     ap.add_argument("--keep-copies", action="store_true",
                     help="fast precision with the reference's distill copies of the first chunk (which fast drops): "
                          "to time and compare what dropping them changes")
+    ap.add_argument("--tile-batch", type=int, default=1,
+                    help="VAE decode: same-sized tiles per VAE call (magi_core/vae/tiling.py; 1 = the reference)")
     ap.add_argument("--ideal", action="store_true",
                     help="measure the GEMM/SDPA ceilings after the run and report the DiT's ideal time (the plan's "
                          "FLOPs at those ceilings, bench/ceilings.py) and its ratio")
@@ -188,7 +190,7 @@ def main():
         w = s.replace(num_frames=min(a.frames, 48), steps=math.lcm(a.window, 4), early_first_chunk=False)
         for ch in sample(dit, prompts, w, special_tokens=tokens):
             if vae is not None:
-                decode_chunk(vae, ch.latents, s.fps)
+                decode_chunk(vae, ch.latents, s.fps, tile_batch=a.tile_batch)
         sync()
         warmup_s = time.perf_counter() - t0
     sync()
@@ -211,7 +213,7 @@ def main():
         if a.save_latents:
             latents.append(ch.latents.float().cpu())
         if vae is not None:
-            frames += decode_chunk(vae, ch.latents, s.fps).shape[0]
+            frames += decode_chunk(vae, ch.latents, s.fps, tile_batch=a.tile_batch).shape[0]
             sync()
             decode_s += time.perf_counter() - t1
             first_decoded = first_decoded or time.perf_counter() - t0
@@ -235,7 +237,7 @@ def main():
         first_chunk_s=round(first + t5, 2), first_chunk_decoded_s=first_decoded and round(first_decoded + t5, 2),
         warmup_s=warmup_s and round(warmup_s, 1), peak_GiB=round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev.type == "cuda" else None,
         peak_reserved_GiB=round(torch.cuda.max_memory_reserved() / 2**30, 2) if dev.type == "cuda" else None,
-        kv_offload=a.kv_offload, block_swap=a.block_swap, weight_fp8=a.weight_fp8, mem_cap_GiB=a.mem_cap_gib,
+        tile_batch=a.tile_batch, kv_offload=a.kv_offload, block_swap=a.block_swap, weight_fp8=a.weight_fp8, mem_cap_GiB=a.mem_cap_gib,
         **extra, **device_info(dev),
     )
     emit(res, a.json)

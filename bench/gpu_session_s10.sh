@@ -3,15 +3,17 @@
 # norm, GELU in fc1's GEMM epilogue (`fast`), fp8 layers' input quantizations fused into the kernels that make
 # their inputs, planar fp8 linear_proj; --unfused is the same-call baseline without them. One H100 (device tool).
 # Needs the nvidia-cudnn-frontend 1.32.0 wheel (cp312 manylinux) in .whl (carry it).
-#   bash bench/gpu_session_s10.sh a   # islands; GPU tests; P1 bf16 / FP8, fused vs unfused (+ deviation)
+#   bash bench/gpu_session_s10.sh a   # islands; VAE decode tiles per call; GPU tests; P1 bf16 / FP8, fused vs unfused (+ deviation)
 #   bash bench/gpu_session_s10.sh b   # P6 windows fused (bf16 and fp8 weights + FP8 attention), fp8 unfused; profile
-#   bash bench/gpu_session_s10.sh c   # P2 FP8 and bf16 with the DiT's ideal; P7 FP8
+#   bash bench/gpu_session_s10.sh c   # P2 FP8 and bf16 with the DiT's ideal; P7 FP8; P2 FP8 with 16 tiles per VAE call;
+#                                     # a profiled P2 FP8 run
 #   bash bench/gpu_session_s10.sh d   # P5 FP8 (24B 720x1280) on an H100
 # Each step prints its wall time; results are JSON lines in $OUT/s10<part>.jsonl.
 source bench/gpu_env.sh s10 "$1"
 date -u
 if [ "$1" = a ]; then
   step "timeout 100 python3 bench/islands.py --json $J | grep -v '^{'" 14
+  step "timeout 90 python3 bench/vae_decode.py --batches 1,4,16 --json $J | grep -v '^{'" 3
   step "timeout 200 python3 -m pytest -m gpu -q -s -p no:cacheprovider tests/test_gpu_dit.py tests/test_attention_fp8.py | grep -E 'rel L2|passed|failed|Error'" 12
   step "timeout 75 $W --mode cached --compile --backend cudnn --deviation --json $J | grep -E 'velocity|^{' | cut -c1-400" 2
   step "timeout 75 $W --mode cached --compile --backend cudnn --unfused --json $J | cut -c1-300"
@@ -27,6 +29,7 @@ elif [ "$1" = c ]; then
   step "timeout 130 $G --backend fp8-approx --ideal --json $J | grep -E 'ideal|^{' | cut -c1-600" 2
   step "timeout 130 $G --backend cudnn --ideal --json $J | grep -E 'ideal|^{' | cut -c1-600" 2
   step "timeout 110 $G --backend fp8-approx --early-first-chunk --json $J | cut -c1-600"
+  step "timeout 110 $G --backend fp8-approx --tile-batch 16 --json $J | cut -c1-600"
   step "timeout 120 $G --backend fp8-approx --profile --json $J | grep -E 'profile:'"
 elif [ "$1" = d ]; then
   step "timeout 560 $G24 --height 720 --width 1280 --compile --warmup --backend fp8-approx --json $J" 2

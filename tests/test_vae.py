@@ -275,6 +275,32 @@ def test_tiled_matches_spec_blending(vae):
     assert tiled_decode(vae, z[..., :6, :6], fps=8, tile_size=64).shape == (1, 3, 4, 48, 48)
 
 
+@pytest.mark.parametrize("temporal_overlap", [0, 1])
+def test_batched_tiles_equal_one_at_a_time(vae, temporal_overlap):
+    """tile_batch stacks same-sized tiles of a slab into one VAE call; each tile still sees only itself (the ViT
+    attends within a batch element), so encode and decode equal the one-tile-at-a-time result (float64: any
+    difference is GEMM summation order), uneven edge tiles, 2 images and the in-place temporal blend included."""
+    v = ViTVAE(TINY).double()
+    v.load_state_dict(vae.state_dict())
+    x = video((2, 3, 8, 96, 120)).double()
+    calls = []
+    encode = v.encode
+    v.encode = lambda t: calls.append(t.shape[0]) or encode(t)
+    z1 = tiled_encode(v, x, fps=8, tile_size=64)
+    n_one = len(calls)
+    calls.clear()
+    z4 = tiled_encode(v, x, fps=8, tile_size=64, tile_batch=4)
+    # per temporal slab 2x3 tiles of four sizes (64|48 high, 64|64|24 wide): groups of 2, 1, 2, 1 tiles of 2 videos
+    assert n_one == 12 and calls == [4, 2, 4, 2] * 2
+    assert torch.allclose(z1, z4, rtol=0, atol=1e-12)
+    z = torch.cat([z1, z1.flip(2)], dim=2)
+    kw = dict(fps=16, tile_size=64, temporal_overlap=temporal_overlap)
+    y1, y3 = tiled_decode(v, z, **kw), tiled_decode(v, z, tile_batch=3, **kw)
+    assert y1.shape == y3.shape and torch.allclose(y1, y3, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="tile_batch must be an int >= 1"):
+        tiled_decode(v, z, tile_batch=0)
+
+
 def local_vae():
     """Tiny VAE whose blocks are identities and pos-embeds constant: every token is decoded on its own."""
     v = randomize(ViTVAE(TINY)).eval()

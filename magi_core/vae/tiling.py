@@ -82,22 +82,25 @@ def ramp_blend(prev: torch.Tensor, tile: torch.Tensor, dim: int, extent: int, fu
     b.copy_(mixed)
 
 
-def _run_tiles(x, fn, plans, chained: bool, fused: bool, out_device, callback):
+def _run_tiles(x, fn, plans, chained: bool, fused: bool, out_device, callback, tile_batch: int = 1):
     """Apply fn to every (t, h, w) tile of x in raster order, blend with the previous tiles and assemble.
 
     chained: blend the tile itself in place, so its later neighbours see the blended values (reference
     encode); else blend a copy against raw neighbours (reference decode). fused: see ramp_blend.
-    Only the current and (when blending in time) the previous temporal slab of tiles are kept.
+    tile_batch: up to this many same-sized tiles of one temporal slab go through fn in one call (stacked on the
+    batch axis; fn sees each tile as it would alone). Blending only mixes fn's outputs, so it runs afterwards in
+    the same raster order either way. Only the current and (when blending in time) the previous slab are kept.
     """
     pt, ph, pw = plans
     total = len(pt.tiles) * len(ph.tiles) * len(pw.tiles)
     out, prev_slab, done = None, None, 0
     for f, tt in enumerate(pt.tiles):
+        tiles = _slab_outputs(x, fn, tt, ph, pw, tile_batch)
         slab = []
         for i, th in enumerate(ph.tiles):
             row = []
             for j, tw in enumerate(pw.tiles):
-                tile = fn(x[:, :, tt.start:tt.start + tt.size, th.start:th.start + th.size, tw.start:tw.start + tw.size])
+                tile = tiles.pop((i, j))
                 res = tile if chained else tile.clone()
                 if f > 0 and pt.extent > 0:
                     ramp_blend(prev_slab[i][j], res, 2, pt.extent, fused)
@@ -117,6 +120,30 @@ def _run_tiles(x, fn, plans, chained: bool, fused: bool, out_device, callback):
             slab.append(row)
         prev_slab = slab if pt.extent > 0 else None
     return out
+
+
+def _slab_outputs(x, fn, tt: AxisTile, ph: AxisPlan, pw: AxisPlan, tile_batch: int) -> dict:
+    """fn's output for each (row, column) tile of the temporal slab tt: same-sized tiles in groups of tile_batch."""
+    by_size: dict[tuple[int, int], list] = {}
+    for i, th in enumerate(ph.tiles):
+        for j, tw in enumerate(pw.tiles):
+            by_size.setdefault((th.size, tw.size), []).append((i, j, th, tw))
+    outputs, B = {}, x.shape[0]
+    for group in by_size.values():
+        for k in range(0, len(group), tile_batch):
+            part = group[k:k + tile_batch]
+            crops = [x[:, :, tt.start:tt.start + tt.size, th.start:th.start + th.size, tw.start:tw.start + tw.size]
+                     for _, _, th, tw in part]
+            y = fn(crops[0] if len(crops) == 1 else torch.cat(crops, 0))
+            for n, (i, j, _, _) in enumerate(part):
+                outputs[i, j] = y[n * B:(n + 1) * B]
+    return outputs
+
+
+def _check_tile_batch(tile_batch) -> int:
+    if not (isinstance(tile_batch, int) and tile_batch >= 1):
+        raise ValueError(f"tile_batch must be an int >= 1 (tiles per VAE call), got {tile_batch!r}")
+    return tile_batch
 
 
 def _spatial_tiles(cfg, tile_size: int, tile_overlap: float) -> tuple[int, int]:
@@ -176,7 +203,7 @@ def encoded_frames(frames: int, tile_frames: int, patch_length: int = 4) -> int:
 @torch.no_grad()
 def tiled_encode(vae: ViTVAE, video: torch.Tensor, fps: int = 24, *, tile_size: int = 256,
                  tile_overlap: float = 0.25, tile_frames: int | None = None, scale_factor: float = SCALE_FACTOR,
-                 out_device=None, callback=None) -> torch.Tensor:
+                 out_device=None, callback=None, tile_batch: int = 1) -> torch.Tensor:
     """Video (B, 3, T, H, W) in [-1, 1] -> DiT-space latent (posterior mean * scale_factor), tile by tile.
 
     Tiles: `tile_size` px with `tile_overlap`, `tile_frames` (default fps // 2) frames without overlap.
@@ -195,14 +222,16 @@ def tiled_encode(vae: ViTVAE, video: torch.Tensor, fps: int = 24, *, tile_size: 
     ph = plan_axis(H, tile * p, (tile - overlap) * p, lambda n: n // p, overlap)
     pw = plan_axis(W, tile * p, (tile - overlap) * p, lambda n: n // p, overlap)
     out = _run_tiles(video, vae.encode, (pt, ph, pw), chained=True, fused=False,
-                     out_device=video.device if out_device is None else out_device, callback=callback)
+                     out_device=video.device if out_device is None else out_device, callback=callback,
+                     tile_batch=_check_tile_batch(tile_batch))
     return out.mul_(scale_factor)
 
 
 @torch.no_grad()
 def tiled_decode(vae: ViTVAE, latent: torch.Tensor, fps: int = 24, *, tile_size: int = 256,
                  tile_overlap: float = 0.25, tile_frames: int | None = None, temporal_overlap: int = 0,
-                 scale_factor: float = SCALE_FACTOR, out_device=None, callback=None) -> torch.Tensor:
+                 scale_factor: float = SCALE_FACTOR, out_device=None, callback=None,
+                 tile_batch: int = 1) -> torch.Tensor:
     """DiT-space latent (B, 16, T', H', W') -> video (B, 3, T, 8H', 8W'), nominally [-1, 1], VAE dtype.
 
     Tiles: `tile_size` px (tile_size/8 latents) with `tile_overlap`, (fps // 2) // 4 latent frames.
@@ -226,4 +255,5 @@ def tiled_decode(vae: ViTVAE, latent: torch.Tensor, fps: int = 24, *, tile_size:
     ph = plan_axis(H, tile, tile - overlap, lambda n: n * p, overlap * p)
     pw = plan_axis(W, tile, tile - overlap, lambda n: n * p, overlap * p)
     return _run_tiles(latent / scale_factor, vae.decode, (pt, ph, pw), chained=temporal_overlap > 0, fused=True,
-                      out_device=latent.device if out_device is None else out_device, callback=callback)
+                      out_device=latent.device if out_device is None else out_device, callback=callback,
+                      tile_batch=_check_tile_batch(tile_batch))
