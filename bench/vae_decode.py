@@ -37,6 +37,7 @@ def main():
     rows, ref = {}, None
     for b in [int(v) for v in a.batches.split(",")]:
         tiled_decode(vae, z, 24, tile_batch=b)  # warm-up (cuDNN / cuBLAS plans)
+        torch.cuda.reset_peak_memory_stats()
         times = []
         for _ in range(a.iters):
             sync()

@@ -74,7 +74,8 @@ def main():
     torch.cuda.reset_peak_memory_stats()
     times = [run() for _ in range(a.iters)]
     peak = torch.cuda.max_memory_allocated() / 2**30
-    if a.deviation:  # the same forward without session 10's fusions (same weights, inputs, cache)
+    if a.deviation:  # the same forward without session 10's fusions (same weights and inputs; the cache is made
+        #             again by the unfused model, as it would be in a run without them)
         from magi_core.dit import layer
 
         outs = []

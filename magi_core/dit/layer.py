@@ -11,10 +11,10 @@ from torch import nn
 from magi_core.kernels.attention import range_attention
 from magi_core.kernels.attention_fp8 import fp8_range_attention, q_scale_bound, quantize_q_bound
 from magi_core.kernels.compiled import compiled, compiling, maybe_compiled
+from magi_core.kernels.fp8 import FP8, quantize_fp8
 
 from ..config import DiTConfig
 from .cache import KVCache
-from magi_core.kernels.fp8 import FP8, quantize_fp8
 
 from .layers import (LayerNorm1p, PerChannelFp8Linear, PerTensorFp8Linear, fp8_input_scale, linear_fp32, linear_gelu,
                      make_linear)
@@ -99,22 +99,25 @@ class SelfCrossAttention(nn.Module):
         fn = maybe_compiled(island or norm_rope, m.compile_ops, x, TOKEN_DIMS)
         return fn(x, heads, self.cfg.kv_channels, norm.weight, norm.bias, norm.eps, norm.one_plus, m.rope)
 
-    def forward(self, hs: torch.Tensor, y_xattn: torch.Tensor, m: ForwardMeta, a: torch.Tensor | None = None):
-        """a: the pre-norm of hs when the previous layer's gated residual made it (see `gated_residual`)."""
+    def forward(self, hs: torch.Tensor, y_xattn: torch.Tensor, m: ForwardMeta, handoff: list | None = None):
+        """handoff: holds hs's pre-norm when the previous layer's last kernel made it (see `gated_residual`);
+        taken out of it, so it is freed as soon as the projections have read it."""
         cfg = self.cfg
         nh, g, d = cfg.num_attention_heads, cfg.num_query_groups, cfg.kv_channels
         N, S = hs.shape[:2]
-        if a is None:
-            a = self.linear_qkv.layer_norm(hs)  # (N, S, h) bf16, plain gamma
+        a = handoff.pop() if handoff else pre_norm(hs, self.linear_qkv.layer_norm, m.compile_ops)
         # bf16 pre-norm, or (fp8 layers, compiled) one fp8 copy per projection, quantized with its scale
         aq, aqx, ak, av = a if isinstance(a, tuple) else (a,) * 4
+        del a
 
         q = self._qk(aq, self.linear_qkv.q, self.q_layernorm, nh, m, norm_rope_e4m3 if m.e4m3_queries else None)
+        del aq
         if m.e4m3_queries:  # FP8 self-attention: the queries left the norm+RoPE island in e4m3
             q, q_descale = q
         q = q.reshape(N * S, nh, d)
         k = self._qk(ak, self.linear_qkv.k, self.k_layernorm, g, m).reshape(N * S, g, d)
         v = self.linear_qkv.v(av).reshape(N * S, g, d)
+        del ak, av
         if m.cp is not None:  # CP hook: full sequence, local heads (all-to-all)
             q, k, v = m.cp.to_heads(q, k, v)
         k, v = self._with_cache(k, v, m)
@@ -130,6 +133,7 @@ class SelfCrossAttention(nn.Module):
 
         # cross-attention: bf16 norms with weight+1 in bf16, no RoPE
         qx = self.linear_qkv.qx(aqx).reshape(N * S, nh, d)
+        del aqx
         qx = head_norm(qx, self.q_layernorm_xattn, m.compile_ops)
         kvx = self.linear_kv_xattn(y_xattn).view(-1, g, 2 * d)  # rows interleaved [K_g; V_g] per group
         kx, vx = self.k_layernorm_xattn(kvx[..., :d]), kvx[..., d:]
@@ -189,6 +193,14 @@ def norm_rope_e4m3(x, heads: int, d: int, w, b, eps: float, one_plus: bool, rope
     return quantize_q_bound(_norm_rope_f32(x, heads, d, w, b, eps, rope), q_scale_bound(w, b))
 
 
+def pre_norm(x, norm: nn.LayerNorm, compile_ops: bool):
+    """A sublayer's pre-norm made on its own (the first layer, or the previous one streamed by block swap): compiled,
+    it is the same kernel code the fused gated residual runs, so the result does not depend on which made it."""
+    if not (compiling(compile_ops, x) and FUSIONS):
+        return norm(x)
+    return compiled(layer_norm_as_cuda, {0: (0, 1)})(x, norm.weight, norm.bias, norm.eps)
+
+
 def head_norm(x, norm: LayerNorm1p, compile_ops: bool):
     """The cross-attention query norm: LayerNorm1p with bf16 weights on bf16 x (compiled on CUDA when asked)."""
     if not (compiling(compile_ops, x) and FUSIONS):
@@ -243,22 +255,26 @@ class MLP(nn.Module):
         scale = fp8_input_scale(self.linear_fc1)
         return () if scale is None else (scale,)
 
-    def forward(self, a, compile_ops: bool = False, gelu_epilogue: bool = False):
-        """a: the pre-normed input (`self.layer_norm(x)`, made by the attention's gated residual), bf16 or (a1,): fc1's
-        fp8 input. gelu_epilogue (`fast` precision): GELU inside fc1's GEMM on CUDA (layers.py `linear_gelu`)."""
+    def forward(self, handoff: list, compile_ops: bool = False, gelu_epilogue: bool = False):
+        """handoff: holds the pre-normed input (`self.layer_norm(x)`, made by the attention's gated residual), bf16 or
+        (a1,): fc1's fp8 input; taken out, so it is freed once fc1 has read it. gelu_epilogue (`fast` precision):
+        GELU inside fc1's GEMM on CUDA (layers.py `linear_gelu`)."""
+        a = handoff.pop()
         a = a[0] if isinstance(a, tuple) else a
-        fc2_scale = fp8_input_scale(self.linear_fc2)
-        fused = compiling(compile_ops, a)
-        if fused and fc2_scale is not None and FUSIONS:  # activation and fc2's fp8 quantization in one kernel
-            act = _silu_mul_fp8 if self.glu else _gelu_fp8
-            return self.linear_fc2(compiled(act, {0: (0, 1)})(self.linear_fc1(a), fc2_scale))
-        if self.glu:
-            x = self.linear_fc1(a)
-            x = compiled(_silu_mul_fused, {0: (0, 1)})(x) if fused else silu_mul(x)
-        elif gelu_epilogue and a.is_cuda and fp8_input_scale(self.linear_fc1) is None:  # bf16 GEMM (or fp8 storage)
-            x = linear_gelu(a, self.linear_fc1)
+        fused, cuda = compiling(compile_ops, a), a.is_cuda
+        if gelu_epilogue and cuda and not self.glu and fp8_input_scale(self.linear_fc1) is None:
+            x = linear_gelu(a, self.linear_fc1)  # bf16 GEMM (or fp8 storage): GELU in its epilogue
+            del a
         else:
-            x = F.gelu(self.linear_fc1(a))
+            x = self.linear_fc1(a)
+            del a
+            fc2_scale = fp8_input_scale(self.linear_fc2)
+            if fused and fc2_scale is not None and FUSIONS:  # activation and fc2's fp8 quantization in one kernel
+                return self.linear_fc2(compiled(_silu_mul_fp8 if self.glu else _gelu_fp8, {0: (0, 1)})(x, fc2_scale))
+            if self.glu:
+                x = compiled(_silu_mul_fused, {0: (0, 1)})(x) if fused else silu_mul(x)
+            else:
+                x = F.gelu(x)
         return self.linear_fc2(x)
 
 
@@ -272,13 +288,14 @@ class AdaModulate(nn.Module):
         return self.proj(F.silu(cond))
 
 
-def gated_residual(x, residual, gate, post_norm, chunks: int, compile_ops: bool = False, consumer=None):
+def gated_residual(x, residual, gate, post_norm, chunks: int, compile_ops: bool = False, consumer=None,
+                   handoff: list | None = None):
     """bf16(LN_post(x_fp32 * gate_fp32 per chunk) + residual_fp32): the gate acts before the post-norm.
 
-    consumer: the next sublayer (LinearQKV or MLP): then returns (result, a) with a = consumer.layer_norm(result),
-    its pre-norm, made in the same kernel when compiled (the result is not read again, no LayerNorm pass of its
-    own); when the consumer's projections are fp8 linears, a is instead a tuple of their fp8 inputs, each quantized
-    with its scale (no bf16 copy, no quantization passes). None: returns the result."""
+    consumer: the next sublayer (LinearQKV or MLP): then its pre-norm a = consumer.layer_norm(result) is also made,
+    in the same kernel when compiled (the result is not read again, no LayerNorm pass of its own), and appended to
+    handoff; when the consumer's projections are fp8 linears, a is instead a tuple of their fp8 inputs, each
+    quantized with its scale (no bf16 copy, no quantization passes)."""
     tokens_per_chunk = x.shape[1] // chunks  # a constant of the compiled kernel (the chunk count is not)
     args = (x, residual, gate, post_norm.weight, post_norm.bias, post_norm.eps, post_norm.one_plus, tokens_per_chunk)
     if consumer is None:
@@ -286,11 +303,13 @@ def gated_residual(x, residual, gate, post_norm, chunks: int, compile_ops: bool 
     norm = consumer.layer_norm
     if compiling(compile_ops, x) and FUSIONS:
         scales = consumer.fp8_input_scales()
-        out, *a = compiled(_gated_residual_pre_norm, GATED_TOKEN_DIMS)(*args, norm.weight, norm.bias, norm.eps,
-                                                                      *scales)
-        return out, tuple(a) if scales else a[0]
+        fn = compiled(_PRE_NORM_ISLANDS[len(scales)], GATED_TOKEN_DIMS)  # one function per count: its own graphs
+        out, *a = fn(*args, norm.weight, norm.bias, norm.eps, *scales)
+        handoff.append(tuple(a) if scales else a[0])
+        return out
     out = maybe_compiled(_gated_residual, compile_ops, x, GATED_TOKEN_DIMS)(*args)
-    return out, norm(out)
+    handoff.append(norm(out))
+    return out
 
 
 def _gated_residual(x, residual, gate, w, b, eps: float, one_plus: bool, tokens_per_chunk: int):
@@ -301,12 +320,27 @@ def _gated_residual(x, residual, gate, w, b, eps: float, one_plus: bool, tokens_
 
 
 def _gated_residual_pre_norm(x, residual, gate, w, b, eps: float, one_plus: bool, tokens_per_chunk: int, nw, nb,
-                             neps: float, *fp8_scales):
-    """(_gated_residual, its pre-norm in bf16), or with fp8_scales (_gated_residual, the pre-norm quantized with
-    each scale, as the fp8 linears would quantize it: quantize_fp8 of the bf16 value)."""
+                             neps: float):
+    """(_gated_residual, its pre-norm in bf16)."""
     out = _gated_residual(x, residual, gate, w, b, eps, one_plus, tokens_per_chunk)
-    a = layer_norm_as_cuda(out, nw, nb, neps)
-    return (out, a) if not fp8_scales else (out, *(quantize_fp8(a, sc) for sc in fp8_scales))
+    return out, layer_norm_as_cuda(out, nw, nb, neps)
+
+
+def _gated_residual_pre_norm_fp8(x, residual, gate, w, b, eps, one_plus, tokens_per_chunk, nw, nb, neps, s1):
+    """(_gated_residual, its pre-norm quantized as the fp8 linear would: quantize_fp8 of the bf16 value)."""
+    out, a = _gated_residual_pre_norm(x, residual, gate, w, b, eps, one_plus, tokens_per_chunk, nw, nb, neps)
+    return out, quantize_fp8(a, s1)
+
+
+def _gated_residual_pre_norm_fp8x4(x, residual, gate, w, b, eps, one_plus, tokens_per_chunk, nw, nb, neps, s1, s2,
+                                   s3, s4):
+    """As _gated_residual_pre_norm_fp8, for four projections (q, qx, k, v), each with its own scale."""
+    out, a = _gated_residual_pre_norm(x, residual, gate, w, b, eps, one_plus, tokens_per_chunk, nw, nb, neps)
+    return out, *(quantize_fp8(a, sc) for sc in (s1, s2, s3, s4))
+
+
+# by the number of fp8 consumers; separate functions, so each keeps its own torch.compile graph budget
+_PRE_NORM_ISLANDS = {0: _gated_residual_pre_norm, 1: _gated_residual_pre_norm_fp8, 4: _gated_residual_pre_norm_fp8x4}
 
 
 class TransformerLayer(nn.Module):
@@ -319,9 +353,10 @@ class TransformerLayer(nn.Module):
         self.mlp = MLP(cfg, i)
         self.mlp_post_norm = LayerNorm1p(cfg.hidden_size, eps, cfg.apply_layernorm_1p, cfg.params_dtype)
 
-    def forward(self, hs, condition, y_xattn, m: ForwardMeta, a=None, next_qkv=None):
-        """a: hs's attention pre-norm if the previous layer made it (see `gated_residual`); next_qkv: the next
-        layer's LinearQKV, whose pre-norm this layer's last kernel makes. Returns (hs, that pre-norm or None)."""
+    def forward(self, hs, condition, y_xattn, m: ForwardMeta, handoff: list | None = None, next_qkv=None):
+        """handoff: holds hs's attention pre-norm if the previous layer made it; next_qkv: the next layer's
+        LinearQKV, whose pre-norm this layer's last kernel then makes and leaves in handoff."""
+        handoff = [] if handoff is None else handoff
         gate = self.ada_modulate_layer(condition)  # (N, dn, 2h) bf16
         gate = torch.tanh(gate.float()).to(gate.dtype)  # softcap with cap 1, stored back as bf16
         chunks = m.chunks
@@ -329,11 +364,11 @@ class TransformerLayer(nn.Module):
             gate = m.cp.per_token(gate)
             chunks = gate.shape[1]
         gate_msa, gate_mlp = gate.chunk(2, dim=-1)
-        attn = self.self_attention(hs, y_xattn, m, a)
-        hs, a = gated_residual(attn, hs, gate_msa, self.self_attn_post_norm, chunks, m.compile_ops, self.mlp)
-        mlp = self.mlp(a, m.compile_ops, gelu_epilogue=m.precision == "fast" and GELU_EPILOGUE)
-        out = gated_residual(mlp, hs, gate_mlp, self.mlp_post_norm, chunks, m.compile_ops, next_qkv)
-        return out if next_qkv is not None else (out, None)
+        attn = self.self_attention(hs, y_xattn, m, handoff)
+        hs = gated_residual(attn, hs, gate_msa, self.self_attn_post_norm, chunks, m.compile_ops, self.mlp, handoff)
+        del attn
+        mlp = self.mlp(handoff, m.compile_ops, gelu_epilogue=m.precision == "fast" and GELU_EPILOGUE)
+        return gated_residual(mlp, hs, gate_mlp, self.mlp_post_norm, chunks, m.compile_ops, next_qkv, handoff)
 
 
 class TransformerBlock(nn.Module):

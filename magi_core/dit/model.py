@@ -120,9 +120,9 @@ class VideoDiT(nn.Module):
         if self.cp is not None:  # CP hook: keep this rank's tokens (magi_core/parallel/ulysses.py)
             hs, m = self.cp.shard(hs, m)
         try:
-            layers, a = self.videodit_blocks.layers, None
-            for i, layer in enumerate(layers):
-                hs, a = layer(hs, condition, y_xattn, m, a, self._next_qkv(i, hs))
+            handoff = []  # a layer's pre-norm made by the layer before it (layer.py gated_residual)
+            for i, layer in enumerate(self.videodit_blocks.layers):
+                hs = layer(hs, condition, y_xattn, m, handoff, self._next_qkv(i, hs))
         except BaseException:  # e.g. out of memory inside a streamed layer: its weights go back to the host
             if self.block_swap is not None:
                 self.block_swap.release()

@@ -95,11 +95,13 @@ def _run_tiles(x, fn, plans, chained: bool, fused: bool, out_device, callback, t
     total = len(pt.tiles) * len(ph.tiles) * len(pw.tiles)
     out, prev_slab, done = None, None, 0
     for f, tt in enumerate(pt.tiles):
-        tiles = _slab_outputs(x, fn, tt, ph, pw, tile_batch)
+        group_of, tiles = _tile_groups(ph, pw, tile_batch), {}
         slab = []
         for i, th in enumerate(ph.tiles):
             row = []
             for j, tw in enumerate(pw.tiles):
+                if (i, j) not in tiles:  # its group's call (with tile_batch 1: this tile alone, when it comes)
+                    tiles.update(_run_group(x, fn, tt, group_of[i, j]))
                 tile = tiles.pop((i, j))
                 res = tile if chained else tile.clone()
                 if f > 0 and pt.extent > 0:
@@ -122,26 +124,31 @@ def _run_tiles(x, fn, plans, chained: bool, fused: bool, out_device, callback, t
     return out
 
 
-def _slab_outputs(x, fn, tt: AxisTile, ph: AxisPlan, pw: AxisPlan, tile_batch: int) -> dict:
-    """fn's output for each (row, column) tile of the temporal slab tt: same-sized tiles in groups of tile_batch."""
+def _tile_groups(ph: AxisPlan, pw: AxisPlan, tile_batch: int) -> dict:
+    """(row, column) -> the group of at most tile_batch same-sized tiles of a slab that goes through fn with it."""
     by_size: dict[tuple[int, int], list] = {}
     for i, th in enumerate(ph.tiles):
         for j, tw in enumerate(pw.tiles):
             by_size.setdefault((th.size, tw.size), []).append((i, j, th, tw))
-    outputs, B = {}, x.shape[0]
-    for group in by_size.values():
-        for k in range(0, len(group), tile_batch):
-            part = group[k:k + tile_batch]
-            crops = [x[:, :, tt.start:tt.start + tt.size, th.start:th.start + th.size, tw.start:tw.start + tw.size]
-                     for _, _, th, tw in part]
-            y = fn(crops[0] if len(crops) == 1 else torch.cat(crops, 0))
-            for n, (i, j, _, _) in enumerate(part):
-                outputs[i, j] = y[n * B:(n + 1) * B]
-    return outputs
+    group_of = {}
+    for same in by_size.values():
+        for k in range(0, len(same), tile_batch):
+            for i, j, _, _ in same[k:k + tile_batch]:
+                group_of[i, j] = same[k:k + tile_batch]
+    return group_of
+
+
+def _run_group(x, fn, tt: AxisTile, group: list) -> dict:
+    """fn on a group's tiles of the temporal slab tt, stacked on the batch axis -> (row, column) -> its output."""
+    crops = [x[:, :, tt.start:tt.start + tt.size, th.start:th.start + th.size, tw.start:tw.start + tw.size]
+             for _, _, th, tw in group]
+    y = fn(crops[0] if len(crops) == 1 else torch.cat(crops, 0))
+    B = x.shape[0]
+    return {(i, j): y[n * B:(n + 1) * B] for n, (i, j, _, _) in enumerate(group)}
 
 
 def _check_tile_batch(tile_batch) -> int:
-    if not (isinstance(tile_batch, int) and tile_batch >= 1):
+    if isinstance(tile_batch, bool) or not (isinstance(tile_batch, int) and tile_batch >= 1):
         raise ValueError(f"tile_batch must be an int >= 1 (tiles per VAE call), got {tile_batch!r}")
     return tile_batch
 
@@ -208,7 +215,8 @@ def tiled_encode(vae: ViTVAE, video: torch.Tensor, fps: int = 24, *, tile_size: 
 
     Tiles: `tile_size` px with `tile_overlap`, `tile_frames` (default fps // 2) frames without overlap.
     A 1-frame temporal tile gives 1 latent (T == 1 rule); each tile drops frames beyond a multiple of 4.
-    Runs in the VAE's dtype; tiles move to the VAE's device one at a time; the result lands on out_device
+    Runs in the VAE's dtype; tiles move to the VAE's device one call at a time (tile_batch
+    same-sized tiles of a temporal slab per call, default 1); the result lands on out_device
     (default: the video's device). callback(done, total) is called after each tile.
     """
     cfg = vae.cfg
@@ -240,6 +248,7 @@ def tiled_decode(vae: ViTVAE, latent: torch.Tensor, fps: int = 24, *, tile_size:
     (0 = reference; 1 removes the seam at a 1.5x decode cost with 3-latent tiles). When > 0, tiles are also
     blended in place (as in encode), so a tile's spatial neighbours are already blended in time; the
     reference's copy-based blend would bring the neighbours' raw tile-edge frames back in at the corners.
+    tile_batch: same-sized tiles of a temporal slab per VAE call (1 = the reference: one tile per call).
     """
     cfg = vae.cfg
     vae.check_latent(latent)
