@@ -20,15 +20,16 @@ if [ "$1" = a ]; then
   step "timeout 75 $W --mode cached --compile --backend cudnn --unfused --json $J | cut -c1-300"
   step "timeout 80 $W --mode cached --compile --backend fp8-approx --json $J | cut -c1-300"
   step "timeout 80 $W --mode cached --compile --backend fp8-approx --unfused --json $J | cut -c1-300"
-elif [ "$1" = one ]; then  # the most in one call: GPU tests, VAE tiles, P1 fused/unfused (bf16, FP8), P6 fused
-  step "timeout 150 python3 -m pytest -m gpu -q -s -p no:cacheprovider tests/test_gpu_dit.py tests/test_attention_fp8.py -k 'compile or fused or fp8 or float64' | grep -E 'rel L2|passed|failed|Error'" 8
-  step "timeout 60 python3 bench/vae_decode.py --batches 1,16 --iters 2 --json $J | grep -v '^{'" 2
+elif [ "$1" = one ]; then  # the most in one call: GPU tests, P1 fused/unfused (bf16, FP8), islands, P6 fused, VAE tiles
+  step "timeout 150 python3 -m pytest -m gpu -q -s -p no:cacheprovider tests/test_gpu_dit.py tests/test_attention_fp8.py -k 'compile or fused or fp8 or float64' | grep -E 'rel L2|fused|passed|failed|Error'" 10
   step "timeout 70 $W --mode cached --compile --backend cudnn --deviation --iters 2 --json $J | grep -E 'velocity|^{' | cut -c1-400" 2
   step "timeout 60 $W --mode cached --compile --backend cudnn --unfused --iters 2 --json $J | cut -c1-300"
   step "timeout 70 $W --mode cached --compile --backend fp8-approx --iters 2 --json $J | cut -c1-300"
   step "timeout 70 $W --mode cached --compile --backend fp8-approx --unfused --iters 2 --json $J | cut -c1-300"
+  step "timeout 60 python3 bench/islands.py --json $J | grep -v '^{'" 14
   step "timeout 70 $W --variant distill-fp8 --mode extra --compile --backend fp8-approx --iters 2 --json $J | cut -c1-300"
   step "timeout 60 $W --mode extra --compile --backend cudnn --iters 2 --json $J | cut -c1-300"
+  step "timeout 60 python3 bench/vae_decode.py --batches 1,16 --iters 2 --json $J | grep -v '^{'" 2
 elif [ "$1" = b ]; then
   step "timeout 75 $W --mode extra --compile --backend cudnn --json $J | cut -c1-300"
   step "timeout 90 $W --variant distill-fp8 --mode extra --compile --backend fp8-approx --deviation --json $J | grep -E 'velocity|^{' | cut -c1-300" 2
