@@ -124,8 +124,9 @@ def main():
     ap.add_argument("--keep-copies", action="store_true",
                     help="fast precision with the reference's distill copies of the first chunk (which fast drops): "
                          "to time and compare what dropping them changes")
-    ap.add_argument("--tile-batch", type=int, default=1,
-                    help="VAE decode: same-sized tiles per VAE call (magi_core/vae/tiling.py; 1 = the reference)")
+    ap.add_argument("--tile-batch", type=int, default=None,
+                    help="VAE decode: same-sized tiles per VAE call (magi_core/vae/tiling.py; 1 = the reference, "
+                         "default: 16 on CUDA)")
     ap.add_argument("--ideal", action="store_true",
                     help="measure the GEMM/SDPA ceilings after the run and report the DiT's ideal time (the plan's "
                          "FLOPs at those ceilings, bench/ceilings.py) and its ratio")

@@ -5,7 +5,7 @@
 # Needs the nvidia-cudnn-frontend 1.32.0 wheel (cp312 manylinux) in .whl (carry it).
 #   bash bench/gpu_session_s10.sh a   # islands; VAE decode tiles per call; GPU tests; P1 bf16 / FP8, fused vs unfused (+ deviation)
 #   bash bench/gpu_session_s10.sh b   # P6 windows fused (bf16 and fp8 weights + FP8 attention), fp8 unfused; profile
-#   bash bench/gpu_session_s10.sh c   # P2 FP8 and bf16 with the DiT's ideal; P7 and P2 FP8 with 16 tiles per VAE call
+#   bash bench/gpu_session_s10.sh c   # P2 FP8 and bf16 with the DiT's ideal; P7 FP8; P2 FP8 with one tile per VAE call
 #   bash bench/gpu_session_s10.sh d   # P5 FP8 (24B 720x1280) on an H100
 #   bash bench/gpu_session_s10.sh e   # P6 windows only (fused); f: a profiled P2 FP8 run
 #   bash bench/gpu_session_s10.sh one # the most of a, b in one call (device time was short)
@@ -39,8 +39,8 @@ elif [ "$1" = b ]; then
 elif [ "$1" = c ]; then
   step "timeout 130 $G --backend fp8-approx --ideal --json $J | grep -E 'ideal|^{' | cut -c1-700" 2
   step "timeout 130 $G --backend cudnn --ideal --json $J | grep -E 'ideal|^{' | cut -c1-700" 2
-  step "timeout 110 $G --backend fp8-approx --early-first-chunk --tile-batch 16 --json $J | cut -c1-600"
-  step "timeout 110 $G --backend fp8-approx --tile-batch 16 --json $J | cut -c1-600"
+  step "timeout 110 $G --backend fp8-approx --early-first-chunk --json $J | cut -c1-600"
+  step "timeout 110 $G --backend fp8-approx --tile-batch 1 --json $J | cut -c1-600"
 elif [ "$1" = e ]; then  # P6 windows only
   step "timeout 75 $W --mode extra --compile --backend cudnn --json $J | cut -c1-300"
   step "timeout 90 $W --variant distill-fp8 --mode extra --compile --backend fp8-approx --deviation --json $J | grep -E 'velocity|^{' | cut -c1-300" 2

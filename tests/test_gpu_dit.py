@@ -130,7 +130,8 @@ def test_cuda_compile_ops_matches_eager():
             b = model(*args, dt_factor=dt)
             rel = ((a - b).norm() / a.norm()).item()
             print(f"{name} dn={dn}: compiled vs eager rel L2 {rel:.2e}")
-            assert rel < 1e-2
+            # fp8 layers re-quantize each activation: a value one bf16 rounding away can land one e4m3 step away
+            assert rel < (4e-2 if name.endswith("fp8") else 1e-2)
 
 
 def test_cuda_fused_norms_and_gelu_epilogue_stay_at_bf16_error():

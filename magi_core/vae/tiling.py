@@ -147,7 +147,14 @@ def _run_group(x, fn, tt: AxisTile, group: list) -> dict:
     return {(i, j): y[n * B:(n + 1) * B] for n, (i, j, _, _) in enumerate(group)}
 
 
-def _check_tile_batch(tile_batch) -> int:
+AUTO_TILE_BATCH = 16  # same-sized tiles per VAE call on CUDA when tile_batch is None (CPU: 1)
+
+
+def _tile_batch(tile_batch, vae) -> int:
+    """tile_batch, or for None: AUTO_TILE_BATCH on CUDA (a 720x720 chunk's decode 397 -> 290 ms on an H100, frames
+    bit-identical: BENCHMARKS.md session 10), 1 elsewhere (one tile per call, as the reference)."""
+    if tile_batch is None:
+        return AUTO_TILE_BATCH if vae.device.type == "cuda" else 1
     if isinstance(tile_batch, bool) or not (isinstance(tile_batch, int) and tile_batch >= 1):
         raise ValueError(f"tile_batch must be an int >= 1 (tiles per VAE call), got {tile_batch!r}")
     return tile_batch
@@ -210,13 +217,13 @@ def encoded_frames(frames: int, tile_frames: int, patch_length: int = 4) -> int:
 @torch.no_grad()
 def tiled_encode(vae: ViTVAE, video: torch.Tensor, fps: int = 24, *, tile_size: int = 256,
                  tile_overlap: float = 0.25, tile_frames: int | None = None, scale_factor: float = SCALE_FACTOR,
-                 out_device=None, callback=None, tile_batch: int = 1) -> torch.Tensor:
+                 out_device=None, callback=None, tile_batch: int | None = None) -> torch.Tensor:
     """Video (B, 3, T, H, W) in [-1, 1] -> DiT-space latent (posterior mean * scale_factor), tile by tile.
 
     Tiles: `tile_size` px with `tile_overlap`, `tile_frames` (default fps // 2) frames without overlap.
     A 1-frame temporal tile gives 1 latent (T == 1 rule); each tile drops frames beyond a multiple of 4.
     Runs in the VAE's dtype; tiles move to the VAE's device one call at a time (tile_batch
-    same-sized tiles of a temporal slab per call, default 1); the result lands on out_device
+    same-sized tiles of a temporal slab per call; None: 16 on CUDA, 1 elsewhere); the result lands on out_device
     (default: the video's device). callback(done, total) is called after each tile.
     """
     cfg = vae.cfg
@@ -231,7 +238,7 @@ def tiled_encode(vae: ViTVAE, video: torch.Tensor, fps: int = 24, *, tile_size: 
     pw = plan_axis(W, tile * p, (tile - overlap) * p, lambda n: n // p, overlap)
     out = _run_tiles(video, vae.encode, (pt, ph, pw), chained=True, fused=False,
                      out_device=video.device if out_device is None else out_device, callback=callback,
-                     tile_batch=_check_tile_batch(tile_batch))
+                     tile_batch=_tile_batch(tile_batch, vae))
     return out.mul_(scale_factor)
 
 
@@ -239,7 +246,7 @@ def tiled_encode(vae: ViTVAE, video: torch.Tensor, fps: int = 24, *, tile_size: 
 def tiled_decode(vae: ViTVAE, latent: torch.Tensor, fps: int = 24, *, tile_size: int = 256,
                  tile_overlap: float = 0.25, tile_frames: int | None = None, temporal_overlap: int = 0,
                  scale_factor: float = SCALE_FACTOR, out_device=None, callback=None,
-                 tile_batch: int = 1) -> torch.Tensor:
+                 tile_batch: int | None = None) -> torch.Tensor:
     """DiT-space latent (B, 16, T', H', W') -> video (B, 3, T, 8H', 8W'), nominally [-1, 1], VAE dtype.
 
     Tiles: `tile_size` px (tile_size/8 latents) with `tile_overlap`, (fps // 2) // 4 latent frames.
@@ -248,7 +255,8 @@ def tiled_decode(vae: ViTVAE, latent: torch.Tensor, fps: int = 24, *, tile_size:
     (0 = reference; 1 removes the seam at a 1.5x decode cost with 3-latent tiles). When > 0, tiles are also
     blended in place (as in encode), so a tile's spatial neighbours are already blended in time; the
     reference's copy-based blend would bring the neighbours' raw tile-edge frames back in at the corners.
-    tile_batch: same-sized tiles of a temporal slab per VAE call (1 = the reference: one tile per call).
+    tile_batch: same-sized tiles of a temporal slab per VAE call (1 = the reference: one tile per call; None: 16 on
+    CUDA, 1 elsewhere).
     """
     cfg = vae.cfg
     vae.check_latent(latent)
@@ -265,4 +273,4 @@ def tiled_decode(vae: ViTVAE, latent: torch.Tensor, fps: int = 24, *, tile_size:
     pw = plan_axis(W, tile, tile - overlap, lambda n: n * p, overlap * p)
     return _run_tiles(latent / scale_factor, vae.decode, (pt, ph, pw), chained=temporal_overlap > 0, fused=True,
                       out_device=latent.device if out_device is None else out_device, callback=callback,
-                      tile_batch=_check_tile_batch(tile_batch))
+                      tile_batch=_tile_batch(tile_batch, vae))
