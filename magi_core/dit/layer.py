@@ -11,11 +11,10 @@ from torch import nn
 from magi_core.kernels.attention import range_attention
 from magi_core.kernels.attention_fp8 import fp8_range_attention, q_scale_bound, quantize_q_bound
 from magi_core.kernels.compiled import compiled, compiling, maybe_compiled
-from magi_core.kernels.fp8 import FP8, quantize_fp8
+from magi_core.kernels.fp8 import quantize_fp8
 
 from ..config import DiTConfig
 from .cache import KVCache
-
 from .layers import (LayerNorm1p, PerChannelFp8Linear, PerTensorFp8Linear, fp8_input_scale, linear_fp32, linear_gelu,
                      make_linear)
 from .rope import apply_rope
@@ -141,17 +140,15 @@ class SelfCrossAttention(nn.Module):
 
         o = o.view(N, S, -1)
         proj = self.linear_proj
-        if m.precision == "fast":  # the reference's interleaved input's sums, with proj's columns permuted instead
+        fp8_proj = isinstance(proj, PerChannelFp8Linear)
+        if m.precision == "fast" and (FUSIONS or not fp8_proj):
+            # the reference's interleaved input's sums, with proj's columns (fp8: and smoothing scales) permuted
             cols = planar_columns(cfg.q_dim, o.device)
-            if isinstance(proj, PerChannelFp8Linear) and FUSIONS:  # fp8: its smoothing scales permuted too
-                o8 = maybe_compiled(quantize_fp8, m.compile_ops, o, {0: (0, 1)})(o, proj.smooth_scale[:, cols])
-                return proj(o8, weight=proj.weight[0].view(torch.uint8).index_select(1, cols).view(FP8))
-            if not isinstance(proj, PerChannelFp8Linear):
-                return F.linear(o, proj.weight.index_select(1, cols))
+            return proj(o, cols=cols) if fp8_proj else F.linear(o, proj.weight.index_select(1, cols))
         # reference: [self | cross] -> 8 slices interleaved: [self_0, cross_0, ..., self_7, cross_7]
         o = o.view(N, S, 2, 8, -1).transpose(2, 3).reshape(N, S, -1)
-        if isinstance(self.linear_proj, PerChannelFp8Linear):
-            return self.linear_proj(o)  # official fp8 layer: bf16 in, bf16 out
+        if fp8_proj:
+            return proj(o)  # official fp8 layer: bf16 in, bf16 out
         return linear_fp32(o, self.linear_proj)  # exact: the reference's fp32 GEMM
 
     def _with_cache(self, k, v, m: ForwardMeta):

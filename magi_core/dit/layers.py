@@ -71,11 +71,14 @@ class PerChannelFp8Linear(nn.Module):
         """What a bf16 input is divided by before it is cast to fp8."""
         return self.smooth_scale
 
-    def forward(self, x, weight=None):
+    def forward(self, x, cols=None):
         """x: bf16, or already fp8 (quantized with `quant_scale` by a fused island of layer.py).
-        weight: this layer's fp8 weight with its columns permuted (layer.py, `fast`), else its own."""
-        x_q = x if x.dtype == FP8 else _quantized(x, self.smooth_scale, self.compile_ops)
-        w = self.weight[0] if weight is None else weight
+        cols: x's channels are this layer's input channels in this order (layer.py's planar [self | cross] input,
+        `fast`): the smoothing scales and the weight's columns are taken in the same order."""
+        scale, w = self.smooth_scale, self.weight[0]
+        if cols is not None:
+            scale, w = scale[:, cols], w.view(torch.uint8).index_select(1, cols).view(FP8)
+        x_q = x if x.dtype == FP8 else _quantized(x, scale, self.compile_ops)
         return fp8_matmul(x_q, w, self.input_scale, self.weight_scale, torch.bfloat16)
 
 
