@@ -232,3 +232,27 @@ def test_planar_linear_proj_columns_equal_the_interleaved_input():
     idx = planar_columns(q_dim, "cpu")
     assert sorted(idx.tolist()) == list(range(2 * q_dim))
     torch.testing.assert_close(planar @ w[:, idx].T, inter @ w.T, rtol=1e-12, atol=1e-12)
+
+
+def test_cache_read_before_is_the_cached_chunks_then_the_new_keys():
+    """read_before's one-copy K and V equal the stored [K|V] chunks split by hand, followed by k and v; a write of
+    one fresh chunk keeps the caller's tensor (no copy), several chunks or a caller's view are copied."""
+    g = torch.Generator().manual_seed(1)
+    ctn, heads, d = 6, 2, 4
+    cache = KVCache()
+    stored = {c: torch.randn(ctn, heads, 2 * d, generator=g) for c in range(3)}
+    cache.write(0, 0, torch.cat(list(stored.values())), ctn)
+    k, v = torch.randn(2, 5, heads, d, generator=g).unbind(0)
+    for start, end in ((0, 3), (1, 3), (2, 3), (1, 1)):
+        kk, vv = cache.read_before(0, start, end, k, v)
+        want = [stored[c] for c in range(start, end)]
+        assert torch.equal(kk, torch.cat([w[..., :d] for w in want] + [k]))
+        assert torch.equal(vv, torch.cat([w[..., d:] for w in want] + [v]))
+    with pytest.raises(RuntimeError, match="no entry for chunks \\[3\\]"):
+        cache.read_before(0, 2, 4, k, v)
+    assert all(cache.read(0, c, c + 1).data_ptr() != stored[c].data_ptr() for c in range(3))  # copied in
+    one = torch.randn(ctn, heads, 2 * d, generator=g)
+    cache.write(0, 3, one, ctn, fresh=True)
+    assert cache.read(0, 3, 4).data_ptr() == one.data_ptr()
+    cache.write(0, 4, one, ctn)
+    assert cache.read(0, 4, 5).data_ptr() != one.data_ptr()

@@ -27,6 +27,25 @@ class KVCache:
         """`[K|V]` of chunks start..end-1 concatenated along tokens, or None if start == end."""
         if end <= start:
             return None
+        parts = self._parts(layer, start, end)
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        if device is not None and out.device != torch.device(device):
+            out = out.to(device, non_blocking=True)
+        return out
+
+    def read_before(self, layer: int, start: int, end: int, k: torch.Tensor, v: torch.Tensor):
+        """(K, V): the cached K and V of chunks start..end-1 followed by k and v (tokens, g, d), each made by one
+        concatenation straight from the stored chunks (`read` then splitting its `[K|V]` would copy them twice).
+        Chunks on another device than k (offload) move over first, as one `read`."""
+        if end <= start:
+            return k, v
+        d = k.shape[-1]
+        parts = self._parts(layer, start, end)
+        if any(p.device != k.device for p in parts):
+            parts = [self.read(layer, start, end, device=k.device)]
+        return torch.cat([p[..., :d] for p in parts] + [k], 0), torch.cat([p[..., d:] for p in parts] + [v], 0)
+
+    def _parts(self, layer: int, start: int, end: int) -> list[torch.Tensor]:
         store = self._store.get(layer, {})
         missing = [c for c in range(start, end) if c not in store]
         if missing:
@@ -34,22 +53,20 @@ class KVCache:
                 f"KV cache has no entry for chunks {missing} (layer {layer}); kept: {sorted(store)}. "
                 "The key range reaches chunks that were never cached or were evicted (raise max_chunks)."
             )
-        parts = [store[c] for c in range(start, end)]
-        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-        if device is not None and out.device != torch.device(device):
-            out = out.to(device, non_blocking=True)
-        return out
+        return [store[c] for c in range(start, end)]
 
-    def write(self, layer: int, first_chunk: int, kv: torch.Tensor, tokens_per_chunk: int):
-        """Store kv (n * tokens_per_chunk, g, 2d) as chunks first_chunk .. first_chunk + n - 1."""
+    def write(self, layer: int, first_chunk: int, kv: torch.Tensor, tokens_per_chunk: int, fresh: bool = False):
+        """Store kv (n * tokens_per_chunk, g, 2d) as chunks first_chunk .. first_chunk + n - 1. fresh: kv is a new
+        tensor that nobody else holds (the caller's concatenation), so one chunk is kept as it is, not copied."""
         if kv.shape[0] % tokens_per_chunk:
             raise ValueError("KV cache writes must cover whole chunks")
         if self.sink is not None:
-            self.sink[layer] = self._own(kv)
+            self.sink[layer] = self._own(kv, fresh)
             return
         store = self._store.setdefault(layer, {})
-        for i, part in enumerate(kv.split(tokens_per_chunk, dim=0)):
-            store[first_chunk + i] = self._own(part)
+        parts = kv.split(tokens_per_chunk, dim=0)
+        for i, part in enumerate(parts):
+            store[first_chunk + i] = self._own(part, fresh and len(parts) == 1)
         self._evict(store)
 
     def put(self, chunk: int, per_layer: dict[int, torch.Tensor]):
@@ -58,14 +75,15 @@ class KVCache:
         for layer, kv in per_layer.items():
             self._store.setdefault(layer, {})[chunk] = kv
 
-    def _own(self, kv: torch.Tensor) -> torch.Tensor:
-        """A private copy: pinned host memory when offloading CUDA tensors, else a clone on kv's device."""
+    def _own(self, kv: torch.Tensor, fresh: bool = False) -> torch.Tensor:
+        """A private copy: pinned host memory when offloading CUDA tensors, else a clone on kv's device (or kv
+        itself when it is fresh: all of a tensor nobody else holds)."""
         kv = kv.detach()
         if self.offload and kv.is_cuda:
             host = torch.empty(kv.shape, dtype=kv.dtype, pin_memory=True)
             host.copy_(kv, non_blocking=True)
             return host
-        return kv.clone()
+        return kv if fresh else kv.clone()
 
     def _evict(self, store: dict):
         if self.max_chunks is not None:

@@ -154,14 +154,12 @@ class SelfCrossAttention(nn.Module):
     def _with_cache(self, k, v, m: ForwardMeta):
         if m.cache is None:
             return k, v
-        cached = m.cache.read(self.index, *m.cache_read, device=k.device)
+        kv = m.cache.read_before(self.index, *m.cache_read, k, v)  # before this write (it may evict)
         if m.cache_write_chunks:
             n = m.cache_write_chunks * m.tokens_per_chunk
-            m.cache.write(self.index, m.cache_write_at, torch.cat([k[:n], v[:n]], dim=-1), m.tokens_per_chunk)
-        if cached is None:
-            return k, v
-        d = self.cfg.kv_channels
-        return torch.cat([cached[..., :d], k], 0), torch.cat([cached[..., d:], v], 0)
+            m.cache.write(self.index, m.cache_write_at, torch.cat([k[:n], v[:n]], dim=-1), m.tokens_per_chunk,
+                           fresh=True)
+        return kv
 
 
 # benches only, to time what they buy in one call (both on in the product; BENCHMARKS.md session 10):
