@@ -57,11 +57,23 @@ def _attn(q, k, v, hpg):
     return torch.stack(out, 1)
 
 
+def fp8_as_linear(P):
+    """The official fp8 linears (`PerTensorQuantizedFp8Linear`, `PerChannelQuantizedFp8Linear`) as float64 weights
+    with the activation quantization left out: y = fp8(x / s) @ w^T * input_scale[0] * weight_scale[0], where s is
+    the smoothing scale (per channel) or else the input scale (a vector), so W = w * input_scale[0] * weight_scale[0] / s."""
+    for key in [k for k in P if k.endswith(".weight_scale")]:
+        base = key[: -len("weight_scale")]
+        s = P.get(base + "smooth_scale", P[base + "input_scale"]).reshape(-1)
+        P[base + "weight"] = P[base + "weight"][0] * (P[base + "input_scale"].reshape(-1)[0] * P[key][0]) / s
+    return P
+
+
 def forward64(sd, cfg, x, t, y, y_mask, kv_range, slice_point=0, uncond=False, dt_factor=None):
     """Batch-1 forward: x (1, C, T, H, W), t (1, dn), y (dn, L, Cc), y_mask (dn, L), kv_range [(s, e)] absolute
     over the tokens of this forward only (requires slice_point chunks' keys to be absent, i.e. kv >= slice_point*ctn).
+    fp8 checkpoints: their linears in float64 without the activation rounding (fp8_as_linear).
     """
-    P = {k: v.to(f64) for k, v in sd.items()}
+    P = fp8_as_linear({k: v.to(f64) for k, v in sd.items()})
     h, nh, g, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_query_groups, cfg.kv_channels
     eps, p = cfg.layernorm_epsilon, cfg.patch_size
     one = 1.0 if cfg.apply_layernorm_1p else 0.0

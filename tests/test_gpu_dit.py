@@ -159,30 +159,34 @@ def test_cuda_fused_norms_and_gelu_epilogue_stay_at_bf16_error():
 
 def test_cuda_fp8_layers_fused_quantization_matches_unfused():
     """Official fp8 layers on CUDA (torch._scaled_mm): the pre-norms quantized in the gated residual's kernel,
-    GELU + fc2 quantization in one kernel and the planar linear_proj give the unfused compiled forward within the
-    noise that compiling itself adds (eager vs compiled)."""
+    GELU + fc2 quantization in one kernel and the planar linear_proj are as close to a float64 recomputation (fp8
+    weights, activations unrounded: dit_reference64.fp8_as_linear) as the unfused compiled and the eager forwards.
+    Each fp8 projection has its own input scale, so an input quantized with another's scale would show. (Fused and
+    unfused are not compared with each other: on CUDA the fused pre-norm's bf16 rounding differs from the eager
+    LayerNorm's in some values, and an fp8 re-quantization turns that into e4m3 steps, 2.1e-2 at 4 layers.)"""
     from magi_core.dit import layer
+    from magi_core.dit.layers import PerTensorFp8Linear
 
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("fp8 GEMM needs sm89+")
     model, cfg = _model("tiny-distill-fp8", torch.bfloat16, "cuda", layers=4)
+    for i, lin in enumerate(m for m in model.modules() if isinstance(m, PerTensorFp8Linear)):
+        lin.input_scale.fill_(0.02 * 2 ** (i % 3))
     x, t, y, mask = inputs(cfg, dn=3)
-    args = (x.cuda(), t.cuda(), y.cuda(), mask.cuda(), causal_ranges(3, 24))
-    out = {}
+    kv = causal_ranges(3, 24)
+    ref = forward64({k: v.cpu() for k, v in model.state_dict().items()}, cfg, x, t, y, mask, kv, dt_factor=8.0)
+    args = (x.cuda(), t.cuda(), y.cuda(), mask.cuda(), kv)
+    err = {}
     try:
         for run, compile_ops, fused in (("eager", False, False), ("unfused", True, False), ("fused", True, True)):
             layer.FUSIONS = fused
             model.compile_ops = compile_ops
-            out[run] = model(*args, dt_factor=8.0).double()
+            out = model(*args, dt_factor=8.0).cpu().double()
+            err[run] = ((out - ref).norm() / ref.norm()).item()
     finally:
         layer.FUSIONS = True
-
-    def rel(a, b):
-        return ((out[a] - out[b]).norm() / out[b].norm()).item()
-
-    print(f"fp8 layers: fused vs unfused {rel('fused', 'unfused'):.3e}, unfused compiled vs eager "
-          f"{rel('unfused', 'eager'):.3e}")
-    assert rel("fused", "unfused") < 2 * rel("unfused", "eager") + 1e-3
+    print("fp8 layers vs float64:", {k: f"{v:.3e}" for k, v in err.items()})
+    assert err["fused"] < 1.25 * min(err["unfused"], err["eager"]) + 2e-3, err
 
 
 def test_cuda_early_first_chunk_matches_reference_order():
