@@ -59,6 +59,14 @@ def _floats(name, v, n=None):
     return t
 
 
+def size_problem(name: str, v: int) -> str | None:
+    """Why `v` cannot be the video's width or height (`name`), or None. Also asked at queue time by the nodes."""
+    if v <= 0 or v % SIZE_MULTIPLE:
+        return (f"{name} must be a positive multiple of {SIZE_MULTIPLE}, got {v} (e.g. "
+                f"{max(SIZE_MULTIPLE, v // SIZE_MULTIPLE * SIZE_MULTIPLE)})")
+    return None
+
+
 def steps_problem(steps: int, window_size: int, stages: int | None = None) -> str | None:
     """Why `steps` cannot run with this window_size (and this many noise2clean_kvrange stages, when known), or
     None. The sampler node asks it at queue time with the stages unknown (MAGI Sampler Options may change them)."""
@@ -105,10 +113,9 @@ class SamplingSettings:
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen: normalise once, here)
         for k in ("width", "height"):
-            v = _int(k, getattr(self, k))
-            if v <= 0 or v % SIZE_MULTIPLE:
-                raise ValueError(f"{k} must be a positive multiple of {SIZE_MULTIPLE}, got {v} (e.g. "
-                                 f"{max(SIZE_MULTIPLE, v // SIZE_MULTIPLE * SIZE_MULTIPLE)})")
+            problem = size_problem(k, _int(k, getattr(self, k)))
+            if problem:
+                raise ValueError(problem)
         if _int("num_frames", self.num_frames) < FRAMES_PER_LATENT:
             raise ValueError(f"num_frames must be at least {FRAMES_PER_LATENT} (one latent frame), got "
                              f"{self.num_frames}; the video is made of chunks of 24 frames")

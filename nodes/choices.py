@@ -1,10 +1,11 @@
 """Combo options of the MAGI nodes and their validation (ComfyUI's `execution.py` checks V1 list combos only).
 
 ComfyUI (`execution.py`, validate_inputs) attaches whatever a node's `validate_inputs` returns to every input the
-method takes as a parameter (and skips its own min/max check for those): a method taking eight inputs shows one
-problem eight times. So a node's `validate_inputs` takes one input, the one worth rejecting at queue time (a model
-file that is not there); its other combos are checked with `require_all` first thing in `execute`, before
-anything loads, and reported once.
+method takes as a parameter (and skips its own min/max check for those): a method taking four inputs shows one
+problem four times. So a node's `validate_inputs` takes only the inputs whose mistakes would otherwise surface after
+a model has loaded (a model file that is not there, the video's size, a prompt, the sampler options' text fields),
+and every message names the input it is about; the other combos are checked with `require_all` first thing in
+`execute`, before anything loads, and reported once.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from .chunk_progress import ChunkProgress
 from .generation import Hooks, run
 from .loading import load_dit_weights
 from .multigpu import make_settings, release_pool
-from .sampler_settings import build_settings, sampler_options
+from .sampler_settings import SIZE, build_settings, queue_problems, sampler_options
 from .types import CATEGORY, MagiConditioning, MagiModel, MagiMultiGPU, MagiSamplerOptions, MagiVAE
 from .unfinished import PREFIX, save_unfinished
 
@@ -101,10 +101,10 @@ class MagiSampler(io.ComfyNode):
             inputs=[
                 MagiModel.Input("model"),
                 MagiConditioning.Input("conditioning"),
-                io.Int.Input("width", default=720, min=16, max=4096, step=16,
+                io.Int.Input("width", default=720, **SIZE, step=16,
                              tooltip="video width in pixels, a multiple of 16 (720x720 and 1280x720 are the "
                                      "reference sizes); with a prefix, MAGI VAE Encode follows the sampler's size"),
-                io.Int.Input("height", default=720, min=16, max=4096, step=16,
+                io.Int.Input("height", default=720, **SIZE, step=16,
                              tooltip="video height in pixels, a multiple of 16"),
                 io.Int.Input("num_frames", default=96, min=4, max=100000, step=4,
                              tooltip="new frames asked for, rounded up to whole chunks of 24 frames (the node shows "
@@ -149,18 +149,16 @@ class MagiSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, steps=None, window_size=None):
-        """At queue time, before any model loads: steps against window_size (ComfyUI shows it on both inputs). The
-        rest, a width or height that is not a multiple of 16 included (ComfyUI does not enforce a widget's step,
-        so an API prompt can send one), is checked when the sampler starts, before the DiT loads (execute,
-        nodes/generation.check) but after the nodes upstream ran: taken here, a width mistake would be reported
-        once per input of this method, each line starting with another input's name (choices.py)."""
-        if None in (steps, window_size):  # linked: not known yet
-            return True
-        for name, v, lim in (("steps", steps, STEPS), ("window_size", window_size, WINDOW_SIZE)):
-            if not lim["min"] <= v <= lim["max"]:  # ComfyUI skips its own min/max check for these two
-                return f"{name} must be between {lim['min']} and {lim['max']}, got {v}"
-        return steps_problem(steps, window_size) or True
+    def validate_inputs(cls, steps=None, window_size=None, width=None, height=None):
+        """At queue time, before any model loads: the widgets' ranges (ComfyUI skips its own check for inputs this
+        method takes), a width or height that is not a multiple of 16 (ComfyUI does not enforce a widget's step, so
+        an API prompt can send one), steps against window_size. ComfyUI shows the result on each of these four
+        inputs, so each problem names its input (choices.py). The rest is checked when the sampler starts."""
+        result = queue_problems([("steps", steps, STEPS), ("window_size", window_size, WINDOW_SIZE),
+                                 ("width", width, SIZE), ("height", height, SIZE)])
+        if result is True and None not in (steps, window_size):
+            return steps_problem(steps, window_size) or True
+        return result
 
     @classmethod
     def execute(cls, model, conditioning, width, height, num_frames, fps, steps, seed, window_size, text_scale,
@@ -222,8 +220,22 @@ class MagiSamplerOptionsNode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, cfg_number=None):
-        return choices.check_all([("cfg_number", cfg_number, choices.CFG_NUMBER)])
+    def validate_inputs(cls, cfg_number=None, cfg_t_range=None, text_scales=None, prev_chunk_scales=None,
+                        noise2clean_kvrange=None, shortcut_mode=None):
+        """At queue time, before any model loads: the choice and the text fields, through the same check as execute
+        (sampler_options; a linked field, not known yet, counts as its default). ComfyUI shows the result on each of
+        these six inputs, so the message names the field (choices.py)."""
+        given = dict(cfg_number=cfg_number, cfg_t_range=cfg_t_range, text_scales=text_scales,
+                     prev_chunk_scales=prev_chunk_scales, noise2clean_kvrange=noise2clean_kvrange,
+                     shortcut_mode=shortcut_mode)
+        bad = choices.check_all([("cfg_number", cfg_number, choices.CFG_NUMBER)])
+        if bad is not True:
+            return bad
+        try:
+            sampler_options(**{k: v for k, v in given.items() if v is not None})
+        except ValueError as e:
+            return str(e)
+        return True
 
     @classmethod
     def execute(cls, **kwargs):

@@ -8,17 +8,38 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from magi_core.settings import SamplingSettings
+from magi_core.sampling.schedule import SHORTCUT_MODES
+from magi_core.settings import SamplingSettings, size_problem
 
 N_RANGES = 5  # len(cfg_t_range) in every official config
 _CLEAN_TEXT, _CLEAN_PREV = (0.0, 0.0), (1.0, 1.0)
+
+
+SIZE = dict(min=16, max=4096)  # the width and height widgets' limits (sampler, MAGI VAE Encode)
+
+
+def queue_problems(values) -> bool | str:
+    """values: (name, value, limits) of widgets a node's validate_inputs takes, so ComfyUI skips its own min/max
+    check for them: that check, then a width's or height's multiple of 16 (magi_core.settings.size_problem). A value
+    of None (a linked input, not known at queue time) is skipped. True, or the problems joined, each naming its input."""
+    problems = []
+    for name, v, lim in values:
+        if v is None:
+            continue
+        if not lim["min"] <= v <= lim["max"]:
+            problems.append(f"{name} must be between {lim['min']} and {lim['max']}, got {v}")
+        elif name in ("width", "height"):
+            problems.append(size_problem(name, v))
+    problems = [p for p in problems if p]
+    return "; ".join(problems) if problems else True
 
 
 def scale_vector(scale: float, clean_tail: tuple) -> tuple:
     return (float(scale),) * (N_RANGES - len(clean_tail)) + clean_tail
 
 
-def parse_numbers(name: str, text: str, count: int | None = None, kind=float) -> tuple | None:
+def parse_numbers(name: str, text: str, count: int | None = None, kind=float,
+                  each: str = "one per flow-time range") -> tuple | None:
     """'1.5, 1.5, 1.5, 1, 1' -> tuple; '' -> None (use the default). Clear error for bad text."""
     text = (text or "").strip()
     if not text:
@@ -29,7 +50,7 @@ def parse_numbers(name: str, text: str, count: int | None = None, kind=float) ->
         raise ValueError(f"{name}: {text!r} is not a comma-separated list of "
                          f"{'integers' if kind is int else 'numbers'}") from None
     if count is not None and len(values) != count:
-        raise ValueError(f"{name}: give {count} values (one per flow-time range), got {len(values)}: {text!r}")
+        raise ValueError(f"{name}: give {count} values ({each}), got {len(values)}: {text!r}")
     return values
 
 
@@ -53,7 +74,7 @@ def sampler_options(cfg_number: str = "auto", cfg_t_range: str = "", text_scales
         v = parse_numbers(name, text, count, kind)
         if v is not None:
             opts[name] = v
-    parts = parse_numbers("shortcut_mode", shortcut_mode, 3, kind=int)
+    parts = parse_numbers("shortcut_mode", shortcut_mode, 3, kind=int, each=" or ".join(SHORTCUT_MODES))
     if parts is not None:
         opts["shortcut_mode"] = ",".join(str(p) for p in parts)
     opts.update(clean_chunk_kvrange=int(clean_chunk_kvrange), clean_t=float(clean_t),

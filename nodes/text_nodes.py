@@ -15,6 +15,19 @@ SCHEDULE_EXAMPLE = ("0-1: a red fox trots through fresh snow in a birch forest, 
                     "2-: the fox stops, looks up and leaps into a snowdrift")
 
 
+def queue_check(text) -> bool | str:
+    """A prompt or schedule widget at queue time, before any model loads (validate_inputs of the three text nodes):
+    syntax, overlaps, gaps, an empty prompt, prompts the caption cleaner empties; what execute checks again (the
+    video's length is checked at the sampler). None (a linked input, not known yet) passes."""
+    if text is None:
+        return True
+    try:
+        check_prompt(text)
+    except ValueError as e:
+        return str(e)
+    return True
+
+
 class MagiTextEncode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -29,6 +42,10 @@ class MagiTextEncode(io.ComfyNode):
             outputs=[MagiConditioning.Output(display_name="conditioning")],
             hidden=[io.Hidden.unique_id],
         )
+
+    @classmethod
+    def validate_inputs(cls, prompt=None):  # one input: see choices.py on validate_inputs
+        return queue_check(prompt)
 
     @classmethod
     def execute(cls, t5, prompt):
@@ -54,15 +71,7 @@ class MagiPromptSchedule(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, schedule=None):  # one input: see choices.py on validate_inputs
-        """At queue time, before any model loads: the schedule's syntax, overlaps and gaps, and prompts the caption
-        cleaner empties (what execute checks again; the video's length is checked at the sampler)."""
-        if schedule is None:  # linked: not known yet
-            return True
-        try:
-            check_prompt(schedule)
-        except ValueError as e:
-            return str(e)
-        return True
+        return queue_check(schedule)
 
     @classmethod
     def execute(cls, schedule):
@@ -85,6 +94,10 @@ class MagiCLIPTextEncode(io.ComfyNode):
             outputs=[MagiConditioning.Output(display_name="conditioning")],
             hidden=[io.Hidden.unique_id],
         )
+
+    @classmethod
+    def validate_inputs(cls, prompt=None):  # one input: see choices.py on validate_inputs
+        return queue_check(prompt)
 
     @classmethod
     def execute(cls, clip, prompt):

@@ -11,6 +11,7 @@ from magi_core.video import select_prefix_frames
 
 from . import choices, memory, messages
 from .latents import decode_video, missing_keys_note
+from .sampler_settings import SIZE, queue_problems
 from .types import CATEGORY, MagiVAE
 
 
@@ -45,8 +46,8 @@ class MagiVAEEncode(io.ComfyNode):
             inputs=[
                 MagiVAE.Input("vae"),
                 io.Image.Input("image", tooltip="one image, or a batch of video frames"),
-                io.Int.Input("width", default=720, min=16, max=4096, step=16, tooltip="same as the sampler's"),
-                io.Int.Input("height", default=720, min=16, max=4096, step=16, tooltip="same as the sampler's"),
+                io.Int.Input("width", default=720, **SIZE, step=16, tooltip="same as the sampler's"),
+                io.Int.Input("height", default=720, **SIZE, step=16, tooltip="same as the sampler's"),
                 io.Combo.Input("resize", options=choices.RESIZE, default="stretch",
                                tooltip="stretch (the reference), crop to the aspect ratio, or pad with black"),
                 io.Int.Input("max_frames", default=0, min=0, max=100000,
@@ -62,6 +63,11 @@ class MagiVAEEncode(io.ComfyNode):
             outputs=[io.Latent.Output(display_name="prefix")],
             hidden=[io.Hidden.unique_id],
         )
+
+    @classmethod
+    def validate_inputs(cls, width=None, height=None):
+        """At queue time, before the VAE loads: the size's range and multiple of 16 (an API prompt can send any)."""
+        return queue_problems([("width", width, SIZE), ("height", height, SIZE)])
 
     @classmethod
     def execute(cls, vae, image, width, height, fps, resize, max_frames, take, tile_size, tile_overlap, tile_frames):

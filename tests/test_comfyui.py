@@ -537,7 +537,7 @@ def test_steps_that_do_not_fit_the_window_are_rejected_at_queue_time(server):
     status, r = server.queue(prompt)
     assert status == 400
     errors = r["node_errors"][nid]["errors"]
-    assert sorted(e["extra_info"]["input_name"] for e in errors) == ["steps", "window_size"], errors
+    assert sorted(e["extra_info"]["input_name"] for e in errors) == ["height", "steps", "width", "window_size"], errors
     assert all("steps must be a positive multiple of window_size (3), got 16" in e["details"] for e in errors)
     assert set(r["node_errors"]) == {nid}
     for field, value, needle in (("steps", 1004, "steps must be between 4 and 1000, got 1004"),
@@ -563,9 +563,47 @@ def test_schedule_mistakes_are_rejected_at_queue_time(server, schedule, needle):
     assert needle in errors[0]["details"], errors
 
 
+OPTIONS_DEFAULTS = dict(cfg_number="auto", cfg_t_range="", text_scales="", prev_chunk_scales="", noise2clean_kvrange="",
+                        clean_chunk_kvrange=1, clean_t=0.9999, shortcut_mode="8,16,16",
+                        distill_nearly_clean_threshold=0.3, per_chunk_noise=False, kv_offload=False,
+                        negative_special_tokens=False)
+
+
 @pytest.mark.parametrize("workflow, node, changes, needle", [
-    ("magi1_t2v", "MagiSampler", dict(width=72), "width must be a positive multiple of 16, got 72"),
+    ("magi1_t2v", "MagiSampler", dict(width=72), "width must be a positive multiple of 16, got 72 (e.g. 64)"),
+    ("magi1_t2v", "MagiSampler", dict(height=721), "height must be a positive multiple of 16, got 721"),
+    ("magi1_t2v", "MagiSampler", dict(width=4112), "width must be between 16 and 4096, got 4112"),
+    ("magi1_i2v", "MagiVAEEncode", dict(height=70), "height must be a positive multiple of 16, got 70"),
+    # prompt text is never dropped: an empty prompt, a malformed schedule line, a prompt the caption cleaner empties
+    ("magi1_t2v", "MagiTextEncode", dict(prompt="  "), "the prompt is empty"),
     ("magi1_t2v", "MagiTextEncode", dict(prompt="0-2: a fox\n1-: a bird"), "overlap"),
+    ("magi1_t2v", "MagiTextEncode", dict(prompt="0-1 a fox\n2-: a bird"), "line 1"),
+    ("magi1_t2v", "MagiTextEncode", dict(prompt="一只红狐狸在雪地里奔跑"), "caption cleaner"),
+    ("magi1_t2v", "MagiSamplerOptions", dict(cfg_t_range="abc"), "cfg_t_range: 'abc' is not a comma-separated list"),
+    ("magi1_t2v", "MagiSamplerOptions", dict(text_scales="7, 7, 7, 0"), "text_scales: give 5 values"),
+    ("magi1_t2v", "MagiSamplerOptions", dict(shortcut_mode="8,16"), "shortcut_mode: give 3 values"),
+])
+def test_mistakes_that_would_surface_after_a_model_loads_are_rejected_at_queue_time(server, workflow, node, changes,
+                                                                                     needle):
+    """A 400 when the prompt is queued, before anything runs: ComfyUI does not enforce a widget's step (an API
+    prompt can send any width), and the prompt's text and the options' text fields used to be read only when their
+    nodes ran, after the T5 encoder had loaded. Every error on the node names the input it is about."""
+    prompt = tiny(api_twin(workflow))
+    if node == "MagiSamplerOptions":
+        prompt["900"] = {"class_type": node, "inputs": dict(OPTIONS_DEFAULTS)}
+        prompt[node_of(prompt, "MagiSampler")]["inputs"]["options"] = ["900", 0]
+        h = run(server, prompt)  # the defaults pass, and the run takes them
+        assert h["status"]["status_str"] == "success", error_of(h)
+    nid = node_of(prompt, node)
+    prompt[nid]["inputs"].update(changes)
+    status, r = server.queue(prompt)
+    assert status == 400 and set(r["node_errors"]) == {nid}, r
+    errors = r["node_errors"][nid]["errors"]
+    assert errors and all(needle in e["details"] for e in errors), errors
+    assert all(e["details"].count(needle) == 1 for e in errors)
+
+
+@pytest.mark.parametrize("workflow, node, changes, needle", [
     ("magi1_t2v", "MagiTextEncode", dict(prompt="0: a fox\n1-3: a bird"), "the video has only 1 chunk (0..0)"),
     ("magi1_i2v", "MagiSampler", dict(width=80, height=80), "prefix latent is 64x64 but the sampler makes 80x80"),
     ("magi1_v2v", "MagiVAEEncode", dict(max_frames=26), "last temporal VAE tile of 2 frames"),
@@ -577,9 +615,6 @@ def test_schedule_mistakes_are_rejected_at_queue_time(server, schedule, needle):
     ("magi1_t2v", "MagiSampler", dict(preview="sometimes"), "preview: 'sometimes' is not one of the choices"),
     # the test server runs on the CPU, where block swap is refused first (the layer limit: test_nodes, fake GPU)
     ("magi1_t2v", "MagiDiTLoader", dict(block_swap=4), "set block swap to 0"),
-    # prompt text is never dropped: a malformed schedule line, a prompt the caption cleaner empties
-    ("magi1_t2v", "MagiTextEncode", dict(prompt="0-1 a fox\n2-: a bird"), "line 1"),
-    ("magi1_t2v", "MagiTextEncode", dict(prompt="一只红狐狸在雪地里奔跑"), "caption cleaner"),
 ])
 def test_bad_values_give_clear_errors(server, workflow, node, changes, needle):
     prompt = tiny(api_twin(workflow))
