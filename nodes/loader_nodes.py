@@ -48,6 +48,16 @@ def _fingerprint(name: str, kind: str):
         return name
 
 
+def special_tokens_path(choice: str):
+    """The special tokens file for the DiT loader's choice: auto (the pack's copy from install.py, else
+    models/magi/special_tokens.npz, else none), none, or a listed file."""
+    if choice == "auto":
+        return default_special_tokens(PACK_ASSET_TOKENS, roots("tokens"))
+    if choice == "none":
+        return None
+    return resolve(choice, roots("tokens"), "special tokens file")
+
+
 class MagiDiTLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -104,8 +114,14 @@ class MagiDiTLoader(io.ComfyNode):
         return choices.check_all([("model", model, scan(roots("dit"), "dit"), missing_hint("dit", model))])
 
     @classmethod
-    def fingerprint_inputs(cls, model, **kwargs):
-        return _fingerprint(model, "dit")
+    def fingerprint_inputs(cls, model, special_tokens="auto", **kwargs):
+        """The checkpoint's files and the special tokens file the node would use: placing special_tokens.npz (or
+        changing either) makes the next run take it, not the result ComfyUI cached without it."""
+        try:
+            tokens = special_tokens_path(special_tokens)
+        except (OSError, ValueError):
+            tokens = None
+        return _fingerprint(model, "dit"), tokens and identity(tokens)
 
     @classmethod
     def execute(cls, model, variant, weight_dtype, attention, precision, device, special_tokens, compile=False,
@@ -128,12 +144,7 @@ class MagiDiTLoader(io.ComfyNode):
              "put special_tokens.npz in models/magi or run install.py"),
         ])
         path = resolve(model, roots("dit"), "DiT")
-        if special_tokens == "auto":
-            tokens = default_special_tokens(PACK_ASSET_TOKENS, roots("tokens"))
-        elif special_tokens == "none":
-            tokens = None
-        else:
-            tokens = resolve(special_tokens, roots("tokens"), "special tokens file")
+        tokens = special_tokens_path(special_tokens)
         runtime = DiTRuntime(device=str(memory.resolve_device(device, "dit")), precision=precision,
                              attention=attention, compile=compile, block_swap=int(block_swap), weight_dtype=weight_dtype)
         return open_dit(model, path, variant, runtime, tokens)
