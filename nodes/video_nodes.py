@@ -7,6 +7,7 @@ on interrupt (or an error) the chunks finished so far are kept as a playable fil
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import folder_paths
@@ -19,6 +20,20 @@ from .chunk_progress import ChunkProgress
 from .latents import decode_chunks, missing_keys_note
 from .types import CATEGORY, MagiVAE
 from .vae_nodes import decode_tile_inputs
+
+
+def prefix_problem(prefix: str, out_dir: str) -> bool | str:
+    """True, or why `prefix` cannot name a file in `out_dir`: empty, or a folder outside it (the test
+    folder_paths.get_save_image_path applies, where it raises after logging an error about saving an "image")."""
+    name = os.path.basename(os.path.normpath(prefix.strip() or "."))
+    if name in (".", "..", ""):
+        return f"filename_prefix {prefix!r} names no file: give one, like video/MAGI-1"
+    out_dir = os.path.abspath(out_dir)
+    folder = os.path.abspath(os.path.join(out_dir, os.path.dirname(os.path.normpath(prefix))))
+    if os.path.commonpath((out_dir, folder)) != out_dir:
+        return (f"filename_prefix {prefix!r} points outside ComfyUI's output folder ({out_dir}): give a name "
+                "inside it, like video/MAGI-1")
+    return True
 
 
 class MagiDecodeToVideoFile(io.ComfyNode):
@@ -45,6 +60,12 @@ class MagiDecodeToVideoFile(io.ComfyNode):
             hidden=[io.Hidden.unique_id],
             is_output_node=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, filename_prefix=None):  # one input: see choices.py on validate_inputs
+        """At queue time, not after the whole generation: a prefix the save would refuse (ComfyUI's
+        folder_paths.get_save_image_path keeps files inside the output folder)."""
+        return True if filename_prefix is None else prefix_problem(filename_prefix, folder_paths.get_output_directory())
 
     @classmethod
     def execute(cls, vae, samples, filename_prefix, crf, tile_size, tile_overlap, tile_frames, temporal_overlap):

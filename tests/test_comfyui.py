@@ -602,6 +602,11 @@ OPTIONS_DEFAULTS = dict(cfg_number="auto", cfg_t_range="", text_scales="", prev_
     ("magi1_t2v", "MagiSamplerOptions", dict(cfg_t_range="abc"), "cfg_t_range: 'abc' is not a comma-separated list"),
     ("magi1_t2v", "MagiSamplerOptions", dict(text_scales="7, 7, 7, 0"), "text_scales: give 5 values"),
     ("magi1_t2v", "MagiSamplerOptions", dict(shortcut_mode="8,16"), "shortcut_mode: give 3 values"),
+    # the save's own check used to come after the whole generation
+    ("magi1_long_video", "MagiDecodeToVideoFile", dict(filename_prefix="../../escape/MAGI"),
+     "points outside ComfyUI's output folder"),
+    ("magi1_long_video", "MagiDecodeToVideoFile", dict(filename_prefix="/tmp/MAGI"), "points outside"),
+    ("magi1_long_video", "MagiDecodeToVideoFile", dict(filename_prefix=" "), "names no file"),
 ])
 def test_mistakes_that_would_surface_after_a_model_loads_are_rejected_at_queue_time(server, workflow, node, changes,
                                                                                      needle):
