@@ -98,6 +98,27 @@ def unused_settings(cfg, s: SamplingSettings) -> str | None:
     return f"{', '.join(changed)} not used: it weighs the distill models' pass; this model runs three guidance passes"
 
 
+def create_video_fps_notes(prompt: dict | None, sampler_id, fps: int) -> list[str]:
+    """Notes for native Create Video nodes fed (through one node, the decoder) by this sampler that play at another
+    fps: the video would run faster or slower than made. The UI warns while editing (js/magi.js); this note is
+    for API prompts too. prompt: ComfyUI's prompt (hidden input), {id: {class_type, inputs}}; links are [id, slot]."""
+    if not prompt or sampler_id is None:
+        return []
+    fed = lambda node, src: any(isinstance(v, list) and len(v) == 2 and str(v[0]) == str(src) and v[1] == 0  # noqa: E731
+                                for v in node.get("inputs", {}).values())
+    notes = []
+    for dec_id, dec in prompt.items():
+        if not fed(dec, sampler_id):
+            continue
+        for cv_id, cv in prompt.items():
+            other = cv.get("inputs", {}).get("fps")
+            if cv.get("class_type") == "CreateVideo" and fed(cv, dec_id) and isinstance(other, (int, float)) \
+                    and float(other) != float(fps):
+                notes.append(f"Create Video (node {cv_id}) plays at {other:g} fps but this video is made for {fps} "
+                             f"fps: it will run {float(other) / fps:.2g}x as fast; give both the same fps")
+    return notes
+
+
 def run(model: DiTHandle, conditioning, s: SamplingSettings, hooks: Hooks, prefix: dict | None = None,
         vae: VAEHandle | None = None, preview: bool = True, multigpu: MultiGPUSettings | None = None) -> dict:
     """Generate; returns the LATENT dict (with the decoded frames when every chunk was decoded for previews)."""

@@ -13,7 +13,7 @@ from magi_core.settings import FPS_MAX, FPS_MIN, steps_problem
 
 from . import choices, memory, messages
 from .chunk_progress import ChunkProgress
-from .generation import Hooks, run
+from .generation import Hooks, create_video_fps_notes, run
 from .loading import load_dit_weights
 from .multigpu import make_settings, release_pool
 from .sampler_settings import SIZE, build_settings, queue_problems, sampler_options
@@ -145,7 +145,7 @@ class MagiSampler(io.ComfyNode):
                 MagiMultiGPU.Input("multigpu", optional=True),
             ],
             outputs=[io.Latent.Output(display_name="samples")],
-            hidden=[io.Hidden.unique_id],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
         )
 
     @classmethod
@@ -170,6 +170,8 @@ class MagiSampler(io.ComfyNode):
         show = preview != "off"
         one_gpu = multigpu.devices[0] if multigpu is not None and not multigpu.wants_pool else None
         hooks = ComfyHooks(str(messages.node_id(cls)), fps, device=one_gpu)
+        for note in create_video_fps_notes(getattr(cls.hidden, "prompt", None), messages.node_id(cls), fps):
+            hooks.note(note)
         if multigpu is not None and multigpu.wants_pool:
             memory.track_pool(release_pool)  # ComfyUI frees the workers with its models (memory.py)
         try:

@@ -583,6 +583,24 @@ def test_placing_the_special_tokens_file_takes_effect_on_the_next_run(server):
     assert h["status"]["status_str"] == "success", error_of(h)
 
 
+def test_create_video_at_another_fps_is_noted_for_api_prompts(server):
+    """Sampler at 12 fps, native Create Video left at 24 (an API prompt: no UI to warn while editing): the run
+    succeeds and the console says the video will run 2x as fast (the file: 24 frames in 1 s, not 2 s)."""
+    prompt = tiny(api_twin("magi1_t2v"), fps=12, seed=4242)
+    cv = node_of(prompt, "CreateVideo")
+    assert prompt[cv]["inputs"]["fps"] == 24
+    h = run(server, prompt)
+    assert h["status"]["status_str"] == "success", error_of(h)
+    assert f"Create Video (node {cv}) plays at 24 fps but this video is made for 12 fps: it will run 2x as fast" \
+        in server.log()
+    prompt[cv]["inputs"]["fps"] = 12
+    prompt[node_of(prompt, "MagiSampler")]["inputs"]["seed"] = 4243
+    before = server.log().count("plays at")
+    h = run(server, prompt)
+    assert h["status"]["status_str"] == "success", error_of(h)
+    assert server.log().count("plays at") == before  # same fps: no note
+
+
 OPTIONS_DEFAULTS = dict(cfg_number="auto", cfg_t_range="", text_scales="", prev_chunk_scales="", noise2clean_kvrange="",
                         clean_chunk_kvrange=1, clean_t=0.9999, shortcut_mode="8,16,16",
                         distill_nearly_clean_threshold=0.3, per_chunk_noise=False, kv_offload=False,
