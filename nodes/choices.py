@@ -29,6 +29,13 @@ def devices(cuda_count: int) -> list[str]:
     return ["auto", "cpu"] + [f"cuda:{i}" for i in range(cuda_count)]
 
 
+def device_check(value, cuda_count: int) -> tuple:
+    """A loader's `device` for check/require_all: its choices and a hint that says why a GPU name is not there."""
+    hint = ("no CUDA GPU is visible to this ComfyUI (PyTorch sees none): use auto or cpu" if not cuda_count else
+            f"GPU numbers follow CUDA_VISIBLE_DEVICES: cuda:0..cuda:{cuda_count - 1} are visible")
+    return "device", value, devices(cuda_count), hint
+
+
 def gpu_sets(cuda_count: int) -> list[str]:
     """The multi-GPU node's device choices: 'all', the first k GPUs for k = 2..count, and 'cpu' (two CPU ranks,
     for tests). The sampler also takes any list like '1,3' (API prompts; magi_nodes.multigpu.parse_devices)."""

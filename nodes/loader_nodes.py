@@ -139,7 +139,7 @@ class MagiDiTLoader(io.ComfyNode):
         choices.require_all([
             ("variant", variant, choices.VARIANT), ("weight_dtype", weight_dtype, choices.DIT_WEIGHT_DTYPE),
             ("attention", attention, choices.ATTENTION), ("precision", precision, choices.PRECISION),
-            ("device", device, choices.devices(memory.cuda_count()), "GPU numbers follow CUDA_VISIBLE_DEVICES"),
+            choices.device_check(device, memory.cuda_count()),
             ("special_tokens", special_tokens, choices.SPECIAL_TOKENS_FIXED + special_token_files(roots("tokens")),
              "put special_tokens.npz in models/magi or run install.py"),
         ])
@@ -174,7 +174,7 @@ class MagiVAELoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae, dtype, device):
-        choices.require_all([("dtype", dtype, choices.VAE_DTYPE), ("device", device, choices.devices(memory.cuda_count()))])
+        choices.require_all([("dtype", dtype, choices.VAE_DTYPE), choices.device_check(device, memory.cuda_count())])
         path = resolve(vae, roots("vae"), "VAE")
         dev = memory.resolve_device(device, "vae")
         handle = load_vae(vae, path, dtype, dev, before_load=lambda: memory.free_for(size_on_disk(path), dev))
@@ -209,7 +209,7 @@ class MagiT5Loader(io.ComfyNode):
 
     @classmethod
     def execute(cls, t5, dtype, device):
-        choices.require_all([("dtype", dtype, choices.T5_DTYPE), ("device", device, choices.devices(memory.cuda_count()))])
+        choices.require_all([("dtype", dtype, choices.T5_DTYPE), choices.device_check(device, memory.cuda_count())])
         path = resolve(t5, roots("t5"), "T5")
         dev = memory.resolve_device(device, "t5")
         handle = load_t5(t5, path, dtype, dev, tokenizer=comfy_t5_tokenizer(),

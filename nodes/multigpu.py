@@ -29,10 +29,17 @@ def parse_devices(text: str, cuda_count: int, leave_gpu0_free: bool = False, cp_
         ids = [int(p) for p in text.replace(";", ",").split(",") if p.strip()]
     except ValueError:
         raise ValueError(f"devices: {text!r} is not 'all', 'cpu' or a list of GPU numbers like '0,1,2,3'") from None
+    if not ids:
+        raise ValueError(f"devices: {text!r} names no GPU; give 'all', 'cpu' or a list like '0,1'")
+    if not cuda_count:
+        raise ValueError(f"devices: {text!r} names GPUs, but no CUDA GPU is visible here: use 'cpu'")
     bad = [i for i in ids if not 0 <= i < cuda_count]
-    if bad or len(set(ids)) != len(ids) or not ids:
-        seen = f"{cuda_count} are visible (0..{cuda_count - 1})" if cuda_count else "no CUDA GPU is visible (use 'cpu')"
-        raise ValueError(f"devices: {text!r} names GPUs {bad or ids} but {seen}, each at most once")
+    if bad:
+        raise ValueError(f"devices: {text!r} names GPU(s) {bad}, but only {cuda_count} are visible "
+                         f"(0..{cuda_count - 1}; numbers follow CUDA_VISIBLE_DEVICES)")
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        raise ValueError(f"devices: {text!r} names GPU(s) {twice} more than once; name each GPU once")
     if leave_gpu0_free and 0 in ids:
         raise ValueError("devices lists GPU 0 but leave_gpu0_free is on: remove 0 or turn leave_gpu0_free off")
     return [f"cuda:{i}" for i in ids]

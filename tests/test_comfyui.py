@@ -654,6 +654,8 @@ def test_mistakes_that_would_surface_after_a_model_loads_are_rejected_at_queue_t
     # combos checked first thing in execute (nodes/choices.py), before any model loads
     ("magi1_t2v", "MagiDiTLoader", dict(variant="fp16"), "variant: 'fp16' is not one of the choices"),
     ("magi1_t2v", "MagiVAELoader", dict(dtype="int8"), "dtype: 'int8' is not one of the choices"),
+    ("magi1_t2v", "MagiDiTLoader", dict(device="cuda"), "no CUDA GPU is visible to this ComfyUI (PyTorch sees none)"),
+    ("magi1_t2v", "MagiT5Loader", dict(device="cuda:0"), "no CUDA GPU is visible to this ComfyUI"),
     ("magi1_i2v", "MagiVAEEncode", dict(take="middle"), "take: 'middle' is not one of the choices"),
     ("magi1_t2v", "MagiSampler", dict(preview="sometimes"), "preview: 'sometimes' is not one of the choices"),
     # the test server runs on the CPU, where block swap is refused first (the layer limit: test_nodes, fake GPU)

@@ -329,9 +329,11 @@ def test_multigpu_devices():
     assert multigpu.parse_devices("all", 4, leave_gpu0_free=True) == ["cuda:1", "cuda:2", "cuda:3"]
     assert multigpu.parse_devices(" 2, 0 ", 4) == ["cuda:2", "cuda:0"]
     assert multigpu.parse_devices("cpu", 0, cp_size=2) == ["cpu", "cpu"]
-    for text, n, free, needle in [("all", 0, False, "no usable CUDA GPU"), ("0,4", 4, False, "4 are visible"),
-                                  ("1,1", 4, False, "at most once"), ("x", 4, False, "not 'all'"),
-                                  ("0,1", 4, True, "leave_gpu0_free"), ("0,1", 0, False, "no CUDA GPU is visible")]:
+    for text, n, free, needle in [("all", 0, False, "no usable CUDA GPU"),
+                                  ("0,4", 4, False, "names GPU(s) [4], but only 4 are visible (0..3"),
+                                  ("1,1", 4, False, "names GPU(s) [1] more than once"), ("x", 4, False, "not 'all'"),
+                                  ("0,1", 4, True, "leave_gpu0_free"), (",", 4, False, "names no GPU"),
+                                  ("1,3", 0, False, "'1,3' names GPUs, but no CUDA GPU is visible here: use 'cpu'")]:
         with pytest.raises(ValueError, match=None) as e:
             multigpu.parse_devices(text, n, free)
         assert needle in str(e.value)
