@@ -54,12 +54,22 @@ class Action:
     state: str
 
 
+def item_name(name: str) -> str | None:
+    """The --download item a name means: its own spelling in any case, with '_' for '-', or the folder it installs
+    to (4.5B_distill, 24B_distill_quant: what the workflows and the DiT loader show); None if none."""
+    key = name.strip().lower().replace("_", "-")
+    for item, (_, dest) in ITEMS.items():
+        if key in (item.lower(), dest.rsplit("/", 1)[-1].lower().replace("_", "-")):
+            return item
+    return None
+
+
 def items_for(names: list[str], with_vae: bool = True, with_t5: bool = True) -> list[str]:
     """Requested items plus what a DiT needs to run (VAE, T5) unless turned off; unknown names are errors."""
-    bad = [n for n in names if n not in ITEMS]
+    bad = [n for n in names if item_name(n) is None]
     if bad:
         raise SystemExit(f"unknown download {', '.join(bad)}: choose from {', '.join(ITEMS)}")
-    out = list(dict.fromkeys(names))
+    out = list(dict.fromkeys(item_name(n) for n in names))
     if any(n in DITS for n in out):
         out += [n for n, on in (("vae", with_vae), ("t5", with_t5)) if on and n not in out]
     return out
@@ -193,7 +203,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-vae", action="store_true", help="do not add the VAE to a DiT download")
     ap.add_argument("--no-t5", action="store_true", help="do not add T5 (e.g. you use t5xxl_fp16.safetensors)")
     ap.add_argument("--special-tokens", default=None, help="a local special_tokens.npz (or URL) instead of GitHub")
-    ap.add_argument("--skip-special-tokens", action="store_true")
+    ap.add_argument("--skip-special-tokens", action="store_true",
+                    help="do not fetch MAGI-1's special_tokens.npz (then turn off the sampler's use_hq and use_duration)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan offline, download nothing")
     ap.add_argument("--list", action="store_true", help="list what can be downloaded")
     a = ap.parse_args(argv)
@@ -220,6 +231,12 @@ def main(argv=None) -> int:
         print("error: --dry-run shows what --download NAME would fetch: add --download (names: --list)",
               file=sys.stderr)
         return 2
+    if a.download:  # a mistyped name: say so before anything is fetched
+        try:
+            items_for(a.download)
+        except SystemExit as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     failed = 0  # exit 1 at the end when the special tokens could not be installed (a script chaining us notices)
     if not a.skip_special_tokens and not a.dry_run:
         try:

@@ -343,6 +343,16 @@ def test_install_mistakes_exit_2_and_a_dry_run_needs_no_comfyui(tmp_path, args, 
     assert r.returncode == rc and needle in r.stdout + r.stderr and "Traceback" not in r.stderr, r.stdout + r.stderr
 
 
+def test_install_rejects_an_unknown_download_before_fetching_anything(tmp_path):
+    """A mistyped name is the first thing said, with exit 2: nothing is fetched first (the special tokens were)."""
+    dead = "http://127.0.0.1:9"  # any download attempt fails at once and would be reported
+    r = subprocess.run([sys.executable, "install.py", "--download", "foo", "--models-dir", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, HF_HUB_OFFLINE="1", http_proxy=dead, https_proxy=dead, HTTPS_PROXY=dead))
+    assert r.returncode == 2 and r.stderr.startswith("error: unknown download foo: choose from vae, t5, 4.5B-base"), r.stderr
+    assert "special_tokens" not in r.stdout + r.stderr and not list(tmp_path.iterdir())
+
+
 def test_install_dry_run_checks_a_special_tokens_file(tmp_path):
     r = subprocess.run([sys.executable, "install.py", "--download", "vae", "--dry-run", "--models-dir", str(tmp_path),
                         "--special-tokens", "/nonexistent/t.npz"], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -830,6 +830,10 @@ def test_install_plan(tmp_path):
     assert inst.items_for(["4.5B-distill"], with_t5=False) == ["4.5B-distill", "vae"]
     with pytest.raises(SystemExit, match="unknown download 4B"):
         inst.items_for(["4B"])
+    # the folder names the workflows and the DiT loader show, and '_' or any case for '-'
+    assert inst.items_for(["4.5b_distill"], False, False) == ["4.5B-distill"]
+    assert inst.items_for(["24B_distill_quant", "24B-distill-fp8"], False, False) == ["24B-distill-fp8"]
+    assert inst.items_for(["T5"]) == ["t5"]
     (tmp_path / "magi" / "vae").mkdir(parents=True)
     (tmp_path / "magi" / "vae" / "config.json").write_bytes(b"abc")  # complete
     (tmp_path / "text_encoders" / "t5-v1_1-xxl").mkdir(parents=True)
