@@ -42,7 +42,7 @@ def _print_report(r: dict, brief: bool):
     if r["kind"] == "preset":
         print(f"MAGI-1 DiT preset {r['source']}")
     else:
-        print(f"MAGI-1 DiT checkpoint {r['location']} ({r['layout']})")
+        print(f"{'checkpoint' if 'error' in r else 'MAGI-1 DiT checkpoint'} {r['location']} ({r['layout']})")
         for f in r["files"]:
             print(f"  file {f}")
     if r.get("size"):
@@ -61,7 +61,7 @@ def _print_report(r: dict, brief: bool):
     if r["kind"] == "checkpoint":
         print()
         if "error" in r:
-            print("ERROR: " + r["error"])
+            print("ERROR: " + r["error"])  # after the table too, where the eye ends up
         elif r["ok"]:
             c = r["comparison"]
             print(f"OK: matches the expected {r['size']} {r['variant']} table "
@@ -76,9 +76,11 @@ def _inspect_run(args) -> int:
     r = inspect(args.source, variant=args.variant)
     if args.json:
         print(json.dumps(r, indent=2))
-    else:
-        _print_report(r, args.brief)
-    return 0 if r["ok"] else 1
+        return 0 if r["ok"] else 1
+    if "error" in r:  # not a DiT, or a broken one: said first, then what the files hold
+        print(f"error: {r['error']}", file=sys.stderr)
+    _print_report(r, args.brief)
+    return 0 if r["ok"] else 1  # 1: the diagnosis found a problem (2: the command itself was misused)
 
 
 # ----------------------------------------------------------------------------- convert

@@ -378,6 +378,16 @@ def test_inspect_cli_reports_a_broken_download(tiny_sd, tmp_path, capsys):
     assert code == 2
 
 
+def test_inspect_cli_pointed_at_another_model_says_so_first(tmp_path, capsys):
+    """A VAE given to inspect: the error first (exit 1: the diagnosis found a problem), a header that does not call
+    it a MAGI-1 DiT checkpoint, and its tensors still listed (what is in the file)."""
+    save_file({"decoder.blocks.0.attn.proj.bias": torch.zeros(4)}, str(tmp_path / "vae.safetensors"))
+    code = cli(["inspect", str(tmp_path / "vae.safetensors")])
+    out, err = capsys.readouterr()
+    assert code == 1 and err.startswith("error: ") and "is not a MAGI-1 DiT checkpoint" in err, err
+    assert "decoder.blocks.0.attn.proj.bias" in out and out.startswith("checkpoint "), out
+
+
 # ----------------------------------------------------------------------------- detection
 
 
