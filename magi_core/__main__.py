@@ -1,7 +1,7 @@
 """Command line: `python -m magi_core <command> ...` (inspect, convert, generate).
 
-Each command is a `Command(help, add_arguments, run)`. Commands with a module of their own (LAZY_COMMANDS) expose
-`HELP: str`, `add_arguments(parser)` and `run(args) -> int`; the module is imported only when its command runs.
+Each command is a `Command(help, add_arguments, run)`. Commands with a module of their own (LAZY_COMMANDS: module and
+help line) expose `add_arguments(parser)` and `run(args) -> int`; the module is imported only when its command runs.
 
 A user mistake (ValueError, a missing or unreadable file) ends with one paragraph `error: ...` on stderr and exit
 code 2, without a traceback; `--debug` shows the traceback.
@@ -25,7 +25,8 @@ class Command:
     run: Callable
 
 
-LAZY_COMMANDS = {"generate": "magi_core.cli_generate"}
+LAZY_COMMANDS = {"generate": ("magi_core.cli_generate", "generate a video (t2v / i2v / v2v, per-chunk prompts); --demo "
+                                                       "runs a tiny random model offline")}
 
 
 # ----------------------------------------------------------------------------- inspect
@@ -108,9 +109,9 @@ COMMANDS = {
 }
 
 
-def _lazy(module: str) -> Command:
+def _lazy(module: str, help: str) -> Command:
     mod = importlib.import_module(module)
-    return Command(mod.HELP, mod.add_arguments, mod.run)
+    return Command(help, mod.add_arguments, mod.run)
 
 
 def unrecognized(parser: argparse.ArgumentParser, unknown: list[str]):
@@ -134,21 +135,23 @@ def main(argv=None) -> int:
     chosen = argv[0] if argv else None
     parser = argparse.ArgumentParser(prog="python -m magi_core", description="MAGI-1 tools")
     sub = parser.add_subparsers(dest="command", metavar="command")
-    for name, module in LAZY_COMMANDS.items():
+    for name, (module, help) in LAZY_COMMANDS.items():
         if name == chosen:
-            commands[name] = _lazy(module)
+            commands[name] = _lazy(module, help)
     parsers = {}
     for name, cmd in commands.items():
         p = parsers[name] = sub.add_parser(name, help=cmd.help, description=cmd.help)
         cmd.add_arguments(p)
         p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     for name in LAZY_COMMANDS.keys() - commands.keys():
-        sub.add_parser(name, help=f"(see: python -m magi_core {name} -h)")
+        sub.add_parser(name, help=LAZY_COMMANDS[name][1])
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the command's own parser (its usage line), with the nearest option names
         unrecognized(parsers.get(args.command, parser), unknown)
     if args.command is None:
-        parser.print_help()
+        parser.print_help(sys.stderr)
+        print(f"\nerror: name a command ({', '.join(list(commands) + sorted(LAZY_COMMANDS.keys() - commands.keys()))}), "
+              "e.g. python -m magi_core generate --demo --output demo.mp4", file=sys.stderr)
         return 2
     try:
         if args.command not in LAZY_COMMANDS:  # (a lazy command takes held signals itself, after its imports)

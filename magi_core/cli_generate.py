@@ -26,7 +26,6 @@ from .settings import FPS_MAX, FPS_MIN, DiTRuntime, SamplingSettings
 from .kernels import attention_fp8
 from .kernels.attention import FP8
 
-HELP = "generate a video (t2v / i2v / v2v, per-chunk prompts); --demo runs a tiny random model offline"
 DEFAULT_TOKENS = Path(__file__).resolve().parent / "assets" / "special_tokens.npz"
 DEMO_PROMPT = "0: a red fox runs through the snowy forest\n1-: a cat sleeps on a sunny windowsill"
 _D = SamplingSettings()

@@ -640,3 +640,11 @@ def test_torchrun_ranks_get_expandable_segments_after_comfyuis_backend_is_droppe
     assert env["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
     assert startup.allocator_defaults({"PYTORCH_HIP_ALLOC_CONF": "garbage_collection_threshold:0.8"}) == {
         "PYTORCH_HIP_ALLOC_CONF": "garbage_collection_threshold:0.8"}
+
+
+def test_no_command_says_what_to_type():
+    """`python -m magi_core` alone: the usage with every command's help line, then one error line, exit 2."""
+    r = subprocess.run([sys.executable, "-m", "magi_core"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == "", r.stdout
+    assert "generate  generate a video" in r.stderr and "(see:" not in r.stderr, r.stderr
+    assert r.stderr.rstrip().splitlines()[-1].startswith("error: name a command (inspect, convert, generate)")
