@@ -86,6 +86,7 @@ async def run(server: str, prompt: dict, out_dir: Path, log=print) -> list[Path]
         prompt_id = body["prompt_id"]
         log(f"queued {prompt_id}")
         said = {}  # node id -> the last text shown under it (the sampler says there where it kept a stopped run)
+        counted = {}  # node id -> the last progress count logged
         async for msg in ws:
             if msg.type == aiohttp.WSMsgType.BINARY:  # preview images, and text under nodes
                 text = node_text(msg.data)
@@ -100,8 +101,10 @@ async def run(server: str, prompt: dict, out_dir: Path, log=print) -> list[Path]
                 continue
             if kind == "executing" and d.get("node"):
                 log(f"running {prompt[d['node']]['class_type']} (node {d['node']})")
-            elif kind == "progress":  # the sampler counts DiT calls
-                log(f"  progress {d['value']}/{d['max']}")
+            elif kind == "progress":  # the sampler counts DiT calls (ComfyUI may send a count twice: said once)
+                if counted.get(d.get("node")) != (d["value"], d["max"]):
+                    counted[d.get("node")] = (d["value"], d["max"])
+                    log(f"  progress {d['value']}/{d['max']}")
             elif kind == "magi.chunk":
                 log(f"  chunk {d['index'] + 1}/{d['total']} done")
             elif kind == "execution_error":

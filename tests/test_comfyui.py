@@ -745,6 +745,8 @@ def test_headless_example_queues_a_shipped_workflow(server, tmp_path):
     r = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "chunk 1/1 done" in r.stdout and "progress 1/" in r.stdout, r.stdout
+    counts = [line for line in r.stdout.splitlines() if "progress " in line]
+    assert len(counts) == len(set(counts)), r.stdout  # each count said once
     saved = [line.removeprefix("saved ") for line in r.stdout.splitlines() if line.startswith("saved ")]
     assert len(saved) == 1 and saved[0].startswith(str(tmp_path)), r.stdout
     frames = video_file_frames(saved[0])
