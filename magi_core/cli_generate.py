@@ -490,9 +490,18 @@ def _log_line(message: str):
     say(message)
 
 
+PROGRESS_LINE_S = 30.0  # not a terminal (a log file, a pipe): a progress line at most this often
+_last_line = [0.0]
+
+
 def _progress(i, total, chunk):
+    """The DiT call count: rewritten in place on a terminal's stderr; elsewhere a line every PROGRESS_LINE_S (the
+    first chunk of a long run can take minutes, which a log should not pass in silence)."""
     if sys.stderr.isatty():
         say(f"\rDiT call {i}/{total} (chunk {chunk})", file=sys.stderr, end="")
+    elif time.monotonic() - _last_line[0] >= PROGRESS_LINE_S or i == total:
+        _last_line[0] = time.monotonic()
+        say(f"DiT call {i}/{total} (chunk {chunk})", file=sys.stderr)
 
 
 def describe(job: Job) -> str:

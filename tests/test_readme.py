@@ -34,6 +34,11 @@ def test_readme_main_command_writes_a_playable_video(tmp_path):
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Traceback" not in r.stderr
+    # not a terminal: the DiT call count as lines now and then (the first, the last of the run), not in silence
+    calls = [line for line in r.stderr.splitlines() if line.startswith("DiT call ")]
+    assert calls and calls[0].startswith("DiT call 1/"), r.stderr
+    total = calls[0].split()[2].split("/")[1]
+    assert calls[-1].startswith(f"DiT call {total}/{total} ") and len(calls) < int(total), calls
     with av.open(str(out)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 48 and frames[0].shape == (128, 128, 3)
