@@ -197,7 +197,8 @@ def hub_listing(hub, items: list[str]) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--download", action="append", default=[], metavar="NAME",
-                    help=f"one of: {', '.join(ITEMS)} (repeatable)")
+                    help=f"one of: {', '.join(ITEMS)} (repeatable; any case, '_' for '-', or the folder it "
+                         "installs to, e.g. 4.5B_distill)")
     ap.add_argument("--models-dir", type=Path, default=None, help="ComfyUI's models folder (default: found "
                     "from custom_nodes/<pack>)")
     ap.add_argument("--no-vae", action="store_true", help="do not add the VAE to a DiT download")
@@ -231,12 +232,11 @@ def main(argv=None) -> int:
         print("error: --dry-run shows what --download NAME would fetch: add --download (names: --list)",
               file=sys.stderr)
         return 2
-    if a.download:  # a mistyped name: say so before anything is fetched
-        try:
-            items_for(a.download)
-        except SystemExit as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    try:  # a mistyped name: said before anything is fetched
+        items = items_for(a.download, not a.no_vae, not a.no_t5)
+    except SystemExit as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     failed = 0  # exit 1 at the end when the special tokens could not be installed (a script chaining us notices)
     if not a.skip_special_tokens and not a.dry_run:
         try:
@@ -248,7 +248,6 @@ def main(argv=None) -> int:
     if not a.download:
         return failed
     try:
-        items = items_for(a.download, not a.no_vae, not a.no_t5)
         models = a.models_dir.expanduser() if a.models_dir else comfyui_models_dir()
         if a.models_dir and not models.is_dir():
             raise SystemExit(f"--models-dir {a.models_dir} is not a folder: give ComfyUI's models folder (the one "

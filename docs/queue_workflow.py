@@ -104,7 +104,7 @@ async def run(server: str, prompt: dict, out_dir: Path, log=print) -> list[Path]
             elif kind == "progress":  # the sampler counts DiT calls (ComfyUI may send a count twice: said once)
                 if counted.get(d.get("node")) != (d["value"], d["max"]):
                     counted[d.get("node")] = (d["value"], d["max"])
-                    log(f"  progress {d['value']}/{d['max']}")
+                    log(f"  progress {d['value']}/{d['max']} (node {d.get('node')})")
             elif kind == "magi.chunk":
                 log(f"  chunk {d['index'] + 1}/{d['total']} done")
             elif kind == "execution_error":

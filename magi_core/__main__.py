@@ -4,7 +4,8 @@ Each command is a `Command(help, add_arguments, run)`. Commands with a module of
 help line) expose `add_arguments(parser)` and `run(args) -> int`; the module is imported only when its command runs.
 
 A user mistake (ValueError, a missing or unreadable file) ends with one paragraph `error: ...` on stderr and exit
-code 2, without a traceback; `--debug` shows the traceback.
+code 2, without a traceback; `--debug` shows the traceback. (`inspect` of a file it finds wrong, e.g. not a MAGI-1
+DiT, says `error: ...` too and exits 1: the diagnosis' answer.)
 """
 from __future__ import annotations
 

@@ -491,7 +491,7 @@ def _log_line(message: str):
 
 
 PROGRESS_LINE_S = 30.0  # not a terminal (a log file, a pipe): a progress line at most this often
-_last_line = [0.0]
+_last_line = [float("-inf")]  # when the last progress line was said (reset at each run's start)
 
 
 def _progress(i, total, chunk):
@@ -592,6 +592,7 @@ def run(a) -> int:
                 vae, prompts, prefix = load_models(job, job.runtime.device)
                 say(f"loaded {info['size']} {info['variant']} DiT ({info['num_params']:,} params), VAE and T5 in "
                     f"{time.perf_counter() - t0:.1f}s")
+                _last_line[0] = float("-inf")  # this run's first DiT call gets a line
                 chunks = sample(dit, prompts, job.settings, prefix, job.prefix_frames, job.tokens, progress=_progress)
                 write_chunks(job, chunks, vae, writer, _log_line)
         except KeyboardInterrupt as e:

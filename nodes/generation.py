@@ -112,10 +112,12 @@ def create_video_fps_notes(prompt: dict | None, sampler_id, fps: int) -> list[st
             continue
         for cv_id, cv in prompt.items():
             other = cv.get("inputs", {}).get("fps")
-            if cv.get("class_type") == "CreateVideo" and fed(cv, dec_id) and isinstance(other, (int, float)) \
-                    and float(other) != float(fps):
+            if cv.get("class_type") != "CreateVideo" or not fed(cv, dec_id) or not isinstance(other, (int, float)):
+                continue
+            speed = float(other) / fps
+            if abs(speed - 1) >= 0.01:  # (23.976 against 24 is not worth a word)
                 notes.append(f"Create Video (node {cv_id}) plays at {other:g} fps but this video is made for {fps} "
-                             f"fps: it will run {float(other) / fps:.2g}x as fast; give both the same fps")
+                             f"fps: it will run {speed:.3g}x as fast; give both the same fps")
     return notes
 
 

@@ -35,8 +35,8 @@ def parse_devices(text: str, cuda_count: int, leave_gpu0_free: bool = False, cp_
         raise ValueError(f"devices: {text!r} names GPUs, but no CUDA GPU is visible here: use 'cpu'")
     bad = [i for i in ids if not 0 <= i < cuda_count]
     if bad:
-        raise ValueError(f"devices: {text!r} names GPU(s) {bad}, but only {cuda_count} are visible "
-                         f"(0..{cuda_count - 1}; numbers follow CUDA_VISIBLE_DEVICES)")
+        raise ValueError(f"devices: {text!r} names GPU(s) {bad}, but the visible GPUs are 0..{cuda_count - 1} "
+                         "(numbers follow CUDA_VISIBLE_DEVICES)")
     twice = sorted({i for i in ids if ids.count(i) > 1})
     if twice:
         raise ValueError(f"devices: {text!r} names GPU(s) {twice} more than once; name each GPU once")

@@ -26,7 +26,9 @@ def queue_problems(values) -> bool | str:
     for name, v, lim in values:
         if v is None:
             continue
-        if not lim["min"] <= v <= lim["max"]:
+        if isinstance(v, bool) or not isinstance(v, int):  # ComfyUI passes on what it could not convert
+            problems.append(f"{name} must be a whole number, got {v!r}")
+        elif not lim["min"] <= v <= lim["max"]:
             problems.append(f"{name} must be between {lim['min']} and {lim['max']}, got {v}")
         elif name in ("width", "height"):
             problems.append(size_problem(name, v))

@@ -330,7 +330,7 @@ def test_multigpu_devices():
     assert multigpu.parse_devices(" 2, 0 ", 4) == ["cuda:2", "cuda:0"]
     assert multigpu.parse_devices("cpu", 0, cp_size=2) == ["cpu", "cpu"]
     for text, n, free, needle in [("all", 0, False, "no usable CUDA GPU"),
-                                  ("0,4", 4, False, "names GPU(s) [4], but only 4 are visible (0..3"),
+                                  ("0,4", 4, False, "names GPU(s) [4], but the visible GPUs are 0..3"),
                                   ("1,1", 4, False, "names GPU(s) [1] more than once"), ("x", 4, False, "not 'all'"),
                                   ("0,1", 4, True, "leave_gpu0_free"), (",", 4, False, "names no GPU"),
                                   ("1,3", 0, False, "'1,3' names GPUs, but no CUDA GPU is visible here: use 'cpu'")]:
@@ -923,3 +923,21 @@ def test_install_exits_non_zero_when_the_special_tokens_fail(monkeypatch, capsys
     assert inst.main([]) == 1
     assert "special_tokens.npz not installed" in capsys.readouterr().err
     assert inst.main(["--skip-special-tokens"]) == 0
+
+
+def test_create_video_fps_notes_follow_the_prompts_links():
+    """The sampler's note about a native Create Video at another fps: through the decoder only (links are
+    [node id, output slot]), not for a rate within 1 % (23.976 against 24), not for a linked fps."""
+    prompt = {"3": {"class_type": "MagiSampler", "inputs": {"fps": 24}},
+              "8": {"class_type": "MagiVAEDecode", "inputs": {"samples": ["3", 0], "vae": ["2", 0]}},
+              "9": {"class_type": "CreateVideo", "inputs": {"images": ["8", 0], "fps": 30.0}},
+              "10": {"class_type": "CreateVideo", "inputs": {"images": ["8", 0], "fps": 23.976}},
+              "11": {"class_type": "CreateVideo", "inputs": {"images": ["8", 0], "fps": ["12", 0]}},
+              "13": {"class_type": "CreateVideo", "inputs": {"images": ["8", 1], "fps": 12}},
+              "14": {"class_type": "CreateVideo", "inputs": {"images": ["3", 0], "fps": 12}}}
+    notes = generation.create_video_fps_notes(prompt, "3", 24)
+    assert notes == ["Create Video (node 9) plays at 30 fps but this video is made for 24 fps: it will run 1.25x as "
+                     "fast; give both the same fps"], notes
+    at30 = generation.create_video_fps_notes(prompt, "3", 30)
+    assert len(at30) == 1 and at30[0].startswith("Create Video (node 10) plays at 23.976 fps") and "0.799x" in at30[0]
+    assert generation.create_video_fps_notes(None, "3", 24) == [] and generation.create_video_fps_notes(prompt, None, 24) == []

@@ -28,21 +28,18 @@ class KVCache:
         if end <= start:
             return None
         parts = self._parts(layer, start, end)
-        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-        if device is not None and out.device != torch.device(device):
-            out = out.to(device, non_blocking=True)
-        return out
+        if device is not None:  # moved first, in stream order: an offloaded chunk's copy to pinned host memory was
+            parts = [p.to(device, non_blocking=True) for p in parts]  # queued without a wait (_own)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
     def read_before(self, layer: int, start: int, end: int, k: torch.Tensor, v: torch.Tensor):
         """(K, V): the cached K and V of chunks start..end-1 followed by k and v (tokens, g, d), each made by one
         concatenation straight from the stored chunks (`read` then splitting its `[K|V]` would copy them twice).
-        Chunks on another device than k (offload) move over first, as one `read`."""
+        Chunks on another device than k (offload) move over first, one by one."""
         if end <= start:
             return k, v
         d = k.shape[-1]
-        parts = self._parts(layer, start, end)
-        if any(p.device != k.device for p in parts):
-            parts = [self.read(layer, start, end, device=k.device)]
+        parts = [p.to(k.device, non_blocking=True) for p in self._parts(layer, start, end)]  # (offload: see read)
         return torch.cat([p[..., :d] for p in parts] + [k], 0), torch.cat([p[..., d:] for p in parts] + [v], 0)
 
     def _parts(self, layer: int, start: int, end: int) -> list[torch.Tensor]:
