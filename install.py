@@ -205,7 +205,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-t5", action="store_true", help="do not add T5 (e.g. you use t5xxl_fp16.safetensors)")
     ap.add_argument("--special-tokens", default=None, help="a local special_tokens.npz (or URL) instead of GitHub")
     ap.add_argument("--skip-special-tokens", action="store_true",
-                    help="do not fetch MAGI-1's special_tokens.npz (then turn off the sampler's use_hq and use_duration)")
+                    help="do not fetch MAGI-1's special_tokens.npz (then turn off the sampler's use_hq and "
+                         "use_duration)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan offline, download nothing")
     ap.add_argument("--list", action="store_true", help="list what can be downloaded")
     a = ap.parse_args(argv)

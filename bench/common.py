@@ -38,6 +38,17 @@ def runtime(a, dev):
                       weight_dtype="fp8_e4m3fn" if getattr(a, "weight_fp8", False) else None)
 
 
+def random_dit(a, dev):
+    """(name, cfg, model): the preset named by model_args' --size/--variant, and its DiT with random weights on `dev`,
+    set up as runtime(a) says."""
+    from magi_core.config import preset
+    from magi_core.dit import build_dit, init_random_
+
+    name = a.size if a.variant == "base" else f"{a.size}-{a.variant}"
+    cfg = preset(name)
+    return name, cfg, runtime(a, dev).apply(init_random_(build_dit(cfg), seed=0, device=dev))
+
+
 def device_info(dev) -> dict:
     cuda = torch.device(dev).type == "cuda"
     return dict(gpu=torch.cuda.get_device_name(dev) if cuda else "cpu", torch=torch.__version__)

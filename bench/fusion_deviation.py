@@ -14,10 +14,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import magi_core  # noqa: E402,F401
-from magi_core.config import preset  # noqa: E402
-from magi_core.dit import build_dit, init_random_, layer  # noqa: E402
+from magi_core.dit import layer  # noqa: E402
 
-from common import device_info, emit, model_args, runtime, window_inputs  # noqa: E402
+from common import device_info, emit, model_args, random_dit, window_inputs  # noqa: E402
 
 RUNS = {  # name: (compile_ops, FUSIONS, GELU_EPILOGUE, precision)
     "exact eager": (False, False, False, "exact"),
@@ -36,9 +35,7 @@ def main():
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     dev = torch.device("cuda")
-    name = a.size if a.variant == "base" else f"{a.size}-{a.variant}"
-    cfg = preset(name)
-    model = runtime(a, dev).apply(init_random_(build_dit(cfg), seed=0, device=dev))
+    name, cfg, model = random_dit(a, dev)
     w = window_inputs(cfg, a.height, a.width, dev, "cached")
     dt = 8.0 if cfg.distill else None
     out = {}

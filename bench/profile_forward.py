@@ -19,10 +19,8 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import magi_core  # noqa: E402,F401
-from magi_core.config import preset  # noqa: E402
-from magi_core.dit import build_dit, init_random_  # noqa: E402
 
-from common import device_info, emit, model_args, runtime, window_inputs  # noqa: E402
+from common import device_info, emit, model_args, random_dit, window_inputs  # noqa: E402
 
 KINDS = (  # first match wins; matched on the lower-cased kernel name
     ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn", "sm90_flash")),
@@ -46,9 +44,7 @@ def main():
     ap.add_argument("--trace", default=None, help="also write a chrome trace here")
     a = ap.parse_args()
     dev = torch.device("cuda")
-    name = a.size if a.variant == "base" else f"{a.size}-{a.variant}"
-    cfg = preset(name)
-    model = runtime(a, dev).apply(init_random_(build_dit(cfg), seed=0, device=dev))
+    name, cfg, model = random_dit(a, dev)
     w = window_inputs(cfg, a.height, a.width, dev, "cached")
     dt = 8.0 if cfg.distill else None
     cache = w.prefill(model, dt)

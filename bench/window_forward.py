@@ -18,11 +18,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import magi_core  # noqa: F401
-from magi_core.config import preset
-from magi_core.dit import build_dit, init_random_
 
 from ceilings import ceilings, dense_and_attention_flops, ideal_seconds
-from common import device_info, emit, model_args, runtime, window_inputs
+from common import device_info, emit, model_args, random_dit, window_inputs
 
 
 def main():
@@ -46,10 +44,8 @@ def main():
         compiled.ALL_DYNAMIC = True
 
     dev = torch.device("cuda")
-    name = a.size if a.variant == "base" else f"{a.size}-{a.variant}"
-    cfg = preset(name)
     t0 = time.perf_counter()
-    model = runtime(a, dev).apply(init_random_(build_dit(cfg), seed=0, device=dev))
+    name, cfg, model = random_dit(a, dev)
     if a.bf16_queries:
         model.e4m3_queries = False
     torch.cuda.synchronize()

@@ -151,8 +151,8 @@ def main(argv=None) -> int:
         unrecognized(parsers.get(args.command, parser), unknown)
     if args.command is None:
         parser.print_help(sys.stderr)
-        print(f"\nerror: name a command ({', '.join(list(commands) + sorted(LAZY_COMMANDS.keys() - commands.keys()))}), "
-              "e.g. python -m magi_core generate --demo --output demo.mp4", file=sys.stderr)
+        print(f"\nerror: name a command ({', '.join([*COMMANDS, *LAZY_COMMANDS])}), e.g. python -m magi_core "
+              "generate --demo --output demo.mp4", file=sys.stderr)
         return 2
     try:
         if args.command not in LAZY_COMMANDS:  # (a lazy command takes held signals itself, after its imports)

@@ -104,8 +104,11 @@ def create_video_fps_notes(prompt: dict | None, sampler_id, fps: int) -> list[st
     for API prompts too. prompt: ComfyUI's prompt (hidden input), {id: {class_type, inputs}}; links are [id, slot]."""
     if not prompt or sampler_id is None:
         return []
-    fed = lambda node, src: any(isinstance(v, list) and len(v) == 2 and str(v[0]) == str(src) and v[1] == 0  # noqa: E731
-                                for v in node.get("inputs", {}).values())
+
+    def fed(node, src):  # one of node's inputs is src's first output
+        return any(isinstance(v, list) and len(v) == 2 and str(v[0]) == str(src) and v[1] == 0
+                   for v in node.get("inputs", {}).values())
+
     notes = []
     for dec_id, dec in prompt.items():
         if not fed(dec, sampler_id):

@@ -80,9 +80,9 @@ class MagiDiTLoader(io.ComfyNode):
                 io.Combo.Input("attention", options=choices.ATTENTION, default="auto",
                                tooltip="attention kernel; auto picks the fastest exact one installed (sdpa always works). "
                                        "fp8-approx: FP8 attention on Hopper GPUs (H100/H200; needs "
-                                       "nvidia-cudnn-frontend), APPROXIMATE: a 720x720 4.5B distill generation ran 1.20x faster "
-                                       "on an H100 and its latents differed from bf16 by ~6% (one DiT step: 8.5-13%; "
-                                       "random weights; README); "
+                                       "nvidia-cudnn-frontend), APPROXIMATE: a 720x720 4.5B distill generation ran "
+                                       "1.20x faster on an H100 and its latents differed from bf16 by ~6% (one DiT "
+                                       "step: 8.5-13%; random weights; README); "
                                        "elsewhere it warns and runs bf16"),
                 io.Combo.Input("precision", options=choices.PRECISION, default="fast",
                                tooltip="exact: the reference's numerics; fast: linear_proj in bf16, faster; one forward "

@@ -15,13 +15,17 @@ N_RANGES = 5  # len(cfg_t_range) in every official config
 _CLEAN_TEXT, _CLEAN_PREV = (0.0, 0.0), (1.0, 1.0)
 
 
-SIZE = dict(min=16, max=4096)  # the width and height widgets' limits (sampler, MAGI VAE Encode)
+# widget limits that a validate_inputs checks (ComfyUI does not, for the inputs such a method takes)
+SIZE = dict(min=16, max=4096)  # width and height (sampler, MAGI VAE Encode)
+STEPS = dict(min=4, max=1000)
+WINDOW_SIZE = dict(min=1, max=16)
 
 
 def queue_problems(values) -> bool | str:
     """values: (name, value, limits) of widgets a node's validate_inputs takes, so ComfyUI skips its own min/max
-    check for them: that check, then a width's or height's multiple of 16 (magi_core.settings.size_problem). A value
-    of None (a linked input, not known at queue time) is skipped. True, or the problems joined, each naming its input."""
+    check for them: that check, then a width's or height's multiple of 16 (magi_core.settings.size_problem). A
+    value of None (a linked input, not known at queue time) is skipped. True, or the problems joined, each naming
+    its input."""
     problems = []
     for name, v, lim in values:
         if v is None:

@@ -60,7 +60,8 @@ def _attn(q, k, v, hpg):
 def fp8_as_linear(P):
     """The official fp8 linears (`PerTensorQuantizedFp8Linear`, `PerChannelQuantizedFp8Linear`) as float64 weights
     with the activation quantization left out: y = fp8(x / s) @ w^T * input_scale[0] * weight_scale[0], where s is
-    the smoothing scale (per channel) or else the input scale (a vector), so W = w * input_scale[0] * weight_scale[0] / s."""
+    the smoothing scale (per channel) or else the input scale (a vector), so
+    W = w * input_scale[0] * weight_scale[0] / s."""
     for key in [k for k in P if k.endswith(".weight_scale")]:
         base = key[: -len("weight_scale")]
         s = P.get(base + "smooth_scale", P[base + "input_scale"]).reshape(-1)

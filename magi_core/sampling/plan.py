@@ -307,8 +307,8 @@ def without_redundant_copies(plan: Plan) -> Plan:
     attending to itself only; its output o_iso is mixed in as a·o + (1 − a)·o_iso. Where that chunk's own key range
     is the chunk itself (the first chunk of a video without whole prefix chunks: t2v and i2v; any chunk at steps
     whose noise2clean_kvrange entry is 1), o is computed from the same inputs over the same keys, so o_iso = o up
-    to rounding: the copy sits at a later RoPE time position, which cancels in its attention. Dropping it makes those forwards one chunk smaller (the first chunk of a
-    16-step distill run: 20 chunk-forwards → 16). `exact` keeps the reference's copies (README, Precision)."""
+    to rounding: the copy sits at a later RoPE time position, which cancels in its attention. Dropping it makes
+    those forwards one chunk smaller (the first chunk of a 16-step distill run: 20 chunk-forwards → 16). `exact` keeps the reference's copies (README, Precision)."""
     calls = []
     for call in plan.calls:
         if call.distill_copy is not None:
