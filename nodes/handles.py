@@ -81,7 +81,9 @@ class DiTHandle:
     def describe(self) -> str:
         d, r = self.detection, self.runtime
         notes = "".join(f"\n- {n}" for n in d.notes)
-        tokens = self.special_tokens.name if self.special_tokens else "none"
+        tokens = self.special_tokens.name if self.special_tokens else (
+            "none (the sampler's use_hq and use_duration need special_tokens.npz: run `python install.py` in the "
+            "pack folder, or turn both off)")
         import torch
 
         cuda = r.device.startswith("cuda") or (r.device == "auto" and torch.cuda.is_available())

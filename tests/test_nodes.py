@@ -386,7 +386,11 @@ def test_open_dit_reads_headers_only(tiny):
 
     assert h.nbytes == sum(t.numel() * t.element_size() for t in load_file(str(tiny["dit"])).values())
     assert h.loaded is None
-    assert "tiny distill (variant from the file name)" in h.describe() and "special_tokens.npz" in h.describe()
+    assert "tiny distill (variant from the file name)" in h.describe()
+    assert "special tokens special_tokens.npz" in h.describe() and "install.py" not in h.describe()
+    # without a tokens file the panel says, before any run, what the sampler's defaults will need
+    assert "special tokens none (the sampler's use_hq and use_duration need special_tokens.npz: run `python " \
+           "install.py`" in dit_handle(tiny, special_tokens=None).describe()
     assert dit_handle(tiny, variant="base").detection.variant == "base"
     assert "tiny base (variant set on the loader)" in dit_handle(tiny, variant="base").describe()
     with pytest.raises(Exception, match="wrong variant"):
