@@ -83,7 +83,7 @@ def add_arguments(p: argparse.ArgumentParser):
                         "installed); fp8-approx = FP8 attention on Hopper (nvidia-cudnn-frontend), APPROXIMATE: "
                         "see the README for its measured error")
     r.add_argument("--compile", action="store_true", help="torch.compile the element-wise ops (CUDA; 4.5B window forward on an H100: 2.66 s eager, "
-                        "2.41 s compiled, session 2; README)")
+                        "2.41 s compiled; BENCHMARKS.md)")
     r.add_argument("--kv-offload", action="store_true", help="keep the KV cache in host memory")
     r.add_argument("--temporal-overlap", type=int, default=0,
                    help="VAE decode: latent frames shared by neighbouring tiles (default: 0)")
@@ -91,7 +91,8 @@ def add_arguments(p: argparse.ArgumentParser):
     o.add_argument("--output", "-o", default="magi_output.mp4",
                    help="video file: .mp4, .mov or .mkv, H.264 (default: magi_output.mp4); written to a temporary "
                         "file next to it and renamed when done")
-    o.add_argument("--demo", action="store_true", help="tiny random models, CPU, offline (writes a real video)")
+    o.add_argument("--demo", action="store_true", help="tiny random models, CPU, offline (writes a real, noise-like video); unless given: "
+                        "128x128, 48 frames, 8 steps, a two-prompt schedule")
 
 
 # ----------------------------------------------------------------------------- phase 1: checks
@@ -185,6 +186,19 @@ def _read(flag: str, path, what: str, reader):
         raise ValueError(f"{flag} {path}: cannot read it as {what} ({e})") from None
 
 
+def _encodable_below(frames: int, fps: int) -> int | None:
+    """The largest prefix length below `frames` that the VAE can encode at this fps, or None."""
+    from .pipeline import prefix_latent_count
+
+    for n in range(frames - 1, 0, -1):
+        try:
+            prefix_latent_count(n, fps)
+            return n
+        except ValueError:
+            continue
+    return None
+
+
 def check_args(a):
     """Options that contradict each other, before anything is read or made."""
     if a.prompt is not None and a.prompt_file:
@@ -225,7 +239,7 @@ def prepare(a) -> Job:
     from .text.t5 import has_tokenizer, load_tokenizer, t5_width
     from .vae.loader import check_vae
     from .vae.tiling import check_temporal_overlap
-    from .video import read_image, read_video
+    from .video import frame_count, read_image, read_video
 
     check_output(a)
     s = settings_from_args(a)
@@ -270,7 +284,7 @@ def prepare(a) -> Job:
     vae_cfg = _read("--vae", a.vae, "a MAGI-1 VAE (config.json + diffusion_pytorch_model.safetensors)",
                     lambda p: check_vae(Path(p).expanduser())[1])
     try:
-        check_temporal_overlap(vae_cfg, s.fps, None, a.temporal_overlap)
+        check_temporal_overlap(vae_cfg, s.fps, None, a.temporal_overlap, tile_frames_hint=False)
     except ValueError as e:
         raise ValueError(_flags(str(e))) from None
     width = _read("--t5", a.t5, "a T5 encoder", t5_width)
@@ -313,8 +327,15 @@ def prepare(a) -> Job:
         try:
             prefix_latent_count(n_prefix, s.fps)
         except ValueError as e:
+            fix = (f"; --prefix-frames N (e.g. {_encodable_below(n_prefix, s.fps)}) takes that many of its last "
+                   "frames" if a.video and _encodable_below(n_prefix, s.fps) else "")
             raise ValueError(f"--{'image' if a.image else 'video'} {a.image or a.video} gives {n_prefix} frame(s) "
-                             f"at {s.fps} fps: {e}") from None
+                             f"at {s.fps} fps: {e}{fix}") from None
+        if a.image:
+            n = frame_count(a.image)
+            if n > 1:
+                early_notes.append(f"--image {a.image} has {n} frames: its first frame is the image "
+                                   "(image-to-video); --video continues a video from its last frames")
 
     # the settings against the models, the prompt and the prefix
     try:
@@ -574,9 +595,9 @@ def run(a) -> int:
 
     startup.import_libraries()  # while a Ctrl-C is still held (magi_core/__main__.py)
     with tempfile.TemporaryDirectory() as tmp:
+        check_output(a)
         if a.demo:
             use_demo(a, tmp)
-        check_output(a)
         untouched = left_as_it_was(a.output)
         writer = VideoWriter(Path(a.output).expanduser(), settings_from_args(a).fps)  # the output location first
         try:

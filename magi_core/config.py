@@ -114,10 +114,11 @@ VARIANTS = {"base": dict(), "distill": dict(distill=True), "distill-fp8": dict(d
 
 
 def preset(name: str) -> DiTConfig:
-    """`4.5B`, `4.5B-distill`, `4.5B-distill-fp8`, `24B...`, `tiny...` -> DiTConfig."""
+    """`4.5B`, `4.5B-distill`, `4.5B-distill-fp8`, `24B...`, `tiny...` (any case) -> DiTConfig."""
+    low = name.lower()
     for size in sorted(SIZES, key=len, reverse=True):
-        if name == size or name.startswith(size + "-"):
-            variant = name[len(size) + 1:] or "base"
+        if low == size.lower() or low.startswith(size.lower() + "-"):
+            variant = low[len(size) + 1:] or "base"
             if variant not in VARIANTS:
                 break
             return SIZES[size].replace(**VARIANTS[variant])

@@ -48,6 +48,8 @@ def _open(path):
     import av
 
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: give the path of an image or video file in it")
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
     try:
@@ -145,6 +147,14 @@ class _ToRGB:
             self._key, self._graph = key, graph
         self._graph.push(frame)
         return self._graph.pull().to_ndarray()
+
+
+def frame_count(path) -> int:
+    """Frames in the file's first video stream (1 for a still image), from its packets (no decoding)."""
+    with _open(path) as container:
+        if not container.streams.video:
+            return 0
+        return sum(1 for p in container.demux(container.streams.video[0]) if p.size)
 
 
 def read_image(path, size: tuple[int, int] | None = None, policy: str = "stretch") -> torch.Tensor:

@@ -97,7 +97,7 @@ class MagiDiTLoader(io.ComfyNode):
                 io.Boolean.Input("compile", default=False, optional=True,  # optional: older API prompts lack it
                                  tooltip="fuse the element-wise ops (norms, RoPE, gates, fp8 quantization) with "
                                          "torch.compile on CUDA (4.5B window forward on an H100: 2.66 s eager, "
-                                         "2.41 s compiled, session 2; README); the first run compiles (a warm-up "
+                                         "2.41 s compiled; BENCHMARKS.md); the first run compiles (a warm-up "
                                          "generation took 12-19 s there), later runs and other video lengths reuse "
                                          "it; no effect on CPU"),
                 io.Int.Input("block_swap", default=0, min=0, max=BLOCK_SWAP_MAX, optional=True,

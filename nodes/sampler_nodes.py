@@ -169,7 +169,7 @@ class MagiSampler(io.ComfyNode):
         one_gpu = multigpu.devices[0] if multigpu is not None and not multigpu.wants_pool else None
         hooks = ComfyHooks(str(messages.node_id(cls)), fps, device=one_gpu)
         for note in create_video_fps_notes(getattr(cls.hidden, "prompt", None), messages.node_id(cls), fps):
-            hooks.note(note)
+            Hooks.note(hooks, note)  # console only: in the UI js/magi.js shows it on the node while editing
         if multigpu is not None and multigpu.wants_pool:
             memory.track_pool(release_pool)  # ComfyUI frees the workers with its models (memory.py)
         try:

@@ -67,27 +67,39 @@ def sampler_options(cfg_number: str = "auto", cfg_t_range: str = "", text_scales
                     kv_offload: bool = False, negative_special_tokens: bool = False,
                     early_first_chunk: bool = False) -> dict:
     """MAGI Sampler Options widgets -> SamplingSettings field overrides (empty text = the default), checked here
-    by building SamplingSettings with them, so a bad value is reported by this node."""
-    opts = {}
+    by building SamplingSettings with them, so a bad value is reported by this node. Every field that cannot be
+    read is reported in one message, not one per queue."""
+    opts, problems = {}, []
     if cfg_number != "auto":
-        if cfg_number not in ("1", "3"):
-            raise ValueError(f"cfg_number must be auto, 1 or 3, got {cfg_number!r}")
-        opts["cfg_number"] = int(cfg_number)
-    for name, text, count, kind in (("cfg_t_range", cfg_t_range, N_RANGES, float),
-                                    ("text_scales", text_scales, N_RANGES, float),
-                                    ("prev_chunk_scales", prev_chunk_scales, N_RANGES, float),
-                                    ("noise2clean_kvrange", noise2clean_kvrange, None, int)):
-        v = parse_numbers(name, text, count, kind)
+        if cfg_number in ("1", "3"):
+            opts["cfg_number"] = int(cfg_number)
+        else:
+            problems.append(f"cfg_number must be auto, 1 or 3, got {cfg_number!r}")
+    for name, text, count, kind, each in (
+            ("cfg_t_range", cfg_t_range, N_RANGES, float, "one per flow-time range"),
+            ("text_scales", text_scales, N_RANGES, float, "one per flow-time range"),
+            ("prev_chunk_scales", prev_chunk_scales, N_RANGES, float, "one per flow-time range"),
+            ("noise2clean_kvrange", noise2clean_kvrange, None, int, ""),
+            ("shortcut_mode", shortcut_mode, 3, int, " or ".join(SHORTCUT_MODES))):
+        try:
+            v = parse_numbers(name, text, count, kind, each=each)
+        except ValueError as e:
+            problems.append(str(e))
+            continue
         if v is not None:
-            opts[name] = v
-    parts = parse_numbers("shortcut_mode", shortcut_mode, 3, kind=int, each=" or ".join(SHORTCUT_MODES))
-    if parts is not None:
-        opts["shortcut_mode"] = ",".join(str(p) for p in parts)
+            opts[name] = ",".join(str(p) for p in v) if name == "shortcut_mode" else v
     opts.update(clean_chunk_kvrange=int(clean_chunk_kvrange), clean_t=float(clean_t),
                 distill_nearly_clean_threshold=float(distill_nearly_clean_threshold),
                 per_chunk_noise=bool(per_chunk_noise), kv_offload=bool(kv_offload),
                 negative_special_tokens=bool(negative_special_tokens), early_first_chunk=bool(early_first_chunk))
-    SamplingSettings(**opts)
+    for name, value in opts.items():  # each value on its own (the other fields at their defaults) ...
+        try:
+            SamplingSettings(**{name: value})
+        except ValueError as e:
+            problems.append(str(e))
+    if problems:
+        raise ValueError("; ".join(problems))
+    SamplingSettings(**opts)  # ... then together (e.g. text_scales against cfg_t_range's length)
     return opts
 
 

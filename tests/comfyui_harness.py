@@ -690,8 +690,10 @@ def main(argv):
                 for p in build_workflows(server.get("/object_info")):
                     print("wrote", p.relative_to(ROOT))
             else:
-                print(f"{server.url}  (ComfyUI with this pack and tiny models; ^C or kill {os.getpid()} stops it)",
-                      flush=True)
+                print(f"{server.url}  (ComfyUI with this pack and tiny models; ^C or kill {os.getpid()} stops it)\n"
+                      "The workflow templates are made for the real models (720x720): with these tiny models on a "
+                      "CPU, set the MAGI-1 Sampler's width and height to 64 first (a run then takes seconds; at "
+                      "720x720 the first chunk alone takes minutes).", flush=True)
                 server.proc.wait()
         except KeyboardInterrupt:
             pass

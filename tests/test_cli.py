@@ -82,6 +82,7 @@ def models(tmp_path_factory):
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 broken")
     write_mp4(root / "three.mp4", torch.rand(3, 64, 64, 3), 24)
+    write_mp4(root / "two.mp4", torch.rand(2, 64, 64, 3), 24)
     (root / "prompt.txt").write_bytes("\ufeff0: a red fox runs\n1-: a cat sleeps\n".encode("utf-8"))  # Notepad's BOM
     site = root / "site"
     site.mkdir()
@@ -151,6 +152,9 @@ BAD = [
     ("missing-video", ["--video", "{root}/none.mp4"], "none.mp4", False),
     ("corrupt-video", ["--video", "{root}/broken.mp4"], "broken.mp4", True),
     ("3-frame-video", ["--video", "{root}/three.mp4"], "gives 3 frame", True),
+    ("2-frame-video", ["--video", "{root}/two.mp4"], "use 1 or 4 frames; --prefix-frames N (e.g. 1) takes that many "
+                                                     "of its last frames", True),
+    ("image-is-a-folder", ["--image", "{root}"], "is a folder: give the path of an image or video file in it", True),
     ("vae-channels", ["--vae", "{root}/vae32"], "32 channels", True),
     ("tokens-keys", ["--special-tokens", "{root}/tokens_keys.npz"], "tokens_keys.npz", True),
     ("tokens-width", ["--special-tokens", "{root}/tokens_width.npz"], "32-d", True),
@@ -315,6 +319,14 @@ def test_an_empty_prompt_file_is_said(models, tmp_path):
     empty.write_text("  \n\n")
     with pytest.raises(ValueError, match=r"--prompt-file .*prompt.txt is empty"):
         _prepare(models, "--prompt-file", str(empty))
+
+
+def test_a_video_given_as_image_is_said(models, tmp_path):
+    write_mp4(tmp_path / "v.mp4", torch.rand(24, 64, 64, 3), 24)
+    job = _prepare(models, "--prompt", "a fox", "--image", str(tmp_path / "v.mp4"))
+    assert any("has 24 frames: its first frame is the image" in w for w in job.warnings), job.warnings
+    write_mp4(tmp_path / "one.mp4", torch.rand(1, 64, 64, 3), 24)
+    assert not _prepare(models, "--prompt", "a fox", "--image", str(tmp_path / "one.mp4")).warnings
 
 
 def test_a_prefix_frames_longer_than_the_video_is_said(models, tmp_path):

@@ -63,6 +63,7 @@ def test_bad_official_configs(tmp_path, shared_file):
 def test_presets_and_errors():
     assert preset("24B-distill-fp8").variant() == "distill-fp8" and preset("4.5B").variant() == "base"
     assert preset("tiny").num_attention_heads == 16 and preset("tiny").num_query_groups == 8
+    assert preset("4.5b-Distill") == preset("4.5B-distill") and preset("TINY-24b") == preset("tiny-24B")  # any case
     with pytest.raises(ValueError, match="unknown preset"):
         preset("13B")
     with pytest.raises(ValueError, match="multiple of num_query_groups"):

@@ -285,6 +285,17 @@ def test_sampler_option_errors(kw, needle):
     assert needle in str(e.value)
 
 
+def test_sampler_option_errors_come_together():
+    """Four mistakes in one queue: all four are named in one message (not one per queue)."""
+    with pytest.raises(ValueError) as e:
+        sampler_settings.sampler_options(cfg_number="2", cfg_t_range="abc", text_scales="1,2",
+                                         shortcut_mode="8,16", clean_t=0.0)
+    msg = str(e.value)
+    for needle in ("cfg_number must be auto, 1 or 3", "cfg_t_range: 'abc' is not", "text_scales: give 5 values",
+                   "shortcut_mode: give 3 values", "clean_t must be"):
+        assert needle in msg, needle
+
+
 # ----------------------------------------------------------------------------- latents
 def test_prefix_latent_checks():
     assert latents.prefix_from_latent(None, 64, 64, 16) == (None, 0)

@@ -182,11 +182,17 @@ def _tile_frames(cfg, fps: int, tile_frames: int | None) -> int:
     return frames
 
 
-def check_temporal_overlap(cfg, fps: int, tile_frames: int | None, temporal_overlap) -> int:
-    """The latent frames of a temporal decode tile, after checking that `temporal_overlap` fits in one."""
-    t_tile = _tile_frames(cfg, fps, tile_frames) // cfg.patch_length
+def check_temporal_overlap(cfg, fps: int, tile_frames: int | None, temporal_overlap, tile_frames_hint=True) -> int:
+    """The latent frames of a temporal decode tile, after checking that `temporal_overlap` fits in one.
+    tile_frames_hint: the error suggests tile_frames (the decode nodes have it; the command line does not)."""
+    frames = _tile_frames(cfg, fps, tile_frames)
+    t_tile = frames // cfg.patch_length
     if not (isinstance(temporal_overlap, int) and 0 <= temporal_overlap < t_tile):
-        raise ValueError(f"temporal_overlap must be an int in [0, {t_tile - 1}] latent frames, got {temporal_overlap}")
+        tiles = f"fps // 2 = {frames} frames at {fps} fps" if tile_frames is None else f"tile_frames {frames}"
+        raise ValueError(f"temporal_overlap must be an int in [0, {t_tile - 1}] latent frames, got {temporal_overlap}: "
+                         f"temporal tiles are {t_tile} latent frames ({tiles})"
+                         + (f"; lower temporal_overlap or raise tile_frames (each {cfg.patch_length} frames add one)"
+                            if tile_frames_hint else ""))
     return t_tile
 
 
