@@ -91,7 +91,8 @@ def add_arguments(p: argparse.ArgumentParser):
     o.add_argument("--output", "-o", default="magi_output.mp4",
                    help="video file: .mp4, .mov or .mkv, H.264 (default: magi_output.mp4); written to a temporary "
                         "file next to it and renamed when done")
-    o.add_argument("--demo", action="store_true", help="tiny random models, CPU, offline (writes a real, noise-like video); unless given: "
+    o.add_argument("--demo", action="store_true",
+                   help="tiny random models, CPU, offline (writes a real, noise-like video); unless given: "
                         "128x128, 48 frames, 8 steps, a two-prompt schedule")
 
 
