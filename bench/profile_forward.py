@@ -25,6 +25,9 @@ from common import device_info, emit, model_args, random_dit, window_inputs  # n
 KINDS = (  # first match wins; matched on the lower-cased kernel name
     ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn", "sm90_flash")),
     ("gemm", ("gemm", "cutlass", "nvjet", "sm90_xmma", "cublas", "matmul", "_scaled_mm")),
+    # Inductor's fused kernels (norms, RoPE, gates, quantization) before "copy": their names hold "_to_copy" and
+    # "cat" whenever a cast or a concatenation was fused in (session 12 counted 100 ms of them as copies)
+    ("compiled", ("triton_",)),
     ("copy", ("memcpy", "memset", "copy_", "cat", "catarray")),
     ("elementwise", ("elementwise", "vectorized", "reduce", "norm", "triton", "softmax", "unrolled")),
 )
