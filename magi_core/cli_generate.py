@@ -562,13 +562,14 @@ def use_demo(a, tmp: str):
     if a.config:  # its settings are a real model's (e.g. 720x720, 64 steps); the demo would not use them
         raise ValueError(f"--demo runs tiny models with small settings of its own, not those of --config {a.config}: "
                          "drop --config, or drop --demo and pass the model the config is for (--dit ...)")
-    paths = make_tiny_assets(tmp)
-    a.dit, a.vae, a.t5, a.special_tokens = (str(paths[k]) for k in ("dit", "vae", "t5", "special_tokens"))
     a.device = a.device or "cpu"
     a.width, a.height = (128 if a.width is None else a.width), (128 if a.height is None else a.height)
     a.frames, a.steps = (48 if a.frames is None else a.frames), (8 if a.steps is None else a.steps)
+    settings_from_args(a)  # a mistake in the numbers is said before the models are made (seconds)
     if a.prompt is None and not a.prompt_file:  # the two-prompt schedule needs two chunks (28 frames or more)
         a.prompt = DEMO_PROMPT if a.frames >= 28 else DEMO_PROMPT.split("\n")[0].split(": ", 1)[1]
+    paths = make_tiny_assets(tmp)
+    a.dit, a.vae, a.t5, a.special_tokens = (str(paths[k]) for k in ("dit", "vae", "t5", "special_tokens"))
 
 
 def _quiet():

@@ -660,3 +660,21 @@ def test_no_command_says_what_to_type():
     assert r.returncode == 2 and r.stdout == "", r.stdout
     assert "generate  generate a video" in r.stderr and "(see:" not in r.stderr, r.stderr
     assert r.stderr.rstrip().splitlines()[-1].startswith("error: name a command (inspect, convert, generate)")
+
+
+def test_demo_numbers_are_checked_before_its_models_are_made(monkeypatch, tmp_path):
+    """--demo --frames 0: the mistake is said before make_tiny_assets runs (it takes seconds)."""
+    import argparse
+
+    import magi_core.demo
+
+    def made(*_):
+        raise AssertionError("the tiny models were made before the settings were checked")
+
+    monkeypatch.setattr(magi_core.demo, "make_tiny_assets", made)
+    p = argparse.ArgumentParser()
+    cli_generate.add_arguments(p)
+    with pytest.raises(ValueError, match="--frames must be at least 4"):
+        cli_generate.use_demo(p.parse_args(["--demo", "--frames", "0"]), str(tmp_path))
+    with pytest.raises(AssertionError, match="were made"):  # good numbers: on to the models
+        cli_generate.use_demo(p.parse_args(["--demo"]), str(tmp_path))
