@@ -214,8 +214,15 @@ def left_as_it_was(output) -> str:
 
 
 def check_output(a):
-    if Path(a.output).expanduser().is_dir():
+    """--output's name and folder, before anything is made (VideoWriter checks the rest when it creates the file)."""
+    from .video import output_container
+
+    out = Path(a.output).expanduser()
+    if out.is_dir():
         raise ValueError(f"--output {a.output} is a folder: give a file name such as {Path(a.output) / 'out.mp4'}")
+    if not out.parent.is_dir():
+        raise ValueError(f"--output {a.output}: the folder {out.parent} does not exist; create it or write elsewhere")
+    output_container(out)
 
 
 def _ignored(a, device: str) -> list[str]:
@@ -328,8 +335,9 @@ def prepare(a) -> Job:
         try:
             prefix_latent_count(n_prefix, s.fps)
         except ValueError as e:
-            fix = (f"; --prefix-frames N (e.g. {_encodable_below(n_prefix, s.fps)}) takes that many of its last "
-                   "frames" if a.video and _encodable_below(n_prefix, s.fps) else "")
+            fewer = _encodable_below(n_prefix, s.fps) if a.video else None
+            fix = (f"; --prefix-frames {fewer} takes {fewer} of its "
+                   f"{'first' if a.prefix_from == 'start' else 'last'} frames" if fewer else "")
             raise ValueError(f"--{'image' if a.image else 'video'} {a.image or a.video} gives {n_prefix} frame(s) "
                              f"at {s.fps} fps: {e}{fix}") from None
         if a.image:

@@ -82,8 +82,8 @@ class DiTHandle:
         d, r = self.detection, self.runtime
         notes = "".join(f"\n- {n}" for n in d.notes)
         tokens = self.special_tokens.name if self.special_tokens else (
-            "none (the sampler's use_hq and use_duration need special_tokens.npz: run `python install.py` in the "
-            "pack folder, or turn both off)")
+            "none (the sampler's use_hq and use_duration need special_tokens.npz: get it with `python install.py` "
+            "in the pack folder and pick auto here, or turn both off)")
         import torch
 
         cuda = r.device.startswith("cuda") or (r.device == "auto" and torch.cuda.is_available())

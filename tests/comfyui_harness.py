@@ -692,8 +692,8 @@ def main(argv):
             else:
                 print(f"{server.url}  (ComfyUI with this pack and tiny models; ^C or kill {os.getpid()} stops it)\n"
                       "The workflow templates are made for the real models (720x720): with these tiny models on a "
-                      "CPU, set the MAGI-1 Sampler's width and height to 64 first (a run then takes seconds; at "
-                      "720x720 the first chunk alone takes minutes).", flush=True)
+                      "CPU, set width and height to 64 on the MAGI-1 Sampler and on MAGI-1 VAE Encode (image and video "
+                      "templates) first: a run then takes seconds; at 720x720 the first chunk alone takes minutes.", flush=True)
                 server.proc.wait()
         except KeyboardInterrupt:
             pass

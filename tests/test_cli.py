@@ -152,8 +152,10 @@ BAD = [
     ("missing-video", ["--video", "{root}/none.mp4"], "none.mp4", False),
     ("corrupt-video", ["--video", "{root}/broken.mp4"], "broken.mp4", True),
     ("3-frame-video", ["--video", "{root}/three.mp4"], "gives 3 frame", True),
-    ("2-frame-video", ["--video", "{root}/two.mp4"], "use 1 or 4 frames; --prefix-frames N (e.g. 1) takes that many "
-                                                     "of its last frames", True),
+    ("2-frame-video", ["--video", "{root}/two.mp4"], "use 1 or 4 frames; --prefix-frames 1 takes 1 of its last frames",
+     True),
+    ("2-frame-video-start", ["--video", "{root}/two.mp4", "--prefix-from", "start"], "--prefix-frames 1 takes 1 of its "
+                                                                                     "first frames", True),
     ("image-is-a-folder", ["--image", "{root}"], "is a folder: give the path of an image or video file in it", True),
     ("vae-channels", ["--vae", "{root}/vae32"], "32 channels", True),
     ("tokens-keys", ["--special-tokens", "{root}/tokens_keys.npz"], "tokens_keys.npz", True),
@@ -174,7 +176,9 @@ BAD = [
      True),  # the output's temporary file is opened (in the models folder here) before the check
     ("seed-overflow", ["--seed", "99999999999999999999999"], "--seed must be between 0 and 18446744073709551615",
      False),
-    ("temporal-overlap", ["--temporal-overlap", "3"], "--temporal-overlap must be an int in [0, 2]", True),
+    ("temporal-overlap", ["--temporal-overlap", "3"], "--temporal-overlap must be an int in [0, 2] latent frames, got 3: "
+                                                      "temporal tiles are 3 latent frames (12 frames, half of 24 frames "
+                                                      "per second)\n", True),
     ("t5-file-no-tokenizer", ["--t5", "{root}/text_encoders/t5-tiny/model.safetensors"], "without a tokenizer", True),
     ("vae-is-a-dit", ["--vae", "{root}/diffusion_models/magi1_tiny_distill.safetensors"],
      "cannot read it as a MAGI-1 VAE", True),
@@ -678,3 +682,17 @@ def test_demo_numbers_are_checked_before_its_models_are_made(monkeypatch, tmp_pa
         cli_generate.use_demo(p.parse_args(["--demo", "--frames", "0"]), str(tmp_path))
     with pytest.raises(AssertionError, match="were made"):  # good numbers: on to the models
         cli_generate.use_demo(p.parse_args(["--demo"]), str(tmp_path))
+
+
+@pytest.mark.parametrize("output,needle", [("{tmp}/out.avi", "must end in .mp4, .mov, .mkv"),
+                                           ("{tmp}/no/such/folder/out.mp4", "does not exist"),
+                                           ("{tmp}", "is a folder")])
+def test_the_output_name_is_checked_first(tmp_path, output, needle):
+    """check_output, which `run` calls before --demo makes its models and before any model file is opened."""
+    import argparse
+
+    p = argparse.ArgumentParser()
+    cli_generate.add_arguments(p)
+    with pytest.raises(ValueError, match=needle):
+        cli_generate.check_output(p.parse_args(["-o", output.replace("{tmp}", str(tmp_path))]))
+    cli_generate.check_output(p.parse_args(["-o", str(tmp_path / "out.mp4")]))  # a good name passes

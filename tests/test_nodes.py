@@ -286,7 +286,7 @@ def test_sampler_option_errors(kw, needle):
 
 
 def test_sampler_option_errors_come_together():
-    """Four mistakes in one queue: all four are named in one message (not one per queue)."""
+    """Five mistakes in one queue: all five are named in one message (not one per queue)."""
     with pytest.raises(ValueError) as e:
         sampler_settings.sampler_options(cfg_number="2", cfg_t_range="abc", text_scales="1,2",
                                          shortcut_mode="8,16", clean_t=0.0)
@@ -400,8 +400,8 @@ def test_open_dit_reads_headers_only(tiny):
     assert "tiny distill (variant from the file name)" in h.describe()
     assert "special tokens special_tokens.npz" in h.describe() and "install.py" not in h.describe()
     # without a tokens file the panel says, before any run, what the sampler's defaults will need
-    assert "special tokens none (the sampler's use_hq and use_duration need special_tokens.npz: run `python " \
-           "install.py`" in dit_handle(tiny, special_tokens=None).describe()
+    assert "special tokens none (the sampler's use_hq and use_duration need special_tokens.npz: get it with " \
+           "`python install.py`" in dit_handle(tiny, special_tokens=None).describe()
     assert dit_handle(tiny, variant="base").detection.variant == "base"
     assert "tiny base (variant set on the loader)" in dit_handle(tiny, variant="base").describe()
     with pytest.raises(Exception, match="wrong variant"):

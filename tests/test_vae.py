@@ -387,7 +387,7 @@ def test_input_errors(vae):
     with pytest.raises(ValueError, match="multiple of 8 px"):
         tiled_decode(vae, z, tile_overlap=0.3)
     with pytest.raises(ValueError, match=r"temporal_overlap must be an int in \[0, 2\] .* temporal tiles are 3 latent "
-                                         r"frames \(fps // 2 = 12 frames at 24 fps\); .* raise tile_frames"):
+                                         r"frames \(12 frames, half of 24 frames per second\); .* raise tile_frames"):
         tiled_decode(vae, z, temporal_overlap=3)
     assert tiled_decode(vae, z, temporal_overlap=3, tile_frames=16).shape == tiled_decode(vae, z).shape  # as it says
     with pytest.raises(ValueError, match="last temporal VAE tile of 2 frames .* use 12, 13 or 16 frames"):

@@ -82,10 +82,10 @@ def main(argv=None) -> int:
     untouched = ""
     try:
         if rank == 0:  # one machine for --demo: the other ranks read the same files
+            check_output(a)
             if a.demo:
                 use_demo(a, tmp.name)
             a.device = a.device or device.type  # each rank runs on its own device (below)
-            check_output(a)
             untouched = left_as_it_was(a.output)
             writer = VideoWriter(a.output, settings_from_args(a).fps)  # the output location first
             job = prepare(a)

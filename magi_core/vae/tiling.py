@@ -188,11 +188,12 @@ def check_temporal_overlap(cfg, fps: int, tile_frames: int | None, temporal_over
     frames = _tile_frames(cfg, fps, tile_frames)
     t_tile = frames // cfg.patch_length
     if not (isinstance(temporal_overlap, int) and 0 <= temporal_overlap < t_tile):
-        tiles = f"fps // 2 = {frames} frames at {fps} fps" if tile_frames is None else f"tile_frames {frames}"
+        # worded without "fps": the command line turns that word into its flag (cli_generate._flags)
+        tiles = f"{frames} frames" + (f", half of {fps} frames per second" if frames == fps // 2 else "")
         raise ValueError(f"temporal_overlap must be an int in [0, {t_tile - 1}] latent frames, got {temporal_overlap}: "
                          f"temporal tiles are {t_tile} latent frames ({tiles})"
-                         + (f"; lower temporal_overlap or raise tile_frames (each {cfg.patch_length} frames add one)"
-                            if tile_frames_hint else ""))
+                         + (f"; lower temporal_overlap or raise tile_frames (0 = half the frame rate; each "
+                            f"{cfg.patch_length} frames add one latent frame)" if tile_frames_hint else ""))
     return t_tile
 
 
