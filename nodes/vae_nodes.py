@@ -31,7 +31,8 @@ def decode_tile_inputs():
         *tile_inputs(0, "frames per temporal tile; 0 = fps // 2 (the reference)"),
         io.Int.Input("temporal_overlap", default=0, min=0, max=8,
                      tooltip="latent frames shared by consecutive temporal tiles (0 = reference; 1 removes "
-                             "the seam every fps // 2 frames at ~1.5x the decode time)"),
+                             "the seam every fps // 2 frames at ~1.5x the decode time); at most tile_frames / 4 - 1: "
+                             "2 with tile_frames 0 at 24 fps"),
     ]
 
 
