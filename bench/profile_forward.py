@@ -29,7 +29,7 @@ KINDS = (  # first match wins; matched on the lower-cased kernel name
     # "cat" whenever a cast or a concatenation was fused in (session 12 counted 100 ms of them as copies)
     ("compiled", ("triton_",)),
     ("copy", ("memcpy", "memset", "copy_", "cat", "catarray")),
-    ("elementwise", ("elementwise", "vectorized", "reduce", "norm", "triton", "softmax", "unrolled")),
+    ("elementwise", ("elementwise", "vectorized", "reduce", "norm", "softmax", "unrolled")),
 )
 
 

@@ -23,13 +23,12 @@ class KVCache:
         present = [c for layer in self._store.values() for c in layer]
         return min(present) if present else None
 
-    def read(self, layer: int, start: int, end: int, device=None) -> torch.Tensor | None:
-        """`[K|V]` of chunks start..end-1 concatenated along tokens, or None if start == end."""
+    def read(self, layer: int, start: int, end: int) -> torch.Tensor | None:
+        """`[K|V]` of chunks start..end-1 concatenated along tokens (where they are stored), or None if start == end.
+        The layers read with read_before; this shows what the cache holds."""
         if end <= start:
             return None
         parts = self._parts(layer, start, end)
-        if device is not None:  # moved first, in stream order: an offloaded chunk's copy to pinned host memory was
-            parts = [p.to(device, non_blocking=True) for p in parts]  # queued without a wait (_own)
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
     def read_before(self, layer: int, start: int, end: int, k: torch.Tensor, v: torch.Tensor):
@@ -39,7 +38,9 @@ class KVCache:
         if end <= start:
             return k, v
         d = k.shape[-1]
-        parts = [p.to(k.device, non_blocking=True) for p in self._parts(layer, start, end)]  # (offload: see read)
+        # moved first, in stream order: an offloaded chunk's copy to pinned host memory was queued without a
+        # wait (_own)
+        parts = [p.to(k.device, non_blocking=True) for p in self._parts(layer, start, end)]
         return torch.cat([p[..., :d] for p in parts] + [k], 0), torch.cat([p[..., d:] for p in parts] + [v], 0)
 
     def _parts(self, layer: int, start: int, end: int) -> list[torch.Tensor]:
