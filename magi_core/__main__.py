@@ -10,6 +10,7 @@ DiT, says `error: ...` too and exits 1: the diagnosis' answer.)
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import sys
@@ -110,6 +111,9 @@ COMMANDS = {
 }
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # not a mistake in the command: exit code 1
+
+
 def _lazy(module: str, help: str) -> Command:
     mod = importlib.import_module(module)
     return Command(help, mod.add_arguments, mod.run)
@@ -134,7 +138,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     commands = dict(COMMANDS)
     chosen = argv[0] if argv else None
-    parser = argparse.ArgumentParser(prog="python -m magi_core", description="MAGI-1 tools")
+    parser = startup.Parser(prog="python -m magi_core", description="MAGI-1 tools")
     sub = parser.add_subparsers(dest="command", metavar="command")
     for name, (module, help) in LAZY_COMMANDS.items():
         if name == chosen:
@@ -166,9 +170,10 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         if args.debug:
             raise
-        text = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.strerror}: {e.filename}"
+        os_error = isinstance(e, OSError)
+        text = f"{e.strerror}: {e.filename}" if os_error and e.filename else (e.strerror if os_error else None) or str(e)
         print(f"error: {text}", file=sys.stderr)
-        return 2
+        return 1 if os_error and e.errno in DISK_FULL else 2  # 2: a mistake to correct (README)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import signal
 import sys
 import tempfile
@@ -41,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser):
     m.add_argument("--special-tokens", default=None, help=f"special_tokens.npz (default: {DEFAULT_TOKENS})")
     m.add_argument("--config", help="an official MAGI-1 config JSON: its sampler settings become the defaults")
     g = p.add_argument_group("what to generate")
-    g.add_argument("--prompt", default=None, help='a prompt, or a per-chunk schedule: "0-1: a fox\\n2-: a bird"')
+    g.add_argument("--prompt", default=None, help="a prompt, or a per-chunk schedule, one 'RANGE: prompt' line per range: in bash "
+                        "--prompt $'0-1: a fox\\n2-: a bird', or use --prompt-file")
     g.add_argument("--prompt-file", help="read the prompt / schedule from this file")
     g.add_argument("--image", help="image-to-video: the first frame")
     g.add_argument("--video", help="video continuation: the prefix video (at least 4 frames)")
@@ -201,11 +203,17 @@ def _encodable_below(frames: int, fps: int) -> int | None:
 
 
 def check_args(a):
-    """Options that contradict each other, before anything is read or made."""
+    """Options that contradict each other, a --prompt typed wrong, --output's name and folder: what is checked
+    before anything is read or made (`run` calls it before --demo makes its models)."""
     if a.prompt is not None and a.prompt_file:
         raise ValueError("pass --prompt or --prompt-file, not both")
     if a.image and a.video:
         raise ValueError("pass --image (image-to-video) or --video (continuation), not both")
+    if a.prompt and "\n" not in a.prompt and re.search(r"\\n\s*\d", a.prompt):
+        raise ValueError("--prompt has '\\n' as two characters before a chunk range (a shell keeps them so inside "
+                         "\"...\"): for a schedule write --prompt $'0-1: a fox\\n2-: a bird' (bash, zsh) or put "
+                         "one range per line in a file for --prompt-file")
+    check_output(a)
 
 
 def left_as_it_was(output) -> str:
@@ -249,13 +257,12 @@ def prepare(a) -> Job:
     from .vae.tiling import check_temporal_overlap
     from .video import frame_count, read_image, read_video
 
-    check_output(a)
+    check_args(a)
     s = settings_from_args(a)
     runtime = runtime_from_args(a)
     missing = [n for n in ("dit", "vae", "t5") if not getattr(a, n)]
     if missing:
         raise ValueError(f"pass --{' --'.join(missing)} (the model paths), or --demo for tiny random models")
-    check_args(a)
     if a.prefix_frames is not None and a.prefix_frames < 1:
         raise ValueError(f"--prefix-frames must be at least 1, got {a.prefix_frames}")
     prompt_flag = "--prompt-file" if a.prompt_file else "--prompt"
@@ -570,6 +577,9 @@ def use_demo(a, tmp: str):
     if a.config:  # its settings are a real model's (e.g. 720x720, 64 steps); the demo would not use them
         raise ValueError(f"--demo runs tiny models with small settings of its own, not those of --config {a.config}: "
                          "drop --config, or drop --demo and pass the model the config is for (--dit ...)")
+    if a.variant == "distill-fp8":  # (found out only when the DiT's headers are read, after the models are made)
+        raise ValueError("--demo makes a tiny bf16 distill model, not an fp8-quantized one: drop --variant "
+                         "distill-fp8 (base and distill work)")
     a.device = a.device or "cpu"
     a.width, a.height = (128 if a.width is None else a.width), (128 if a.height is None else a.height)
     a.frames, a.steps = (48 if a.frames is None else a.frames), (8 if a.steps is None else a.steps)
@@ -605,7 +615,7 @@ def run(a) -> int:
 
     startup.import_libraries()  # while a Ctrl-C is still held (magi_core/__main__.py)
     with tempfile.TemporaryDirectory() as tmp:
-        check_output(a)
+        check_args(a)
         if a.demo:
             use_demo(a, tmp)
         untouched = left_as_it_was(a.output)
@@ -641,7 +651,12 @@ def run(a) -> int:
                 writer.discard()
             raise
         with _quiet():
-            writer.close()
+            try:
+                writer.close()
+            except OSError as e:  # a full disk: close removed the temporary file
+                raise OSError(e.errno, f"{e.strerror or e} while finishing {writer.path}: the {writer.frames_written} "
+                                       "frames made could not be saved (the temporary file was removed); free some "
+                                       "space there or choose another --output") from None
     say(f"wrote {writer.path} ({writer.codec}): {writer.frames_written} frames {writer.size[1]}x{writer.size[0]} at "
         f"{job.settings.fps} fps")
     return 0

@@ -13,6 +13,7 @@ that depend on the model (steps, cfg_number, how many layers block swap may stre
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -73,7 +74,8 @@ def steps_problem(steps: int, window_size: int, stages: int | None = None) -> st
     q = stages or 1
     if steps >= 1 and window_size >= 1 and not steps % window_size and not steps % q:
         return None
-    ok = [n for n in (8, 12, 16, 24, 32, 48, 64) if n % max(window_size, 1) == 0 and n % q == 0]
+    m = math.lcm(max(window_size, 1), q)
+    ok = [n for n in (8, 12, 16, 24, 32, 48, 64) if n % m == 0] or [m, 2 * m, 3 * m]
     stage_text = f" and of {stages} (the noise2clean_kvrange stages)" if stages else ""
     return (f"steps must be a positive multiple of window_size ({window_size}){stage_text}, got {steps}; "
             f"e.g. {', '.join(map(str, ok[:5]))}")

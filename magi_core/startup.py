@@ -9,6 +9,7 @@ as if it had come just then: "interrupted: nothing written", exit code 128 + the
 """
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import signal
@@ -115,3 +116,14 @@ def allocator_defaults(env=None):
     if sys.platform.startswith("linux") and not any(env.get(k) for k in ALLOC_VARS):
         env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
     return env
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a short error: one usage line pointing at --help, then the error (argparse's own prints the
+    whole usage block, 20 lines for generate, and the one line that matters last)."""
+
+    def error(self, message):
+        usage = self.format_usage()
+        if usage.count("\n") > 3:
+            usage = f"usage: {self.prog} [options]  (--help lists them)\n"
+        self.exit(2, f"{usage}error: {message}\n")

@@ -58,6 +58,16 @@ if _log and _root:
         return _safe_open(filename, *a, **k)
 
     safetensors.safe_open = safe_open
+
+if os.environ.get("MAGI_TEST_DISK_FULL"):  # the disk fills up as the video is finished
+    import errno
+    import magi_core.video as _video
+
+    def _close(self):
+        self.discard()
+        raise OSError(errno.ENOSPC, "No space left on device", str(self._tmp))
+
+    _video.VideoWriter.close = _close
 '''
 
 
@@ -174,6 +184,7 @@ BAD = [
                                      "--special-tokens", False),
     ("output-is-input", ["--video", "{root}/three.mp4", "-o", "{root}/three.mp4"], "is the --video it starts from",
      True),  # the output's temporary file is opened (in the models folder here) before the check
+    ("prompt-literal-newline", ["--prompt", "0-1: a fox\\n2-: a bird"], "--prompt has '\\n' as two characters", False),
     ("seed-overflow", ["--seed", "99999999999999999999999"], "--seed must be between 0 and 18446744073709551615",
      False),
     ("temporal-overlap", ["--temporal-overlap", "3"], "--temporal-overlap must be an int in [0, 2] latent frames, got 3: "
@@ -257,6 +268,16 @@ def test_output_is_written_only_when_complete(models, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_a_full_disk_says_what_was_lost_and_exits_1(models, tmp_path):
+    """The video cannot be finished (no space): one error line saying the frames are lost and what to do, exit 1
+    (not 2, the code of a mistake in the command), no temporary file left."""
+    r, _ = cli(models, tmp_path, env={"MAGI_TEST_DISK_FULL": "1"})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and "\nerror: No space left on device while finishing" in r.stderr, r.stderr
+    assert "24 frames made could not be saved" in r.stderr and "choose another --output" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["access.jsonl"]
+
+
 def test_cuda_without_gpu(models, tmp_path):
     r, acc = cli(models, tmp_path, "--device", "cuda")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "'cuda'" in r.stderr and "no CUDA GPU" in r.stderr

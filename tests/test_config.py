@@ -68,3 +68,20 @@ def test_presets_and_errors():
         preset("13B")
     with pytest.raises(ValueError, match="multiple of num_query_groups"):
         DiTConfig(num_layers=1, hidden_size=3072, ffn_hidden_size=8, num_attention_heads=24, num_query_groups=5)
+
+
+def test_steps_problem_examples_always_work():
+    """Every step count the message suggests runs with that window (and stages); a window with no common step
+    count among 8..64 (e.g. 100) used to end the message in an empty 'e.g.'."""
+    import re
+
+    from magi_core.settings import steps_problem
+
+    for window in (1, 3, 4, 5, 7, 100):
+        for stages in (None, 1, 3, 4):
+            msg = steps_problem(6 if window != 6 else 5, window, stages) or ""
+            if not msg:
+                continue
+            examples = [int(n) for n in re.findall(r"\d+", msg.split("e.g.")[1])]
+            assert examples, msg
+            assert all(steps_problem(n, window, stages) is None for n in examples), msg

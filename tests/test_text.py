@@ -359,6 +359,14 @@ def test_special_tokens_bad_files(tmp_path):
         st.load_special_tokens(tmp_path / "b.npz")
     with pytest.raises(FileNotFoundError):
         st.load_special_tokens(tmp_path / "none.npz")
+    for name, data in (("c.png", b"\x89PNG\r\n\x1a\n" + bytes(64)), ("d.npy", None)):  # not an .npz at all
+        if data is None:
+            np.save(tmp_path / name, np.zeros(3))
+        else:
+            (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match="not a MAGI-1 special tokens file: an .npz") as e:
+            st.load_special_tokens(tmp_path / name)
+        assert "pickle" not in str(e.value)  # numpy's own message invites loading it as a pickle
 
 
 def test_real_special_tokens_file():

@@ -218,6 +218,22 @@ def test_reference_tile_plans():
     assert plan_axis(4, 3, 3, lambda n: 1 if n == 1 else 4 * n, 0).total == 13  # v2v first chunk: 13 frames
 
 
+def test_temporal_overlap_keeps_every_frame():
+    """With temporal tiles overlapping, each latent still decodes to 4 frames, whatever the overlap (up to the
+    tile's length - 1, the most check_temporal_overlap allows): the kept parts add up to 4 T'. A stride of one
+    latent used to keep 1 frame per tile (the 1-latent-tile rule), 15 frames of a 6-latent chunk instead of 24."""
+    def t_out(n):
+        return 1 if n == 1 else 4 * n
+
+    for t_tile in (2, 3, 4):  # fps 16, 24, 32
+        for overlap in range(1, t_tile):
+            for T in range(2, 10):
+                plan = plan_axis(T, t_tile, t_tile - overlap, t_out, 4 * overlap, minimal=True)
+                assert plan.total == 4 * T, (t_tile, overlap, T)
+                ends = [t.offset + t.keep for t in plan.tiles]
+                assert [t.offset for t in plan.tiles[1:]] == ends[:-1]  # no gap, no overlap in the output
+
+
 def test_single_tile_equals_untiled(vae):
     x = video((1, 3, 8, 64, 64))  # one tile needs size <= stride (96 px here), as in the reference
     z = tiled_encode(vae, x, fps=16, tile_size=128)
@@ -328,7 +344,8 @@ def test_tiled_close_to_untiled_with_overlap():
     assert err.mean() < 0.02 * yu.abs().mean()
 
 
-def test_temporal_overlap_removes_seam():
+@pytest.mark.parametrize("overlap", [1, 2])
+def test_temporal_overlap_removes_seam(overlap):
     """Constant latent, per-token decoder, temporal box filter: tile edges dip (zero padding) without overlap."""
     v = local_vae()
     c = TINY.patch_size * TINY.patch_size  # features per frame of a token
@@ -347,7 +364,7 @@ def test_temporal_overlap_removes_seam():
         return (y[:, :, 2:-1] - y[:, :, 1:-2]).abs().amax()  # interior frames only
 
     plain = tiled_decode(v, z, fps=24, tile_size=64)
-    smooth = tiled_decode(v, z, fps=24, tile_size=64, temporal_overlap=1)
+    smooth = tiled_decode(v, z, fps=24, tile_size=64, temporal_overlap=overlap)
     assert plain.shape == smooth.shape == (1, 3, 24, 64, 64)
     level = plain[:, :, 5].abs().amax()
     assert max_jump(plain) > 0.2 * level  # the seam every 12 frames

@@ -25,7 +25,6 @@ rank 0 encodes the prompt and prefix (T5, VAE) and broadcasts them, then decodes
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
@@ -35,7 +34,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from ..startup import allocator_defaults
+from ..startup import Parser, allocator_defaults
 from ._bootstrap import sanitize_env
 from .ulysses import check_cp_size, enable_context_parallel
 
@@ -66,12 +65,12 @@ def main(argv=None) -> int:
     """The checks, streaming output and Ctrl-C handling of `magi_core generate` (cli_generate), on every rank of
     the group: rank 0 checks everything and opens the output before any rank loads a weight."""
     from ..checkpoint import load_dit
-    from ..cli_generate import (add_arguments, check_output, describe, left_as_it_was, load_models, prepare,
+    from ..cli_generate import (add_arguments, check_args, describe, left_as_it_was, load_models, prepare,
                                 settings_from_args, use_demo, write_chunks)
     from ..pipeline import sample
     from ..video import VideoWriter
 
-    p = argparse.ArgumentParser(prog="torchrun ... -m magi_core.parallel.run", description=__doc__.split("\n")[0])
+    p = Parser(prog="torchrun ... -m magi_core.parallel.run", description=__doc__.split("\n")[0])
     add_arguments(p)
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     a = p.parse_args(argv)
@@ -82,7 +81,7 @@ def main(argv=None) -> int:
     untouched = ""
     try:
         if rank == 0:  # one machine for --demo: the other ranks read the same files
-            check_output(a)
+            check_args(a)
             if a.demo:
                 use_demo(a, tmp.name)
             a.device = a.device or device.type  # each rank runs on its own device (below)

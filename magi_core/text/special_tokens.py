@@ -10,6 +10,7 @@ back to 800, so the last token goes first. Official runs (PAD_HQ=1, PAD_DURATION
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -92,6 +93,9 @@ def load_special_tokens(path: str | Path) -> SpecialTokens:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"special tokens file not found: {path} (MAGI-1's example/assets/special_tokens.npz)")
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and suggest allow_pickle: never for this file
+        raise ValueError(f"{path} is not a MAGI-1 special tokens file: an .npz (a zip of arrays) was expected, "
+                         "MAGI-1's example/assets/special_tokens.npz")
     with np.load(path) as z:
         missing = {"caption_token", "logo_token", "other_tokens"} - set(z.files)
         if missing:

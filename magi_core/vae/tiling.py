@@ -46,7 +46,9 @@ def plan_axis(n: int, tile: int, stride: int, out_len: Callable[[int], int], ext
     Reference rule: ceil(n / stride) tiles at k*stride (the last may sit inside the previous overlap).
     minimal=True: ceil((n - overlap) / stride) tiles, so every tile but the last starts a new stride and the
     last one is longer than the overlap (used for temporal blending, where a 1-latent tile decodes to 1 frame).
-    Every tile but the last keeps out_len(stride) outputs; the last keeps all of its outputs.
+    Every tile but the last keeps the outputs of its first `stride` inputs, out_len(tile) * stride / tile (not
+    out_len(stride): a 1-latent tile decodes to 1 frame, but the first latent of a longer tile to 4); the last
+    keeps all of its outputs.
     """
     overlap = tile - stride
     count = max(1, math.ceil((n - overlap) / stride)) if minimal else math.ceil(n / stride)
@@ -54,7 +56,7 @@ def plan_axis(n: int, tile: int, stride: int, out_len: Callable[[int], int], ext
     for k in range(count):
         start = k * stride
         size = min(tile, n - start)
-        keep = out_len(size) if k == count - 1 else out_len(stride)
+        keep = out_len(size) if k == count - 1 else out_len(tile) * stride // tile
         tiles.append(AxisTile(start, size, offset, keep))
         offset += keep
     return AxisPlan(tiles, extent, offset)
