@@ -67,6 +67,11 @@ def item_name(name: str) -> str | None:
 def items_for(names: list[str], with_vae: bool = True, with_t5: bool = True) -> list[str]:
     """Requested items plus what a DiT needs to run (VAE, T5) unless turned off; unknown names are errors."""
     bad = [n for n in names if item_name(n) is None]
+    for n in bad:
+        variants = [k for k in DITS if k.lower().startswith(n.strip().lower() + "-")]
+        if variants:  # a model size alone: which checkpoint of it
+            raise SystemExit(f"--download {n}: name one of its checkpoints, {', '.join(variants[:-1])} or "
+                             f"{variants[-1]} (python install.py --list shows where each goes)")
     if bad:
         raise SystemExit(f"unknown download {', '.join(bad)}: choose from {', '.join(ITEMS)}")
     out = list(dict.fromkeys(item_name(n) for n in names))

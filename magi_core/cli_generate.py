@@ -225,6 +225,8 @@ def check_output(a):
     """--output's name and folder, before anything is made (VideoWriter checks the rest when it creates the file)."""
     from .video import output_container
 
+    if not str(a.output).strip():
+        raise ValueError("--output is empty: give a file name such as out.mp4")
     out = Path(a.output).expanduser()
     if out.is_dir():
         raise ValueError(f"--output {a.output} is a folder: give a file name such as {Path(a.output) / 'out.mp4'}")
@@ -551,13 +553,15 @@ def describe(job: Job) -> str:
 
 
 def prompt_lines(job: Job) -> list[str]:
-    """For a per-chunk schedule: which chunks get which prompt (as the run will resolve it)."""
+    """Which chunks get which prompt (as the run will resolve it); one prompt for all: that prompt, so a schedule
+    line that joined the one above it (a mistyped range) shows."""
     from .pipeline import chunk_count
     from .text import parse_schedule
 
     schedule = parse_schedule(job.prompt)
     if len(schedule.ranges) < 2:
-        return []
+        text = " ".join(schedule.ranges[0].prompt.split())
+        return [f"  prompt: {text if len(text) <= 300 else text[:300] + ' ...'}"]
     n = chunk_count(job.settings, job.prefix_frames)[1]
     out = []
     for r in schedule.ranges:

@@ -301,6 +301,13 @@ def test_a_schedule_time_inside_a_chunk_is_said_before_the_run(models, tmp_path)
     assert "  chunks 0-1: a red fox\n  chunk 2: a bird\n" in r.stdout  # which chunk gets which prompt
 
 
+def test_one_prompt_for_all_chunks_is_shown(models, tmp_path):
+    """A mistyped range line joins the prompt above it (a schedule's rule): the run shows the prompt it uses."""
+    r, _ = cli(models, tmp_path, "--prompt", "0-1: a red fox\nfoo: a bird", "--frames", "48")
+    assert r.returncode == 0, r.stderr
+    assert "\n  prompt: a red fox foo: a bird\n" in r.stdout, r.stdout
+
+
 def test_missing_model_paths_say_where_install_py_puts_them():
     import install
 
@@ -365,7 +372,9 @@ def test_a_prefix_frames_longer_than_the_video_is_said(models, tmp_path):
 @pytest.mark.parametrize("args,rc,needle", [
     (["--download", "4.5B-distil", "--dry-run"], 2, "error: unknown download 4.5B-distil"),
     (["--download", "4.5B-distill", "--models-dir", "/nonexistent/models", "--dry-run"], 2, "is not a folder"),
-    (["--download", "vae", "--dry-run"], 0, "nothing downloaded"),  # no ComfyUI around: a plan all the same
+    (["--download", "vae", "--dry-run"], 0, "nothing downloaded"),
+    (["--download", "24b", "--dry-run"], 2, "--download 24b: name one of its checkpoints, 24B-base, 24B-distill or "
+                                            "24B-distill-fp8"),  # no ComfyUI around: a plan all the same
     # two options of which one would be ignored without a word
     (["--special-tokens", "t.npz"], 2, "error: --skip-special-tokens and --special-tokens contradict each other"),
     (["--list", "--download", "vae"], 2, "error: --list only lists the downloads: leave out --download, "
@@ -707,7 +716,7 @@ def test_demo_numbers_are_checked_before_its_models_are_made(monkeypatch, tmp_pa
 
 @pytest.mark.parametrize("output,needle", [("{tmp}/out.avi", "must end in .mp4, .mov, .mkv"),
                                            ("{tmp}/no/such/folder/out.mp4", "does not exist"),
-                                           ("{tmp}", "is a folder")])
+                                           ("{tmp}", "is a folder"), ("", "--output is empty")])
 def test_the_output_name_is_checked_first(tmp_path, output, needle):
     """check_output, which `run` calls before --demo makes its models and before any model file is opened."""
     import argparse
