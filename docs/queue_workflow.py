@@ -173,15 +173,18 @@ def _refusal(body) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--server", default="http://127.0.0.1:8188", help="ComfyUI's address")
-    ap.add_argument("--workflow", default="magi1_t2v", help="shipped API workflow name or an API .json file")
-    ap.add_argument("--prompt", help="prompt text or a per-chunk schedule ('0-1: ...' lines)")
-    ap.add_argument("--seed", type=int)
-    ap.add_argument("--width", type=int)
-    ap.add_argument("--height", type=int)
-    ap.add_argument("--frames", type=int, help="the sampler's num_frames")
+    ap.add_argument("--server", default="http://127.0.0.1:8188", help="ComfyUI's address (default: %(default)s)")
+    ap.add_argument("--workflow", default="magi1_t2v",
+                    help="shipped API workflow name or an API .json file (default: %(default)s)")
+    ap.add_argument("--prompt", help="prompt text or a per-chunk schedule ('0-1: ...' lines; default: the workflow's)")
+    ap.add_argument("--seed", type=int, help="the sampler's seed (default: the workflow's)")
+    ap.add_argument("--width", type=int,
+                    help="the sampler's and MAGI VAE Encode's width, a multiple of 16 (default: the workflow's)")
+    ap.add_argument("--height", type=int,
+                    help="the sampler's and MAGI VAE Encode's height, a multiple of 16 (default: the workflow's)")
+    ap.add_argument("--frames", type=int, help="the sampler's num_frames (default: the workflow's)")
     ap.add_argument("--set", action="append", default=[], metavar="Class.input=value", help="any other widget")
-    ap.add_argument("--out", default=".", help="folder for the downloaded files")
+    ap.add_argument("--out", default=".", help="folder for the downloaded files (default: the current folder)")
     a = ap.parse_args(argv)
     try:
         prompt = set_inputs(load_workflow(a.workflow), a.prompt, a.seed, a.width, a.height, a.frames, a.set)

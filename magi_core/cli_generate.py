@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import re
 import signal
 import sys
@@ -233,6 +234,14 @@ def check_output(a):
     if not out.parent.is_dir():
         raise ValueError(f"--output {a.output}: the folder {out.parent} does not exist; create it or write elsewhere")
     output_container(out)
+
+
+def leftover_notes(output) -> list[str]:
+    """Warnings for temporary files of earlier runs into the same --output that were killed (SIGKILL, a power cut)
+    before they could clean up (VideoWriter's `.NAME.*.part`): incomplete, unplayable, never removed by us."""
+    out = Path(output).expanduser()
+    return [f"{p} is left from an earlier run into {out.name} that was killed before it finished (an incomplete "
+            "file that does not play): delete it" for p in sorted(out.parent.glob(f".{glob.escape(out.name)}.*.part"))]
 
 
 def _ignored(a, device: str) -> list[str]:
@@ -620,6 +629,8 @@ def run(a) -> int:
     startup.import_libraries()  # while a Ctrl-C is still held (magi_core/__main__.py)
     with tempfile.TemporaryDirectory() as tmp:
         check_args(a)
+        for note in leftover_notes(a.output):
+            say(f"warning: {note}", file=sys.stderr)
         if a.demo:
             use_demo(a, tmp)
         untouched = left_as_it_was(a.output)

@@ -19,6 +19,8 @@ _CLEAN_TEXT, _CLEAN_PREV = (0.0, 0.0), (1.0, 1.0)
 SIZE = dict(min=16, max=4096)  # width and height (sampler, MAGI VAE Encode)
 STEPS = dict(min=4, max=1000)
 WINDOW_SIZE = dict(min=1, max=16)
+TILE_FRAMES = dict(min=0, max=256)  # the decode nodes' temporal tiling (vae_nodes.decode_tiling_problems)
+TEMPORAL_OVERLAP = dict(min=0, max=8)
 
 
 def queue_problems(values) -> bool | str:

@@ -7,11 +7,11 @@ from comfy_api.latest import io
 from magi_core.pipeline import encode_prefix
 from magi_core.settings import FPS_MAX, FPS_MIN, SamplingSettings
 from magi_core.vae.tiling import encoded_frames
-from magi_core.video import select_prefix_frames
+from magi_core.video import FRAMES_PER_LATENT, select_prefix_frames
 
 from . import choices, memory, messages
 from .latents import decode_video, missing_keys_note
-from .sampler_settings import SIZE, queue_problems
+from .sampler_settings import SIZE, TEMPORAL_OVERLAP, TILE_FRAMES, queue_problems
 from .types import CATEGORY, MagiVAE
 
 
@@ -21,15 +21,33 @@ def tile_inputs(tile_frames_default: int, tile_frames_tip: str):
                      tooltip="spatial tile in pixels (reference 256); smaller tiles use less memory"),
         io.Float.Input("tile_overlap", default=0.25, min=0.0, max=0.75, step=0.05, round=0.01,
                        tooltip="fraction of a tile shared with its neighbour (reference 0.25)"),
-        io.Int.Input("tile_frames", default=tile_frames_default, min=0, max=256, step=4, tooltip=tile_frames_tip),
+        io.Int.Input("tile_frames", default=tile_frames_default, step=4, tooltip=tile_frames_tip, **TILE_FRAMES),
     ]
+
+
+def decode_tiling_problems(tile_frames=None, temporal_overlap=None) -> bool | str:
+    """The decode nodes' temporal tiling at queue time (a mistake would otherwise surface after the sampler ran):
+    the widgets' limits, then temporal_overlap against the tile that tile_frames gives (with tile_frames 0 the tile
+    is half the latent's frame rate, known only when the node runs). True, or the problems."""
+    problems = queue_problems([("tile_frames", tile_frames, TILE_FRAMES),
+                               ("temporal_overlap", temporal_overlap, TEMPORAL_OVERLAP)])
+    if problems is not True or not tile_frames or temporal_overlap is None:
+        return problems
+    latents = tile_frames // FRAMES_PER_LATENT
+    if latents < 1:
+        return f"tile_frames must be 0 (half the frame rate) or at least {FRAMES_PER_LATENT}, got {tile_frames}"
+    if temporal_overlap >= latents:
+        return (f"temporal_overlap must be at most {latents - 1} with tile_frames {tile_frames} ({latents} latent "
+                f"frames per temporal tile), got {temporal_overlap}: lower temporal_overlap or raise tile_frames "
+                f"(each {FRAMES_PER_LATENT} frames add one latent frame)")
+    return True
 
 
 def decode_tile_inputs():
     """Tiling widgets of the decoding nodes (MAGI VAE Decode, MAGI Decode to Video File)."""
     return [
         *tile_inputs(0, "frames per temporal tile; 0 = fps // 2 (the reference)"),
-        io.Int.Input("temporal_overlap", default=0, min=0, max=8,
+        io.Int.Input("temporal_overlap", default=0, **TEMPORAL_OVERLAP,
                      tooltip="latent frames shared by consecutive temporal tiles (0 = reference; 1 removes "
                              "the seam every fps // 2 frames at ~1.5x the decode time); at most tile_frames / 4 - 1: "
                              "2 with tile_frames 0 at 24 fps"),
@@ -105,6 +123,10 @@ class MagiVAEDecode(io.ComfyNode):
             outputs=[io.Image.Output(display_name="images")],
             hidden=[io.Hidden.unique_id],
         )
+
+    @classmethod
+    def validate_inputs(cls, tile_frames=None, temporal_overlap=None):  # shown under both: either one can change
+        return decode_tiling_problems(tile_frames, temporal_overlap)
 
     @classmethod
     def execute(cls, vae, samples, tile_size, tile_overlap, tile_frames, temporal_overlap):

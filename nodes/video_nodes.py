@@ -19,7 +19,7 @@ from . import memory, messages
 from .chunk_progress import ChunkProgress
 from .latents import decode_chunks, missing_keys_note
 from .types import CATEGORY, MagiVAE
-from .vae_nodes import decode_tile_inputs
+from .vae_nodes import decode_tile_inputs, decode_tiling_problems
 
 
 def prefix_problem(prefix: str, out_dir: str) -> bool | str:
@@ -62,10 +62,14 @@ class MagiDecodeToVideoFile(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, filename_prefix=None):  # one input: see choices.py on validate_inputs
+    def validate_inputs(cls, filename_prefix=None, tile_frames=None, temporal_overlap=None):
         """At queue time, not after the whole generation: a prefix the save would refuse (ComfyUI's
-        folder_paths.get_save_image_path keeps files inside the output folder)."""
-        return True if filename_prefix is None else prefix_problem(filename_prefix, folder_paths.get_output_directory())
+        folder_paths.get_save_image_path keeps files inside the output folder), the temporal tiling. (ComfyUI shows
+        the answer under each of the three inputs; each problem names its own.)"""
+        problems = [p for p in (True if filename_prefix is None else
+                                prefix_problem(filename_prefix, folder_paths.get_output_directory()),
+                                decode_tiling_problems(tile_frames, temporal_overlap)) if p is not True]
+        return "; ".join(problems) if problems else True
 
     @classmethod
     def execute(cls, vae, samples, filename_prefix, crf, tile_size, tile_overlap, tile_frames, temporal_overlap):

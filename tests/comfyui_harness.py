@@ -406,11 +406,17 @@ EXTRA_HEIGHT = {"MagiSampler": 150, "MagiPromptSchedule": 230, "MagiTextEncode":
                 "MagiDecodeToVideoFile": 150, "LoadImage": 240, "LoadVideo": 360, "SaveVideo": 200}
 GAP = 30  # between nodes of a column, besides the title bar
 TITLE_HEIGHT = 30
-MODELS_NOTE = ("Models (python install.py --download 4.5B-distill puts them here):\n"
-               "- models/magi/4.5B_distill/  (DiT; 4.5B_base, 24B_distill ... work too)\n"
-               "- models/magi/vae/  (MAGI-1 VAE)\n"
-               "- models/text_encoders/t5-v1_1-xxl/  (T5; a t5xxl_fp16.safetensors works too)\n"
-               "Distill models: 16 steps. Base models: steps 32-64 (3 guidance passes, slower).")
+def models_note(dit: str = "4.5B-distill", others: str = "4.5B_base, 24B_distill") -> str:
+    """The Read-me note's model list: the download that puts `dit` (an install.py name) and the rest in place."""
+    folder = dit.replace("-", "_")
+    return (f"Models (python install.py --download {dit} puts them here):\n"
+            f"- models/magi/{folder}/  (DiT; {others} ... work too)\n"
+            "- models/magi/vae/  (MAGI-1 VAE)\n"
+            "- models/text_encoders/t5-v1_1-xxl/  (T5; a t5xxl_fp16.safetensors works too)\n"
+            "Distill models: 16 steps. Base models: steps 32-64 (3 guidance passes, slower).")
+
+
+MODELS_NOTE = models_note()
 def _workflow_specs() -> dict:
     prompt = ("a red fox trots through fresh snow in a birch forest at sunrise, soft golden light, "
               "breath visible in the cold air, cinematic")
@@ -480,7 +486,7 @@ def _workflow_specs() -> dict:
                    (14, "MagiMultiGPUSettings", (460, 0), dict(devices="all", cp_size=0), None),
                    note("Multi-GPU: the sampler runs in one worker process per GPU (context parallel); cp_size "
                         "must divide the attention heads (48 for 24B: 2, 4, 6, 8). leave_gpu0_free keeps GPU 0 "
-                        "for T5 and the VAE.\n\n" + MODELS_NOTE)],
+                        "for T5 and the VAE.\n\n" + models_note("24B-distill", "24B_base, 4.5B_distill"))],
             links=BASE_LINKS + [(14, 0, 5, "multigpu")]),
     }
 

@@ -278,6 +278,18 @@ def test_a_full_disk_says_what_was_lost_and_exits_1(models, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["access.jsonl"]
 
 
+def test_a_killed_runs_temporary_file_is_pointed_out(models, tmp_path):
+    """A run killed with SIGKILL leaves VideoWriter's hidden .part file; the next run into that name says so first."""
+    (tmp_path / ".out.mp4.k1ll3d.part").write_bytes(b"\0" * 48)
+    (tmp_path / ".other.mp4.x.part").write_bytes(b"")  # another output's: not this run's business
+    r, _ = cli(models, tmp_path, "--steps", "6")  # a mistake: the note comes before the error all the same
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.splitlines()
+    assert lines[0] == (f"warning: {tmp_path / '.out.mp4.k1ll3d.part'} is left from an earlier run into out.mp4 that "
+                        "was killed before it finished (an incomplete file that does not play): delete it"), r.stderr
+    assert len(lines) == 2 and lines[1].startswith("error: --steps"), r.stderr
+
+
 def test_cuda_without_gpu(models, tmp_path):
     r, acc = cli(models, tmp_path, "--device", "cuda")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "'cuda'" in r.stderr and "no CUDA GPU" in r.stderr

@@ -548,6 +548,31 @@ def test_steps_that_do_not_fit_the_window_are_rejected_at_queue_time(server):
         assert status == 400 and all(needle in e["details"] for e in r["node_errors"][nid]["errors"]), r
 
 
+def test_temporal_overlap_is_checked_at_queue_time_and_its_largest_value_keeps_every_frame(server):
+    """temporal_overlap that does not fit the tile tile_frames gives: a 400 before anything runs, under the two
+    inputs either of which can fix it. Its largest value that fits decodes every frame (it used to keep 1 frame per
+    temporal tile: 30 of 48)."""
+    prompt = tiny(api_twin("magi1_t2v"), num_frames=48)
+    nid = node_of(prompt, "MagiVAEDecode")
+    bad = copy.deepcopy(prompt)
+    bad[nid]["inputs"].update(tile_frames=16, temporal_overlap=4)
+    status, r = server.queue(bad)
+    assert status == 400 and set(r["node_errors"]) == {nid}, r
+    errors = r["node_errors"][nid]["errors"]
+    assert sorted(e["extra_info"]["input_name"] for e in errors) == ["temporal_overlap", "tile_frames"], errors
+    assert all("temporal_overlap must be at most 3 with tile_frames 16" in e["details"] for e in errors), errors
+    prompt[nid]["inputs"].update(tile_frames=0, temporal_overlap=2)  # the largest at 24 fps (12-frame tiles)
+    frames, width, height = saved_video(server, run(server, prompt), prompt)
+    assert (frames, width, height) == (48, 64, 64)
+    long = tiny(api_twin("magi1_long_video"))  # the decode-to-file node: the same check beside its filename's
+    fid = node_of(long, "MagiDecodeToVideoFile")
+    long[fid]["inputs"].update(tile_frames=8, temporal_overlap=2)
+    status, r = server.queue(long)
+    assert status == 400 and set(r["node_errors"]) == {fid}, r
+    assert all("temporal_overlap must be at most 1 with tile_frames 8" in e["details"]
+               for e in r["node_errors"][fid]["errors"]), r
+
+
 @pytest.mark.parametrize("schedule, needle", [("0: a\n2-: b", "nothing covers chunk(s) 1"),
                                               ("0-1: a fox\n2- a bird", "line 2")])
 def test_schedule_mistakes_are_rejected_at_queue_time(server, schedule, needle):

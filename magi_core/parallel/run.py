@@ -65,8 +65,8 @@ def main(argv=None) -> int:
     """The checks, streaming output and Ctrl-C handling of `magi_core generate` (cli_generate), on every rank of
     the group: rank 0 checks everything and opens the output before any rank loads a weight."""
     from ..checkpoint import load_dit
-    from ..cli_generate import (add_arguments, check_args, describe, left_as_it_was, load_models, prepare,
-                                settings_from_args, use_demo, write_chunks)
+    from ..cli_generate import (add_arguments, check_args, describe, left_as_it_was, leftover_notes, load_models,
+                                prepare, settings_from_args, use_demo, write_chunks)
     from ..pipeline import sample
     from ..video import VideoWriter
 
@@ -82,6 +82,8 @@ def main(argv=None) -> int:
     try:
         if rank == 0:  # one machine for --demo: the other ranks read the same files
             check_args(a)
+            for note in leftover_notes(a.output):
+                print(f"warning: {note}", file=sys.stderr)
             if a.demo:
                 use_demo(a, tmp.name)
             a.device = a.device or device.type  # each rank runs on its own device (below)
