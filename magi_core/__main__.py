@@ -10,7 +10,6 @@ DiT, says `error: ...` too and exits 1: the diagnosis' answer.)
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import json
 import sys
@@ -111,9 +110,6 @@ COMMANDS = {
 }
 
 
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # not a mistake in the command: exit code 1
-
-
 def _lazy(module: str, help: str) -> Command:
     mod = importlib.import_module(module)
     return Command(help, mod.add_arguments, mod.run)
@@ -173,7 +169,7 @@ def main(argv=None) -> int:
         os_error = isinstance(e, OSError)
         text = f"{e.strerror}: {e.filename}" if os_error and e.filename else (e.strerror if os_error else None) or str(e)
         print(f"error: {text}", file=sys.stderr)
-        return 1 if os_error and e.errno in DISK_FULL else 2  # 2: a mistake to correct (README)
+        return 1 if os_error and e.errno in startup.DISK_FULL else 2  # 2: a mistake to correct (README)
 
 
 if __name__ == "__main__":

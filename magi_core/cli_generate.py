@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import re
 import signal
 import sys
@@ -206,11 +205,13 @@ def _encodable_below(frames: int, fps: int) -> int | None:
 def check_args(a):
     """Options that contradict each other, a --prompt typed wrong, --output's name and folder: what is checked
     before anything is read or made (`run` calls it before --demo makes its models)."""
+    from .text.schedule import is_range_line
+
     if a.prompt is not None and a.prompt_file:
         raise ValueError("pass --prompt or --prompt-file, not both")
     if a.image and a.video:
         raise ValueError("pass --image (image-to-video) or --video (continuation), not both")
-    if a.prompt and "\n" not in a.prompt and re.search(r"\\n\s*\d", a.prompt):
+    if a.prompt and "\n" not in a.prompt and any(is_range_line(p) for p in a.prompt.split("\\n")[1:]):
         raise ValueError("--prompt has '\\n' as two characters before a chunk range (a shell keeps them so inside "
                          "\"...\"): for a schedule write --prompt $'0-1: a fox\\n2-: a bird' (bash, zsh) or put "
                          "one range per line in a file for --prompt-file")
@@ -239,9 +240,11 @@ def check_output(a):
 def leftover_notes(output) -> list[str]:
     """Warnings for temporary files of earlier runs into the same --output that were killed (SIGKILL, a power cut)
     before they could clean up (VideoWriter's `.NAME.*.part`): incomplete, unplayable, never removed by us."""
-    out = Path(output).expanduser()
-    return [f"{p} is left from an earlier run into {out.name} that was killed before it finished (an incomplete "
-            "file that does not play): delete it" for p in sorted(out.parent.glob(f".{glob.escape(out.name)}.*.part"))]
+    from .video import temporary_files
+
+    name = Path(output).name
+    return [f"{p} is left from an earlier run into {name} that was killed before it finished (an incomplete file "
+            "that does not play): delete it, unless another run is writing that file now" for p in temporary_files(output)]
 
 
 def _ignored(a, device: str) -> list[str]:
@@ -581,6 +584,7 @@ def prompt_lines(job: Job) -> list[str]:
 
 def use_demo(a, tmp: str):
     """--demo: tiny random models written to `tmp`, CPU, a short two-prompt video (unless given)."""
+    from .checkpoint import parse_variant
     from .demo import make_tiny_assets
 
     given = [f"--{n.replace('_', '-')}" for n in ("dit", "vae", "t5", "t5_tokenizer", "special_tokens") if getattr(a, n)]
@@ -590,7 +594,7 @@ def use_demo(a, tmp: str):
     if a.config:  # its settings are a real model's (e.g. 720x720, 64 steps); the demo would not use them
         raise ValueError(f"--demo runs tiny models with small settings of its own, not those of --config {a.config}: "
                          "drop --config, or drop --demo and pass the model the config is for (--dit ...)")
-    if a.variant == "distill-fp8":  # (found out only when the DiT's headers are read, after the models are made)
+    if a.variant and parse_variant(a.variant)[0]:  # fp8 (found out from the DiT's headers, after the models are made)
         raise ValueError("--demo makes a tiny bf16 distill model, not an fp8-quantized one: drop --variant "
                          "distill-fp8 (base and distill work)")
     a.device = a.device or "cpu"
@@ -669,9 +673,7 @@ def run(a) -> int:
             try:
                 writer.close()
             except OSError as e:  # a full disk: close removed the temporary file
-                raise OSError(e.errno, f"{e.strerror or e} while finishing {writer.path}: the {writer.frames_written} "
-                                       "frames made could not be saved (the temporary file was removed); free some "
-                                       "space there or choose another --output") from None
+                raise OSError(e.errno, startup.disk_full_text(e, writer.path, writer.frames_written)) from None
     say(f"wrote {writer.path} ({writer.codec}): {writer.frames_written} frames {writer.size[1]}x{writer.size[0]} at "
         f"{job.settings.fps} fps")
     return 0

@@ -118,6 +118,15 @@ def allocator_defaults(env=None):
     return env
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # OSErrors that are no mistake in the command: exit code 1, not 2
+
+
+def disk_full_text(e: OSError, path, frames: int) -> str:
+    """What to say when the video at `path` could not be finished (VideoWriter removed its temporary file)."""
+    return (f"{e.strerror or e} while writing {path}: the {frames} frames made could not be saved (the temporary file "
+            "was removed)" + ("; free some space there or choose another --output" if e.errno in DISK_FULL else ""))
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with a short error: one usage line pointing at --help, then the error (argparse's own prints the
     whole usage block, 20 lines for generate, and the one line that matters last)."""

@@ -23,6 +23,7 @@ tile of 1 latent giving 1 frame. t2v 96 -> 96 frames, 100 -> 120; i2v 96 -> 120;
 """
 from __future__ import annotations
 
+import glob
 import math
 import os
 import tempfile
@@ -363,7 +364,7 @@ class VideoWriter:
         if not folder.is_dir():
             raise ValueError(f"cannot write {str(self.path)!r}: the folder {str(folder)!r} does not exist")
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=folder)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=folder)  # see temporary_files
         except OSError as e:
             raise ValueError(f"cannot write {str(self.path)!r}: {e.strerror} in {str(folder)!r}") from None
         os.close(fd)
@@ -456,6 +457,13 @@ class VideoWriter:
             except Exception:  # noqa: BLE001 -- e.g. the disk is full: the block's own error goes on (nothing kept)
                 pass
         return False
+
+
+def temporary_files(path) -> list[Path]:
+    """The hidden temporary files VideoWriter makes for `path` (`.NAME.XXXXXXXX.part`: mkstemp's 8 characters)
+    that are there now: a run writing it, or one killed before it could remove it."""
+    path = Path(path).expanduser()
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.{'?' * 8}.part"))
 
 
 def _free_name(path: Path) -> Path:

@@ -6,7 +6,8 @@ from comfy_api.latest import io
 
 from magi_core.pipeline import encode_prefix
 from magi_core.settings import FPS_MAX, FPS_MIN, SamplingSettings
-from magi_core.vae.tiling import encoded_frames
+from magi_core.vae import VAE_PRESETS
+from magi_core.vae.tiling import check_temporal_overlap, encoded_frames
 from magi_core.video import FRAMES_PER_LATENT, select_prefix_frames
 
 from . import choices, memory, messages
@@ -31,15 +32,15 @@ def decode_tiling_problems(tile_frames=None, temporal_overlap=None) -> bool | st
     is half the latent's frame rate, known only when the node runs). True, or the problems."""
     problems = queue_problems([("tile_frames", tile_frames, TILE_FRAMES),
                                ("temporal_overlap", temporal_overlap, TEMPORAL_OVERLAP)])
-    if problems is not True or not tile_frames or temporal_overlap is None:
+    if problems is not True or not tile_frames:
         return problems
-    latents = tile_frames // FRAMES_PER_LATENT
-    if latents < 1:
+    if tile_frames < FRAMES_PER_LATENT:
         return f"tile_frames must be 0 (half the frame rate) or at least {FRAMES_PER_LATENT}, got {tile_frames}"
-    if temporal_overlap >= latents:
-        return (f"temporal_overlap must be at most {latents - 1} with tile_frames {tile_frames} ({latents} latent "
-                f"frames per temporal tile), got {temporal_overlap}: lower temporal_overlap or raise tile_frames "
-                f"(each {FRAMES_PER_LATENT} frames add one latent frame)")
+    if temporal_overlap is not None:
+        try:  # the rule tiled_decode applies; fps plays no part once tile_frames is set (0: not mentioned)
+            check_temporal_overlap(VAE_PRESETS["magi1"], 0, tile_frames, temporal_overlap)
+        except ValueError as e:
+            return str(e)
     return True
 
 

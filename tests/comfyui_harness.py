@@ -406,9 +406,10 @@ EXTRA_HEIGHT = {"MagiSampler": 150, "MagiPromptSchedule": 230, "MagiTextEncode":
                 "MagiDecodeToVideoFile": 150, "LoadImage": 240, "LoadVideo": 360, "SaveVideo": 200}
 GAP = 30  # between nodes of a column, besides the title bar
 TITLE_HEIGHT = 30
-def models_note(dit: str = "4.5B-distill", others: str = "4.5B_base, 24B_distill") -> str:
-    """The Read-me note's model list: the download that puts `dit` (an install.py name) and the rest in place."""
-    folder = dit.replace("-", "_")
+def models_note(dit: str = "4.5B-distill", folder: str = "4.5B_distill",
+                others: str = "4.5B_base, 24B_distill") -> str:
+    """The Read-me note's model list: the download (an install.py name) that puts the DiT in models/magi/`folder`,
+    and the VAE and T5 in theirs."""
     return (f"Models (python install.py --download {dit} puts them here):\n"
             f"- models/magi/{folder}/  (DiT; {others} ... work too)\n"
             "- models/magi/vae/  (MAGI-1 VAE)\n"
@@ -486,7 +487,8 @@ def _workflow_specs() -> dict:
                    (14, "MagiMultiGPUSettings", (460, 0), dict(devices="all", cp_size=0), None),
                    note("Multi-GPU: the sampler runs in one worker process per GPU (context parallel); cp_size "
                         "must divide the attention heads (48 for 24B: 2, 4, 6, 8). leave_gpu0_free keeps GPU 0 "
-                        "for T5 and the VAE.\n\n" + models_note("24B-distill", "24B_base, 4.5B_distill"))],
+                        "for T5 and the VAE.\n\n"
+                        + models_note("24B-distill", "24B_distill", "24B_base, 4.5B_distill"))],
             links=BASE_LINKS + [(14, 0, 5, "multigpu")]),
     }
 

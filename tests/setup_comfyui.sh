@@ -64,3 +64,4 @@ elif ! "$python" -c "import spandrel" 2>/dev/null; then
   "$python" -m pip install -q --no-deps --target "$deps" spandrel
 fi
 echo "ComfyUI ready in $dest: export COMFYUI_PATH=$dest"
+echo "then: $python -m pytest -m comfyui tests/test_comfyui.py tests/test_frontend.py"

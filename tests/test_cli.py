@@ -267,29 +267,31 @@ def test_output_is_written_only_when_complete(models, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name != "access.jsonl"] == ["out.mp4"]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_a_full_disk_says_what_was_lost_and_exits_1(models, tmp_path):
     """The video cannot be finished (no space): one error line saying the frames are lost and what to do, exit 1
     (not 2, the code of a mistake in the command), no temporary file left."""
     r, _ = cli(models, tmp_path, env={"MAGI_TEST_DISK_FULL": "1"})
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "Traceback" not in r.stderr and "\nerror: No space left on device while finishing" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and "\nerror: No space left on device while writing" in r.stderr, r.stderr
     assert "24 frames made could not be saved" in r.stderr and "choose another --output" in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["access.jsonl"]
 
 
 def test_a_killed_runs_temporary_file_is_pointed_out(models, tmp_path):
     """A run killed with SIGKILL leaves VideoWriter's hidden .part file; the next run into that name says so first."""
-    (tmp_path / ".out.mp4.k1ll3d.part").write_bytes(b"\0" * 48)
-    (tmp_path / ".other.mp4.x.part").write_bytes(b"")  # another output's: not this run's business
+    (tmp_path / ".out.mp4.k1ll3d00.part").write_bytes(b"\0" * 48)
+    for other in (".other.mp4.abcdefgh.part", ".out.mp4.x.mp4.abcdefgh.part"):  # other outputs': not this run's
+        (tmp_path / other).write_bytes(b"")
     r, _ = cli(models, tmp_path, "--steps", "6")  # a mistake: the note comes before the error all the same
     assert r.returncode == 2, r.stderr
     lines = r.stderr.splitlines()
-    assert lines[0] == (f"warning: {tmp_path / '.out.mp4.k1ll3d.part'} is left from an earlier run into out.mp4 that "
-                        "was killed before it finished (an incomplete file that does not play): delete it"), r.stderr
+    assert lines[0] == (f"warning: {tmp_path / '.out.mp4.k1ll3d00.part'} is left from an earlier run into out.mp4 "
+                        "that was killed before it finished (an incomplete file that does not play): delete it, "
+                        "unless another run is writing that file now"), r.stderr
     assert len(lines) == 2 and lines[1].startswith("error: --steps"), r.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_cuda_without_gpu(models, tmp_path):
     r, acc = cli(models, tmp_path, "--device", "cuda")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "'cuda'" in r.stderr and "no CUDA GPU" in r.stderr
@@ -384,9 +386,9 @@ def test_a_prefix_frames_longer_than_the_video_is_said(models, tmp_path):
 @pytest.mark.parametrize("args,rc,needle", [
     (["--download", "4.5B-distil", "--dry-run"], 2, "error: unknown download 4.5B-distil"),
     (["--download", "4.5B-distill", "--models-dir", "/nonexistent/models", "--dry-run"], 2, "is not a folder"),
-    (["--download", "vae", "--dry-run"], 0, "nothing downloaded"),
+    (["--download", "vae", "--dry-run"], 0, "nothing downloaded"),  # no ComfyUI around: a plan all the same
     (["--download", "24b", "--dry-run"], 2, "--download 24b: name one of its checkpoints, 24B-base, 24B-distill or "
-                                            "24B-distill-fp8"),  # no ComfyUI around: a plan all the same
+                                            "24B-distill-fp8"),
     # two options of which one would be ignored without a word
     (["--special-tokens", "t.npz"], 2, "error: --skip-special-tokens and --special-tokens contradict each other"),
     (["--list", "--download", "vae"], 2, "error: --list only lists the downloads: leave out --download, "

@@ -560,7 +560,8 @@ def test_temporal_overlap_is_checked_at_queue_time_and_its_largest_value_keeps_e
     assert status == 400 and set(r["node_errors"]) == {nid}, r
     errors = r["node_errors"][nid]["errors"]
     assert sorted(e["extra_info"]["input_name"] for e in errors) == ["temporal_overlap", "tile_frames"], errors
-    assert all("temporal_overlap must be at most 3 with tile_frames 16" in e["details"] for e in errors), errors
+    assert all("temporal_overlap must be an int in [0, 3] latent frames, got 4: temporal tiles are 4 latent frames "
+               "(16 frames); lower temporal_overlap or raise tile_frames" in e["details"] for e in errors), errors
     prompt[nid]["inputs"].update(tile_frames=0, temporal_overlap=2)  # the largest at 24 fps (12-frame tiles)
     frames, width, height = saved_video(server, run(server, prompt), prompt)
     assert (frames, width, height) == (48, 64, 64)
@@ -569,7 +570,8 @@ def test_temporal_overlap_is_checked_at_queue_time_and_its_largest_value_keeps_e
     long[fid]["inputs"].update(tile_frames=8, temporal_overlap=2)
     status, r = server.queue(long)
     assert status == 400 and set(r["node_errors"]) == {fid}, r
-    assert all("temporal_overlap must be at most 1 with tile_frames 8" in e["details"]
+    assert all("temporal_overlap must be an int in [0, 1] latent frames, got 2: temporal tiles are 2 latent frames "
+               "(8 frames);" in e["details"]
                for e in r["node_errors"][fid]["errors"]), r
 
 

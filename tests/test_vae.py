@@ -230,8 +230,10 @@ def test_temporal_overlap_keeps_every_frame():
             for T in range(2, 10):
                 plan = plan_axis(T, t_tile, t_tile - overlap, t_out, 4 * overlap, minimal=True)
                 assert plan.total == 4 * T, (t_tile, overlap, T)
-                ends = [t.offset + t.keep for t in plan.tiles]
-                assert [t.offset for t in plan.tiles[1:]] == ends[:-1]  # no gap, no overlap in the output
+                for t in plan.tiles:  # each tile's kept frames are those of its own latents
+                    assert t.offset == 4 * t.start, (t_tile, overlap, T, t)
+                assert all(t.keep == 4 * (t_tile - overlap) for t in plan.tiles[:-1])
+                assert plan.tiles[-1].start + plan.tiles[-1].size == T  # the last tile reaches the end
 
 
 def test_single_tile_equals_untiled(vae):

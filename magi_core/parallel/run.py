@@ -34,7 +34,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from ..startup import Parser, allocator_defaults
+from ..startup import DISK_FULL, Parser, allocator_defaults, disk_full_text
 from ._bootstrap import sanitize_env
 from .ulysses import check_cp_size, enable_context_parallel
 
@@ -132,6 +132,11 @@ def main(argv=None) -> int:
             else:
                 for _ in chunks:
                     pass
+    except OSError as e:  # rank 0's video could not be finished (a full disk): one line, not a traceback
+        if rank != 0 or a.debug or e.errno not in DISK_FULL:
+            raise
+        print(f"error: {disk_full_text(e, a.output, writer.frames_written)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # torchrun passes SIGINT on to every rank
         if rank == 0:
             kept = f"kept the finished chunks ({writer.frames_written} frames) in {writer.path}" if writer.frames_written \

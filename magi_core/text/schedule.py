@@ -266,6 +266,11 @@ def _shown(line: str) -> str:
 _EXAMPLE = "ranges are chunk indices ('0-1: a fox', '2: ...', '3-: ...' to the end) or seconds ('0s-2.5s: ...')"
 
 
+def is_range_line(line: str) -> bool:
+    """Does `line` start a range of a schedule ('0-1: ...', '2s-: ...')?"""
+    return bool(_RANGE_LINE.match(line))
+
+
 def _kind(line: str) -> str:
     if _RANGE_LINE.match(line):
         return "range"
