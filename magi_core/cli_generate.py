@@ -595,8 +595,8 @@ def use_demo(a, tmp: str):
         raise ValueError(f"--demo runs tiny models with small settings of its own, not those of --config {a.config}: "
                          "drop --config, or drop --demo and pass the model the config is for (--dit ...)")
     if a.variant and parse_variant(a.variant)[0]:  # fp8 (found out from the DiT's headers, after the models are made)
-        raise ValueError("--demo makes a tiny bf16 distill model, not an fp8-quantized one: drop --variant "
-                         "distill-fp8 (base and distill work)")
+        raise ValueError(f"--demo makes a tiny bf16 distill model, not an fp8-quantized one: drop --variant "
+                         f"{a.variant} (base and distill work)")
     a.device = a.device or "cpu"
     a.width, a.height = (128 if a.width is None else a.width), (128 if a.height is None else a.height)
     a.frames, a.steps = (48 if a.frames is None else a.frames), (8 if a.steps is None else a.steps)

@@ -726,6 +726,11 @@ def test_demo_numbers_are_checked_before_its_models_are_made(monkeypatch, tmp_pa
         cli_generate.use_demo(p.parse_args(["--demo", "--frames", "0"]), str(tmp_path))
     with pytest.raises(AssertionError, match="were made"):  # good numbers: on to the models
         cli_generate.use_demo(p.parse_args(["--demo"]), str(tmp_path))
+    for variant in ("distill-fp8", "fp8", "DISTILL_QUANT"):  # the tiny DiT is bf16: said before it is made
+        with pytest.raises(ValueError, match=f"not an fp8-quantized one: drop --variant {variant} "):
+            cli_generate.use_demo(p.parse_args(["--demo", "--variant", variant]), str(tmp_path))
+    with pytest.raises(AssertionError, match="were made"):
+        cli_generate.use_demo(p.parse_args(["--demo", "--variant", "base"]), str(tmp_path))
 
 
 @pytest.mark.parametrize("output,needle", [("{tmp}/out.avi", "must end in .mp4, .mov, .mkv"),
