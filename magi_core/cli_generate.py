@@ -663,11 +663,16 @@ def run(a) -> int:
                 said = f"before the first chunk finished: nothing written{untouched}"
             say(f"\n{how}: {said}", file=sys.stderr)
             return 128 + signum
-        except Exception:
-            if writer.frames_written:
-                say(_save(writer)[1], file=sys.stderr)
+        except Exception as e:
+            frames, path, said = writer.frames_written, None, None
+            if frames:
+                path, said = _save(writer)
             else:
                 writer.discard()
+            if isinstance(e, OSError) and e.errno in startup.DISK_FULL and path is None:  # one line says it all
+                raise OSError(e.errno, startup.disk_full_text(e, writer.path, frames)) from None
+            if said:
+                say(said, file=sys.stderr)
             raise
         with _quiet():
             try:

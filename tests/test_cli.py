@@ -59,15 +59,21 @@ if _log and _root:
 
     safetensors.safe_open = safe_open
 
-if os.environ.get("MAGI_TEST_DISK_FULL"):  # the disk fills up as the video is finished
+if os.environ.get("MAGI_TEST_DISK_FULL"):  # the disk fills up as the video is finished ("close") or written ("write")
     import errno
     import magi_core.video as _video
 
-    def _close(self):
-        self.discard()
+    def _full(self):
         raise OSError(errno.ENOSPC, "No space left on device", str(self._tmp))
 
+    def _close(self):
+        self.discard()
+        _full(self)
+
     _video.VideoWriter.close = _close
+    if os.environ["MAGI_TEST_DISK_FULL"] == "write":  # the second chunk does not fit
+        _write = _video.VideoWriter.write
+        _video.VideoWriter.write = lambda self, frames: _full(self) if self.frames_written else _write(self, frames)
 '''
 
 
@@ -267,13 +273,16 @@ def test_output_is_written_only_when_complete(models, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name != "access.jsonl"] == ["out.mp4"]
 
 
-def test_a_full_disk_says_what_was_lost_and_exits_1(models, tmp_path):
-    """The video cannot be finished (no space): one error line saying the frames are lost and what to do, exit 1
-    (not 2, the code of a mistake in the command), no temporary file left."""
-    r, _ = cli(models, tmp_path, env={"MAGI_TEST_DISK_FULL": "1"})
+@pytest.mark.parametrize("when", ["close", "write"])
+def test_a_full_disk_says_what_was_lost_and_exits_1(models, tmp_path, when):
+    """The video cannot be finished (no space, at the end or at the second chunk): one error line saying the frames
+    are lost and what to do, exit 1 (not 2, the code of a mistake in the command), no temporary file left."""
+    r, _ = cli(models, tmp_path, "--frames", "48", env={"MAGI_TEST_DISK_FULL": when})
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "Traceback" not in r.stderr and "\nerror: No space left on device while writing" in r.stderr, r.stderr
-    assert "24 frames made could not be saved" in r.stderr and "choose another --output" in r.stderr, r.stderr
+    err = [line for line in r.stderr.splitlines() if not line.startswith("DiT call")]
+    assert err == [f"error: No space left on device while writing {tmp_path / 'out.mp4'}: the "
+                   f"{48 if when == 'close' else 24} frames made could not be saved (the temporary file was removed); "
+                   "free some space there or choose another --output"], r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["access.jsonl"]
 
 
