@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import re
 import signal
 import sys
 import tempfile
@@ -625,20 +624,28 @@ def _save(writer) -> tuple[Path | None, str]:
     return path, f"kept the finished chunks ({writer.frames_written} frames) in {path}"
 
 
+def open_output(a, tmp: str):
+    """What both command lines (this one and torchrun's parallel.run) do first: the checks that need nothing read,
+    a note on a killed run's temporary file, --demo's models made in `tmp`, then the output opened (its location is
+    checked before any model is) -> (VideoWriter, what a run that writes nothing says about the file there)."""
+    from .video import VideoWriter
+
+    check_args(a)
+    for note in leftover_notes(a.output):
+        say(f"warning: {note}", file=sys.stderr)
+    if a.demo:
+        use_demo(a, tmp)
+    untouched = left_as_it_was(a.output)
+    return VideoWriter(Path(a.output).expanduser(), settings_from_args(a).fps), untouched
+
+
 def run(a) -> int:
     from .checkpoint import load_dit
     from .pipeline import sample
-    from .video import VideoWriter
 
     startup.import_libraries()  # while a Ctrl-C is still held (magi_core/__main__.py)
     with tempfile.TemporaryDirectory() as tmp:
-        check_args(a)
-        for note in leftover_notes(a.output):
-            say(f"warning: {note}", file=sys.stderr)
-        if a.demo:
-            use_demo(a, tmp)
-        untouched = left_as_it_was(a.output)
-        writer = VideoWriter(Path(a.output).expanduser(), settings_from_args(a).fps)  # the output location first
+        writer, untouched = open_output(a, tmp)
         try:
             with _stoppable():
                 job = prepare(a)

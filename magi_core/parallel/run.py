@@ -65,10 +65,8 @@ def main(argv=None) -> int:
     """The checks, streaming output and Ctrl-C handling of `magi_core generate` (cli_generate), on every rank of
     the group: rank 0 checks everything and opens the output before any rank loads a weight."""
     from ..checkpoint import load_dit
-    from ..cli_generate import (add_arguments, check_args, describe, left_as_it_was, leftover_notes, load_models,
-                                prepare, settings_from_args, use_demo, write_chunks)
+    from ..cli_generate import add_arguments, describe, load_models, open_output, prepare, write_chunks
     from ..pipeline import sample
-    from ..video import VideoWriter
 
     p = Parser(prog="torchrun ... -m magi_core.parallel.run", description=__doc__.split("\n")[0])
     add_arguments(p)
@@ -81,14 +79,8 @@ def main(argv=None) -> int:
     untouched = ""
     try:
         if rank == 0:  # one machine for --demo: the other ranks read the same files
-            check_args(a)
-            for note in leftover_notes(a.output):
-                print(f"warning: {note}", file=sys.stderr)
-            if a.demo:
-                use_demo(a, tmp.name)
+            writer, untouched = open_output(a, tmp.name)
             a.device = a.device or device.type  # each rank runs on its own device (below)
-            untouched = left_as_it_was(a.output)
-            writer = VideoWriter(a.output, settings_from_args(a).fps)  # the output location first
             job = prepare(a)
             check_cp_size(job.dit_cfg, world)
             for w in job.warnings:
