@@ -13,8 +13,10 @@ CHUNK_EVENT = "magi.chunk"
 
 
 class ChunkProgress:
-    def __init__(self, node_id: str, fps: int):
-        self.node_id, self.fps = node_id, fps
+    def __init__(self, node_id: str, fps: int, still: bool = True):
+        """still: each chunk's still also goes with the progress bar (the sampler's large preview). An output node
+        passes False: the frontend keeps showing such a live preview instead of the node's finished output."""
+        self.node_id, self.fps, self.still = node_id, fps, still
         self.pbar = comfy.utils.ProgressBar(1)
         self.step = (0, 1)
         self.images = []  # the chunk previews written so far (ComfyUI's {filename, subfolder, type})
@@ -34,7 +36,8 @@ class ChunkProgress:
         image = previews.save_animation(frames, folder_paths.get_temp_directory(),
                                         f"magi_{self.node_id}_chunk{index:03d}", self.fps)
         self.images.append(image)
-        self.pbar.update_absolute(*self.step, preview=("JPEG", previews.still(frames), previews.MAX_SIZE))
+        if self.still:
+            self.pbar.update_absolute(*self.step, preview=("JPEG", previews.still(frames), previews.MAX_SIZE))
         if self.server is not None:
             self.server.send_sync(CHUNK_EVENT, dict(node=self.node_id, prompt_id=self.prompt_id, index=index,
                                                     total=total, image=image), self.server.client_id)

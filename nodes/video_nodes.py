@@ -7,6 +7,7 @@ on interrupt (or an error) the chunks finished so far are kept as a playable fil
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -86,20 +87,22 @@ class MagiDecodeToVideoFile(io.ComfyNode):
         file = f"{name}_{counter:05}_.mp4"
         path = Path(folder) / file
         path.parent.mkdir(parents=True, exist_ok=True)
-        show = ChunkProgress(str(messages.node_id(cls)), fps)
+        show = ChunkProgress(str(messages.node_id(cls)), fps, still=False)  # the finished video shows, not a still
         memory.use(vae.loaded)
         writer = VideoWriter(path, fps, crf=crf)
         try:
             with writer:
                 for i, n, frames in chunks:
                     writer.write(frames)
-                    show.progress(i + 1, n)  # raises if the user pressed cancel
                     show.chunk(i, n, frames, f"chunk {i + 1}/{n} written: {writer.frames_written} frames, "
                                              f"{writer.frames_written / fps:.1f} s")
+                    show.progress(i + 1, n)  # raises if the user pressed cancel (after the text: it is written)
                     del frames
         except BaseException:
             if writer.interrupted:
-                show.text(f"stopped: the {writer.frames_written} frames written are kept in {subfolder}/{file}")
+                text = f"stopped: the {writer.frames_written} frames written are kept in {subfolder}/{file}"
+                logging.warning("MAGI-1 Decode to Video File %s", text)
+                show.text(text)
             raise
         saved = ui.PreviewVideo([ui.SavedResult(file, subfolder, io.FolderType.output)])
         return io.NodeOutput(InputImpl.VideoFromFile(str(path)), ui=saved)

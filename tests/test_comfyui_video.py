@@ -191,6 +191,10 @@ def test_interrupt_keeps_the_finished_chunks(server):
     frames = video_frames(files[0])
     assert 48 <= len(frames) < 24 * 6  # the chunks finished before the interrupt, playable
     assert not list((server.workdir / "output" / "video").glob(".interrupted*"))  # no temp file left
+    # the node's last words agree with the file: the chunk line (it said one chunk fewer than written) and the stop
+    last_chunk = [t for t in written if t.startswith("chunk ")][-1]
+    assert f"chunk {len(frames) // 24}/6 written: {len(frames)} frames" in last_chunk, written
+    assert f"stopped: the {len(frames)} frames written are kept in video/{files[0].name}" in written[-1], written
 
 
 def test_interrupt_while_sampling_keeps_the_finished_chunks(server):

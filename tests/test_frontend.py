@@ -373,6 +373,26 @@ def test_chunk_previews_stream_during_a_run(page, server):
     shot(page, "chunk_previews")
 
 
+def test_the_long_video_node_shows_its_video_after_the_run(page, server):
+    """MAGI-1 Decode to Video File ends with its mp4 as a playable video on the node. It used to send a still per
+    chunk through the progress bar, and the frontend kept showing that still instead of the finished video."""
+    load_workflow(page, "magi1_long_video")
+    for widget, value in (("width", 64), ("height", 64), ("steps", 4), ("num_frames", 48)):
+        set_widget(page, "MagiSampler", widget, value)
+    for t in ("MagiT5Loader", "MagiVAELoader"):
+        set_widget(page, t, "dtype", "fp32")
+    before = set(server.get("/history"))
+    page.evaluate(f"{APP}.queuePrompt(0)")
+    deadline = time.time() + 300
+    while time.time() < deadline and not set(server.get("/history")) - before:
+        time.sleep(1)
+    [pid] = set(server.get("/history")) - before
+    assert server.get("/history")[pid]["status"]["status_str"] == "success"
+    page.wait_for_function("[...document.querySelectorAll('video')].some(v => (v.currentSrc || v.src || '')"
+                           ".includes('MAGI-1_long'))", timeout=30_000)
+    shot(page, "long_video_done")
+
+
 @pytest.mark.parametrize("name", ["magi1_i2v", "magi1_v2v"])
 def test_no_node_covers_another_after_a_run(page, server, name):
     """The sampler's chunk previews make it taller after a run: the templates keep the space below it free (MAGI
