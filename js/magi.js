@@ -339,14 +339,22 @@ function setupWriter(node) {
 function onChunk({ detail }) {
   const node = app.graph?.getNodeById(Number(detail.node)) ?? app.graph?.getNodeById(detail.node);
   if (!node?.magiStrip) return;
-  if (detail.index === 0) node.magiStrip.replaceChildren();
-  while (node.magiStrip.children.length >= STRIP_MAX) node.magiStrip.firstChild.remove(); // long videos: the latest
+  const strip = node.magiStrip;
+  if (detail.index === 0) strip.replaceChildren();
+  while (strip.children.length >= STRIP_MAX) strip.firstChild.remove(); // long videos: the latest
+  // follow the newest chunk, unless the user scrolled back to look at an earlier one
+  const follow = strip.scrollLeft + strip.clientWidth >= strip.scrollWidth - 8;
   const img = document.createElement("img");
   const im = detail.image;
   img.src = api.apiURL(`/view?filename=${encodeURIComponent(im.filename)}&subfolder=${encodeURIComponent(im.subfolder)}` +
     `&type=${im.type}&rand=${Math.random()}`);
   img.title = `chunk ${detail.index + 1}/${detail.total}`;
-  node.magiStrip.appendChild(img);
+  strip.appendChild(img);
+  if (follow) {
+    const toEnd = () => { strip.scrollLeft = strip.scrollWidth; };
+    toEnd();
+    img.addEventListener("load", toEnd, { once: true }); // its width is known once it has loaded
+  }
   if (node.magiStatus) node.magiStatus.textContent = `chunk ${detail.index + 1}/${detail.total} written`;
   node.setDirtyCanvas?.(true, true);
 }

@@ -375,9 +375,10 @@ def test_chunk_previews_stream_during_a_run(page, server):
 
 def test_the_long_video_node_shows_its_video_after_the_run(page, server):
     """MAGI-1 Decode to Video File ends with its mp4 as a playable video on the node. It used to send a still per
-    chunk through the progress bar, and the frontend kept showing that still instead of the finished video."""
+    chunk through the progress bar, and the frontend kept showing that still instead of the finished video. The
+    chunk strips follow the newest chunk (they stayed on the first five)."""
     load_workflow(page, "magi1_long_video")
-    for widget, value in (("width", 64), ("height", 64), ("steps", 4), ("num_frames", 48)):
+    for widget, value in (("width", 64), ("height", 64), ("steps", 4), ("num_frames", 240)):
         set_widget(page, "MagiSampler", widget, value)
     for t in ("MagiT5Loader", "MagiVAELoader"):
         set_widget(page, t, "dtype", "fp32")
@@ -391,6 +392,11 @@ def test_the_long_video_node_shows_its_video_after_the_run(page, server):
     page.wait_for_function("[...document.querySelectorAll('video')].some(v => (v.currentSrc || v.src || '')"
                            ".includes('MAGI-1_long'))", timeout=30_000)
     shot(page, "long_video_done")
+    # the chunk strips (sampler, file writer) hold 10 chunks, more than fit: each shows its newest, not its first
+    strips = page.evaluate("[...document.querySelectorAll('.magi-strip')].map(s => [s.children.length, "
+                           "s.scrollWidth, s.clientWidth, s.scrollLeft])")
+    assert len(strips) == 2 and all(n == 10 and width > shown for n, width, shown, _ in strips), strips
+    assert all(left + shown >= width - 8 for _, width, shown, left in strips), strips
 
 
 @pytest.mark.parametrize("name", ["magi1_i2v", "magi1_v2v"])
