@@ -21,9 +21,12 @@ def parse_devices(text: str, cuda_count: int, leave_gpu0_free: bool = False, cp_
         ids = list(range(cuda_count))
         if leave_gpu0_free:
             ids = ids[1:]
+        if not ids and cuda_count:  # the one GPU there is, left free
+            raise ValueError("devices 'all': no usable CUDA GPU (1 visible, GPU 0 left free): turn leave_gpu0_free "
+                             "off, or disconnect MAGI-1 Multi-GPU Settings to run on that GPU alone")
         if not ids:
-            raise ValueError(f"devices 'all': no usable CUDA GPU ({cuda_count} visible"
-                             f"{', GPU 0 left free' if leave_gpu0_free else ''}); list GPUs like '0,1', or use 'cpu'")
+            raise ValueError("devices 'all': no usable CUDA GPU (0 visible): disconnect MAGI-1 Multi-GPU Settings to "
+                             "run on this machine's one device, or pick devices 'cpu' (CPU worker processes, slow)")
         return [f"cuda:{i}" for i in ids]
     try:
         ids = [int(p) for p in text.replace(";", ",").split(",") if p.strip()]

@@ -340,7 +340,9 @@ def test_multigpu_devices():
     assert multigpu.parse_devices("all", 4, leave_gpu0_free=True) == ["cuda:1", "cuda:2", "cuda:3"]
     assert multigpu.parse_devices(" 2, 0 ", 4) == ["cuda:2", "cuda:0"]
     assert multigpu.parse_devices("cpu", 0, cp_size=2) == ["cpu", "cpu"]
-    for text, n, free, needle in [("all", 0, False, "no usable CUDA GPU"),
+    for text, n, free, needle in [("all", 0, False, "no usable CUDA GPU (0 visible): disconnect MAGI-1 Multi-GPU "
+                                                    "Settings"),
+                                  ("all", 1, True, "(1 visible, GPU 0 left free): turn leave_gpu0_free off"),
                                   ("0,4", 4, False, "names GPU(s) [4], but the visible GPUs are 0..3"),
                                   ("1,1", 4, False, "names GPU(s) [1] more than once"), ("x", 4, False, "not 'all'"),
                                   ("0,1", 4, True, "leave_gpu0_free"), (",", 4, False, "names no GPU"),
