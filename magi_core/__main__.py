@@ -166,10 +166,12 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         if args.debug:
             raise
-        os_error = isinstance(e, OSError)
-        text = f"{e.strerror}: {e.filename}" if os_error and e.filename else (e.strerror if os_error else None) or str(e)
-        print(f"error: {text}", file=sys.stderr)
-        return 1 if os_error and e.errno in startup.DISK_FULL else 2  # 2: a mistake to correct (README)
+        if isinstance(e, OSError):
+            text = f"{e.strerror}: {e.filename}" if e.filename else e.strerror or str(e)
+            print(f"error: {text}", file=sys.stderr)
+            return 1 if e.errno in startup.DISK_FULL else 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2  # a mistake to correct (README)
 
 
 if __name__ == "__main__":

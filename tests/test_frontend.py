@@ -373,22 +373,32 @@ def test_chunk_previews_stream_during_a_run(page, server):
     shot(page, "chunk_previews")
 
 
+def shrink(page, num_frames: int):
+    """The loaded template at 64x64, 4 steps, num_frames, fp32 T5 and VAE: a run of seconds on a CPU."""
+    for widget, value in (("width", 64), ("height", 64), ("steps", 4), ("num_frames", num_frames)):
+        set_widget(page, "MagiSampler", widget, value)
+    for t in ("MagiT5Loader", "MagiVAELoader"):
+        set_widget(page, t, "dtype", "fp32")
+
+
+def queue_and_wait(page, server, timeout: float) -> str:
+    """Queue the graph from the UI and wait for its history entry -> its status ('success', 'error', ...)."""
+    before = set(server.get("/history"))
+    page.evaluate(f"{APP}.queuePrompt(0)")
+    deadline = time.time() + timeout
+    while time.time() < deadline and not set(server.get("/history")) - before:
+        time.sleep(1)
+    [pid] = set(server.get("/history")) - before
+    return server.get("/history")[pid]["status"]["status_str"]
+
+
 def test_the_long_video_node_shows_its_video_after_the_run(page, server):
     """MAGI-1 Decode to Video File ends with its mp4 as a playable video on the node. It used to send a still per
     chunk through the progress bar, and the frontend kept showing that still instead of the finished video. The
     chunk strips follow the newest chunk (they stayed on the first five)."""
     load_workflow(page, "magi1_long_video")
-    for widget, value in (("width", 64), ("height", 64), ("steps", 4), ("num_frames", 240)):
-        set_widget(page, "MagiSampler", widget, value)
-    for t in ("MagiT5Loader", "MagiVAELoader"):
-        set_widget(page, t, "dtype", "fp32")
-    before = set(server.get("/history"))
-    page.evaluate(f"{APP}.queuePrompt(0)")
-    deadline = time.time() + 300
-    while time.time() < deadline and not set(server.get("/history")) - before:
-        time.sleep(1)
-    [pid] = set(server.get("/history")) - before
-    assert server.get("/history")[pid]["status"]["status_str"] == "success"
+    shrink(page, num_frames=240)
+    assert queue_and_wait(page, server, timeout=300) == "success"
     page.wait_for_function("[...document.querySelectorAll('video')].some(v => (v.currentSrc || v.src || '')"
                            ".includes('MAGI-1_long'))", timeout=30_000)
     shot(page, "long_video_done")
@@ -404,19 +414,10 @@ def test_no_node_covers_another_after_a_run(page, server, name):
     """The sampler's chunk previews make it taller after a run: the templates keep the space below it free (MAGI
     VAE Encode sat there and was covered)."""
     load_workflow(page, name)
-    for widget, value in (("width", 64), ("height", 64), ("steps", 4), ("num_frames", 24)):
-        set_widget(page, "MagiSampler", widget, value)
-    for t in ("MagiT5Loader", "MagiVAELoader"):
-        set_widget(page, t, "dtype", "fp32")
+    shrink(page, num_frames=24)
     wait_value(page, "MagiVAEEncode", "width", 64)  # the encode node follows the sampler's size (js/magi.js)
     wait_value(page, "MagiVAEEncode", "height", 64)
-    before = set(server.get("/history"))
-    page.evaluate(f"{APP}.queuePrompt(0)")
-    deadline = time.time() + 400
-    while time.time() < deadline and not set(server.get("/history")) - before:
-        time.sleep(1)
-    [pid] = set(server.get("/history")) - before
-    assert server.get("/history")[pid]["status"]["status_str"] == "success"
+    assert queue_and_wait(page, server, timeout=400) == "success"
     page.wait_for_function(f"{APP}.graph.nodes.find(x => x.type === 'MagiSampler').imgs?.length > 0",
                            timeout=30_000)
     page.wait_for_timeout(1000)
